@@ -1,0 +1,201 @@
+//! A content-addressed blob directory: `<root>/sha256/<hex>`, staging in `<root>/tmp`.
+//!
+//! A blob appears under its name only once its bytes are complete, hashed and synced: readers never
+//! see a partial blob, and a crash leaves at worst a stray file in `tmp/` (removed by
+//! [`BlobStore::clean_tmp`]).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Sha256Digest;
+use crate::error::BlobError;
+use crate::manifest::Artifact;
+use crate::stream::{ArtifactVerifier, StreamError, VerifyingReader, bad_reader};
+
+const COPY_BUF: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+/// Removes the staging file unless the blob made it to its final name.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+enum Check {
+    Expect(ArtifactVerifier),
+    Hash(Sha256, u64),
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let store = BlobStore { root: root.into() };
+        for dir in [store.blob_dir(), store.tmp_dir()] {
+            fs::create_dir_all(&dir).map_err(|e| BlobError::io(&dir, e))?;
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_dir(&self) -> PathBuf {
+        self.root.join("sha256")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn path(&self, d: &Sha256Digest) -> PathBuf {
+        self.blob_dir().join(d.to_hex())
+    }
+
+    pub fn contains(&self, d: &Sha256Digest) -> bool {
+        self.path(d).is_file()
+    }
+
+    /// Copies the reader into a temp file while hashing; fsyncs the file; refuses (and removes the
+    /// temp) if `expected` (digest, size) does not match; renames; fsyncs the directory. With an
+    /// expected size, data beyond it is refused as soon as it arrives. Returns (digest, size).
+    pub fn put(
+        &self,
+        mut reader: impl Read,
+        expected: Option<(Sha256Digest, u64)>,
+    ) -> Result<(Sha256Digest, u64), BlobError> {
+        let (mut file, mut temp) = self.create_temp()?;
+        let mut check = match expected {
+            Some((d, size)) => Check::Expect(ArtifactVerifier::new(d, size)),
+            None => Check::Hash(Sha256::new(), 0),
+        };
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(BlobError::Read(e)),
+            };
+            let Some(chunk) = buf.get(..n) else {
+                return Err(BlobError::Read(bad_reader()));
+            };
+            match &mut check {
+                Check::Expect(v) => v.update(chunk)?,
+                Check::Hash(h, len) => {
+                    h.update(chunk);
+                    *len += n as u64;
+                }
+            }
+            file.write_all(chunk)
+                .map_err(|e| BlobError::io(&temp.path, e))?;
+        }
+        let (digest, size) = match check {
+            Check::Expect(v) => {
+                let size = v.bytes_seen();
+                (v.finish()?, size)
+            }
+            Check::Hash(h, len) => (Sha256Digest(h.finalize().into()), len),
+        };
+        file.sync_all().map_err(|e| BlobError::io(&temp.path, e))?;
+        drop(file);
+        let dest = self.path(&digest);
+        fs::rename(&temp.path, &dest).map_err(|e| BlobError::io(&dest, e))?;
+        temp.keep = true;
+        let dir = self.blob_dir();
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| BlobError::io(&dir, e))?;
+        Ok((digest, size))
+    }
+
+    fn create_temp(&self) -> Result<(File, TempFile), BlobError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = self
+                .tmp_dir()
+                .join(format!("put-{}-{nanos}-{n}", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => return Ok((f, TempFile { path, keep: false })),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(BlobError::io(path, e)),
+            }
+        }
+    }
+
+    /// Removes leftovers of interrupted `put`s. Only call when no `put` is running.
+    pub fn clean_tmp(&self) -> Result<usize, BlobError> {
+        let dir = self.tmp_dir();
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(|e| BlobError::io(&dir, e))? {
+            let path = entry.map_err(|e| BlobError::io(&dir, e))?.path();
+            fs::remove_file(&path).map_err(|e| BlobError::io(&path, e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Opens a stored blob behind a [`VerifyingReader`]: whoever reads it to the end gets an error
+    /// if the file on disk no longer matches the artifact.
+    pub fn open_verified(&self, a: &Artifact) -> Result<VerifyingReader<File>, BlobError> {
+        let path = self.path(&a.sha256);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::Missing(a.sha256));
+            }
+            Err(e) => return Err(BlobError::io(path, e)),
+        };
+        let len = file.metadata().map_err(|e| BlobError::io(&path, e))?.len();
+        if len > a.size {
+            return Err(StreamError::TooLong { expected: a.size }.into());
+        }
+        if len < a.size {
+            return Err(StreamError::TooShort {
+                expected: a.size,
+                actual: len,
+            }
+            .into());
+        }
+        Ok(VerifyingReader::new(file, a))
+    }
+
+    /// Re-hashes the stored blob against the artifact.
+    pub fn verify(&self, a: &Artifact) -> Result<(), BlobError> {
+        let mut reader = self.open_verified(a)?;
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(match StreamError::from_io(&e) {
+                        Some(s) => BlobError::Stream(s),
+                        None => BlobError::io(self.path(&a.sha256), e),
+                    });
+                }
+            }
+        }
+    }
+}
