@@ -1,0 +1,78 @@
+//! Command-line interface: argument definitions and dispatch.
+//!
+//! Every command prints for people by default and for scripts with `--json`; every failure ends
+//! the process with a non-zero exit code and a one-line reason on stderr.
+
+mod boards;
+mod image;
+mod keys;
+pub mod output;
+mod util;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tugboot",
+    version,
+    about = "Provision machines over the network and keep them updated"
+)]
+pub struct Cli {
+    /// Machine-readable JSON output on stdout (errors too).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Signing keys and trust roots.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Build, sign, verify and inspect signed images.
+    #[command(subcommand)]
+    Image(Box<image::ImageCommand>),
+    /// The board catalog.
+    #[command(subcommand)]
+    Boards(boards::BoardsCommand),
+}
+
+/// Where the content-addressed artifact blobs live.
+#[derive(Debug, Args, Clone)]
+pub struct StoreArgs {
+    /// Blob store directory (artifacts by SHA-256).
+    #[arg(long, env = "TUGBOOT_STORE", default_value = "tugboot-store")]
+    pub store: PathBuf,
+}
+
+/// Settings every command may consult.
+#[derive(Debug, Clone, Copy)]
+pub struct Global {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Global {
+    /// Progress bars only for people looking at a terminal.
+    pub fn progress(&self) -> bool {
+        !self.json && !self.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = Global {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Keys(cmd) => keys::run(cmd, global),
+        Command::Image(cmd) => image::run(*cmd, global),
+        Command::Boards(cmd) => boards::run(cmd, global),
+    }
+}
