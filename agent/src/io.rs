@@ -258,6 +258,19 @@ struct World {
     cut_after: Option<u64>,
     power_lost: bool,
     writes: u64,
+    cuts: u64,
+    loss: LossMode,
+}
+
+/// What a [`FaultyIo`] power loss does to data written but not yet synced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LossMode {
+    /// Lost: the file holds what it held at its last `sync` (the usual worst case).
+    #[default]
+    DropUnsynced,
+    /// Reached the medium anyway (the other legal outcome); directory changes not synced are
+    /// still lost.
+    KeepWrites,
 }
 
 /// An in-memory file system for tests and simulations whose power can be cut.
@@ -322,21 +335,35 @@ impl FaultyIo {
         w.cut_after = Some(w.steps.saturating_add(n));
     }
 
-    /// Power back on, with only the durable state; no cut planned.
+    /// Power off and on again (a crash or a reboot): only the durable state remains. A cut that
+    /// has happened is cleared; one still planned stays planned.
     pub fn power_cycle(&self) {
         let mut w = self.world.borrow_mut();
         for inode in &mut w.inodes {
             inode.data = inode.durable.clone();
         }
         w.names = w.durable_names.clone();
+        if w.power_lost {
+            w.cut_after = None;
+        }
         w.power_lost = false;
-        w.cut_after = None;
     }
 
     /// Whether a planned cut has happened (and the power is still off).
     #[must_use]
     pub fn power_lost(&self) -> bool {
         self.world.borrow().power_lost
+    }
+
+    /// Chooses what a power loss does to unsynced data.
+    pub fn set_loss_mode(&self, mode: LossMode) {
+        self.world.borrow_mut().loss = mode;
+    }
+
+    /// How many planned power cuts have happened since creation.
+    #[must_use]
+    pub fn cuts(&self) -> u64 {
+        self.world.borrow().cuts
     }
 
     /// Steps taken since creation.
@@ -375,6 +402,12 @@ impl FaultyIo {
         }
         if w.cut_after.is_some_and(|limit| w.steps >= limit) {
             w.power_lost = true;
+            w.cuts += 1;
+            if w.loss == LossMode::KeepWrites {
+                for inode in &mut w.inodes {
+                    inode.durable = inode.data.clone();
+                }
+            }
             return Err(power_error());
         }
         w.steps += 1;
@@ -414,7 +447,9 @@ impl Io for FaultyIo {
         let w = self.powered()?;
         let &ino = w.names.get(path).ok_or_else(|| not_found(path))?;
         let data = w.inodes.get(ino).map_or(&[][..], |i| &i.data[..]);
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         let src = data.get(start..).unwrap_or_default();
         let n = src.len().min(buf.len());
         if let (Some(dst), Some(src)) = (buf.get_mut(..n), src.get(..n)) {
@@ -441,7 +476,9 @@ impl Io for FaultyIo {
         let mut w = self.step()?;
         let inode = inode_mut(&mut w, path)?;
         let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
-        let end = offset.checked_add(len).ok_or_else(|| io::Error::other("offset overflow"))?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::other("offset overflow"))?;
         if inode.capacity.is_some_and(|cap| end > cap) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -509,7 +546,11 @@ mod tests {
         io.sync(&p("/d/g")).unwrap();
         io.power_cycle();
         assert_eq!(io.contents(&p("/d/f")).unwrap(), b"old");
-        assert_eq!(io.contents(&p("/d/g")), None, "name not durable without sync_dir");
+        assert_eq!(
+            io.contents(&p("/d/g")),
+            None,
+            "name not durable without sync_dir"
+        );
     }
 
     #[test]
@@ -521,17 +562,42 @@ mod tests {
         io.sync(&p("/d/f")).unwrap();
         assert!(io.write_at(&p("/d/f"), 1, b"b").is_err());
         assert!(io.power_lost());
-        assert!(io.len(&p("/d/f")).is_err(), "everything fails without power");
+        assert!(
+            io.len(&p("/d/f")).is_err(),
+            "everything fails without power"
+        );
         io.power_cycle();
         assert_eq!(io.contents(&p("/d/f")).unwrap(), b"a");
     }
 
     #[test]
+    fn keep_writes_mode_keeps_data_not_names() {
+        let mut io = FaultyIo::new();
+        io.set_loss_mode(LossMode::KeepWrites);
+        io.add_file("/d/f", b"old");
+        io.cut_power_after(2);
+        io.write_at(&p("/d/f"), 0, b"new").unwrap();
+        io.create(&p("/d/g")).unwrap();
+        assert!(io.sync_dir(&p("/d")).is_err());
+        io.power_cycle();
+        assert_eq!(io.contents(&p("/d/f")).unwrap(), b"new");
+        assert_eq!(io.contents(&p("/d/g")), None);
+    }
+
+    #[test]
     fn write_atomic_is_old_or_new_at_every_cut() {
         let path = p("/state/agent.json");
+        for mode in [LossMode::DropUnsynced, LossMode::KeepWrites] {
+            check_write_atomic(&path, mode, 10);
+        }
+    }
+
+    fn check_write_atomic(path: &Path, mode: LossMode, cuts: u64) {
+        let path = path.to_path_buf();
         let mut total = None;
-        for n in 0..10 {
+        for n in 0..cuts {
             let mut io = FaultyIo::new();
+            io.set_loss_mode(mode);
             io.add_file("/state/agent.json", b"old");
             io.cut_power_after(n);
             let result = write_atomic(&mut io, &path, b"new content");
@@ -560,7 +626,10 @@ mod tests {
     fn read_file_caps_size() {
         let mut io = FaultyIo::new();
         io.add_file("/f", &[7; 100]);
-        assert_eq!(read_file(&mut io, &p("/f"), 100).unwrap().unwrap().len(), 100);
+        assert_eq!(
+            read_file(&mut io, &p("/f"), 100).unwrap().unwrap().len(),
+            100
+        );
         assert!(read_file(&mut io, &p("/f"), 99).is_err());
         assert_eq!(read_file(&mut io, &p("/nope"), 99).unwrap(), None);
     }

@@ -2,3 +2,6 @@
 //! slot, arms the bootloader for one trial boot, and commits or rolls back after the reboot.
 pub mod bootloader;
 pub mod cli;
+pub mod io;
+pub mod slot;
+pub mod update;
