@@ -17,7 +17,11 @@ fn agent_state_seeds() {
         match AgentState::parse(&bytes) {
             Ok(state) => {
                 assert!(!name.starts_with("bad-"), "{name} should be refused");
-                assert_eq!(AgentState::parse(&state.to_bytes()).unwrap(), state, "{name}");
+                assert_eq!(
+                    AgentState::parse(&state.to_bytes()).unwrap(),
+                    state,
+                    "{name}"
+                );
             }
             Err(e) => assert!(name.starts_with("bad-"), "{name} refused: {e}"),
         }
