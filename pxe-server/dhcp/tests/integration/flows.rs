@@ -1,0 +1,575 @@
+//! Protocol flows on synthetic packets: lease life cycle, relays, proxy mode,
+//! policies and limits. Time is simulated with `t(secs)`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use dhcproto::v4::MessageType;
+use tugboot_dhcp::{
+    Config, Event, Firmware, Ignored, LeaseState, Platform, Request, Server, UnknownPolicy,
+    classify,
+};
+
+use crate::support::*;
+
+const C1: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+
+fn server() -> Server {
+    Server::new(auth_config())
+}
+
+fn dora(s: &mut Server, mac: [u8; 6], at: u64) -> Ipv4Addr {
+    let offer = s.handle(t(at), &Pkt::new(1, mac).bytes(), local());
+    let addr = yiaddr(only_reply(&offer));
+    let req = Pkt::new(3, mac)
+        .opt(54, &SERVER.octets())
+        .opt(50, &addr.octets());
+    let ack = s.handle(t(at), &req.bytes(), local());
+    assert_eq!(only_reply(&ack).msg_type, MessageType::Ack);
+    addr
+}
+
+fn ignored(out: &tugboot_dhcp::Outcome) -> Vec<Ignored> {
+    out.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Ignored { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn plain_client_gets_a_lease_and_no_boot_options() {
+    let mut s = server();
+    let out = s.handle(t(0), &Pkt::new(1, PLAIN_MAC).bytes(), local());
+    let offer = only_reply(&out);
+    assert_eq!(offer.msg_type, MessageType::Offer);
+    assert_eq!(yiaddr(offer), C1);
+    assert!(out.persist.is_empty(), "offers are not persisted");
+    assert_eq!(opt(offer, 67), None);
+    assert_eq!(opt(offer, 60), None);
+    assert_eq!(siaddr(offer), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(opt(offer, 1), Some(vec![255, 255, 255, 0]));
+    assert_eq!(opt(offer, 3), Some(SERVER.octets().to_vec()));
+
+    let req = Pkt::new(3, PLAIN_MAC)
+        .opt(54, &SERVER.octets())
+        .opt(50, &C1.octets());
+    let out = s.handle(t(1), &req.bytes(), local());
+    let ack = only_reply(&out);
+    assert_eq!(ack.msg_type, MessageType::Ack);
+    assert_eq!(
+        out.persist.len(),
+        1,
+        "the binding is persisted with the ACK"
+    );
+    let rec = &out.persist[0];
+    assert_eq!((rec.address, rec.state), (C1, LeaseState::Bound));
+    assert_eq!(rec.expires_at, t(1 + 3600));
+    assert_eq!(opt(ack, 58), Some(1800u32.to_be_bytes().to_vec()));
+    assert_eq!(opt(ack, 59), Some(3150u32.to_be_bytes().to_vec()));
+}
+
+#[test]
+fn renew_rebind_release_and_reuse() {
+    let mut s = server();
+    let a = dora(&mut s, PLAIN_MAC, 0);
+    // RENEWING: unicast, ciaddr set, no server id / requested address.
+    let out = s.handle(t(1800), &Pkt::new(3, PLAIN_MAC).ciaddr(a).bytes(), local());
+    let ack = only_reply(&out);
+    assert_eq!(ack.msg_type, MessageType::Ack);
+    assert_eq!(
+        ack.dest,
+        SocketAddrV4::new(a, 68),
+        "renewal answered to ciaddr"
+    );
+    assert_eq!(out.persist[0].expires_at, t(1800 + 3600));
+    // REBINDING: broadcast, same shape.
+    let out = s.handle(
+        t(3300),
+        &Pkt::new(3, PLAIN_MAC).ciaddr(a).broadcast().bytes(),
+        local(),
+    );
+    assert_eq!(only_reply(&out).msg_type, MessageType::Ack);
+    // RELEASE: no reply, persisted.
+    let out = s.handle(t(3400), &Pkt::new(7, PLAIN_MAC).ciaddr(a).bytes(), local());
+    assert!(out.replies.is_empty());
+    assert_eq!(out.persist[0].state, LeaseState::Released);
+    assert_eq!(s.leases().bound_count(), 0);
+    // The next client gets a fresh address (no immediate reuse), but the released
+    // one is free again for a client that asks for it.
+    let other = [2, 0, 0, 0, 0, 9];
+    assert_ne!(dora(&mut s, other, 3401), a);
+    let third = Pkt::new(1, [2, 0, 0, 0, 0, 10]).opt(50, &a.octets());
+    assert_eq!(
+        yiaddr(only_reply(&s.handle(t(3402), &third.bytes(), local()))),
+        a
+    );
+}
+
+#[test]
+fn renewal_of_someone_elses_address_is_naked() {
+    let mut s = server();
+    let a = dora(&mut s, PLAIN_MAC, 0);
+    let thief = [2, 0, 0, 0, 0, 7];
+    let out = s.handle(t(5), &Pkt::new(3, thief).ciaddr(a).bytes(), local());
+    let nak = only_reply(&out);
+    assert_eq!(nak.msg_type, MessageType::Nak);
+    assert_eq!(nak.dest, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    assert!(out.persist.is_empty());
+}
+
+#[test]
+fn init_reboot_wrong_subnet_naks_unknown_address_is_silent() {
+    let mut s = server();
+    let wrong = Pkt::new(3, PLAIN_MAC).opt(50, &[192, 168, 1, 50]);
+    let out = s.handle(t(0), &wrong.bytes(), local());
+    assert_eq!(only_reply(&out).msg_type, MessageType::Nak);
+    let unknown = Pkt::new(3, PLAIN_MAC).opt(50, &[10, 77, 0, 150]);
+    let out = s.handle(t(0), &unknown.bytes(), local());
+    assert!(out.replies.is_empty());
+    assert_eq!(ignored(&out), vec![Ignored::NoRecord]);
+}
+
+#[test]
+fn lease_expires_by_now() {
+    let mut s = server();
+    let a = dora(&mut s, PLAIN_MAC, 0);
+    let late = s.handle(t(3601), &Pkt::new(3, PLAIN_MAC).ciaddr(a).bytes(), local());
+    assert!(late.replies.is_empty(), "expired lease: no record, silent");
+    assert_eq!(s.leases().bound_count(), 0);
+}
+
+#[test]
+fn decline_holds_the_address_out_of_the_pool() {
+    let mut s = server();
+    let a = dora(&mut s, PLAIN_MAC, 0);
+    let out = s.handle(
+        t(2),
+        &Pkt::new(4, PLAIN_MAC)
+            .opt(50, &a.octets())
+            .opt(54, &SERVER.octets())
+            .bytes(),
+        local(),
+    );
+    assert!(out.replies.is_empty());
+    assert_eq!(out.persist[0].state, LeaseState::Declined);
+    assert_eq!(out.persist[0].expires_at, t(2 + 600));
+    let again = s.handle(t(3), &Pkt::new(1, PLAIN_MAC).bytes(), local());
+    assert_ne!(
+        yiaddr(only_reply(&again)),
+        a,
+        "declined address not offered"
+    );
+    let asks = Pkt::new(1, [2, 0, 0, 0, 0, 0x33]).opt(50, &a.octets());
+    let during = s.handle(t(100), &asks.bytes(), local());
+    assert_ne!(yiaddr(only_reply(&during)), a, "not even when asked for");
+    let asks = Pkt::new(1, [2, 0, 0, 0, 0, 0x34]).opt(50, &a.octets());
+    let after = s.handle(t(700), &asks.bytes(), local());
+    assert_eq!(
+        yiaddr(only_reply(&after)),
+        a,
+        "back in the pool after the hold"
+    );
+}
+
+#[test]
+fn inform_gets_configuration_without_a_lease() {
+    let mut s = server();
+    let ci = Ipv4Addr::new(10, 77, 0, 42);
+    let out = s.handle(t(0), &Pkt::new(8, PLAIN_MAC).ciaddr(ci).bytes(), local());
+    let ack = only_reply(&out);
+    assert_eq!(ack.msg_type, MessageType::Ack);
+    assert_eq!(yiaddr(ack), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(opt(ack, 51), None);
+    assert_eq!(ack.dest, SocketAddrV4::new(ci, 68));
+    assert!(out.persist.is_empty());
+}
+
+#[test]
+fn client_choosing_another_server_frees_the_offer() {
+    let mut s = server();
+    let offer = s.handle(t(0), &Pkt::new(1, PLAIN_MAC).bytes(), local());
+    let a = yiaddr(only_reply(&offer));
+    let other = Pkt::new(3, PLAIN_MAC)
+        .opt(54, &[10, 77, 0, 254])
+        .opt(50, &[10, 77, 0, 9]);
+    let out = s.handle(t(1), &other.bytes(), local());
+    assert!(out.replies.is_empty());
+    assert_eq!(ignored(&out), vec![Ignored::OtherServer]);
+    let next = Pkt::new(1, [2, 0, 0, 0, 0, 0x44]).opt(50, &a.octets());
+    let next = s.handle(t(2), &next.bytes(), local());
+    assert_eq!(
+        yiaddr(only_reply(&next)),
+        a,
+        "the withdrawn offer's address is free"
+    );
+}
+
+#[test]
+fn relay_selects_subnet_and_echoes_option_82_verbatim() {
+    let mut s = server();
+    let gi = Ipv4Addr::new(10, 88, 0, 1);
+    // Circuit id, remote id, and an unknown sub-option 9 that must survive untouched.
+    let o82 = [1, 3, b'e', b't', b'1', 2, 2, 0xab, 0xcd, 9, 1, 0x55];
+    let p = Pkt::new(1, PLAIN_MAC).giaddr(gi).opt(82, &o82);
+    let out = s.handle(t(0), &p.bytes(), relayed(gi));
+    let offer = only_reply(&out);
+    assert_eq!(
+        offer.dest,
+        SocketAddrV4::new(gi, 67),
+        "relayed replies go to giaddr:67"
+    );
+    assert_eq!(yiaddr(offer), Ipv4Addr::new(10, 88, 0, 10));
+    assert_eq!(opt(offer, 82), Some(o82.to_vec()));
+    assert_eq!(offer.bytes[24..28], gi.octets(), "giaddr kept");
+    let req = Request::parse(&p.bytes()).expect("parse");
+    let c = classify(&req);
+    assert_eq!(c.relay.circuit_id, Some(b"et1".to_vec()));
+    assert_eq!(c.relay.remote_id, Some(vec![0xab, 0xcd]));
+}
+
+#[test]
+fn link_selection_and_subnet_selection_override_giaddr() {
+    let mut s = server();
+    let gi = Ipv4Addr::new(172, 16, 0, 1);
+    let o82 = [5, 4, 10, 88, 0, 0];
+    let out = s.handle(
+        t(0),
+        &Pkt::new(1, PLAIN_MAC).giaddr(gi).opt(82, &o82).bytes(),
+        relayed(gi),
+    );
+    assert_eq!(yiaddr(only_reply(&out)), Ipv4Addr::new(10, 88, 0, 10));
+    let out = s.handle(
+        t(0),
+        &Pkt::new(1, [2, 0, 0, 0, 0, 5])
+            .giaddr(gi)
+            .opt(118, &[10, 88, 0, 0])
+            .bytes(),
+        relayed(gi),
+    );
+    assert_eq!(yiaddr(only_reply(&out)), Ipv4Addr::new(10, 88, 0, 11));
+    let out = s.handle(
+        t(0),
+        &Pkt::new(1, [2, 0, 0, 0, 0, 6]).giaddr(gi).bytes(),
+        relayed(gi),
+    );
+    assert_eq!(ignored(&out), vec![Ignored::NoSubnet(gi)]);
+}
+
+#[test]
+fn pool_exhaustion_is_reported() {
+    let mut s = server();
+    let gi = Ipv4Addr::new(10, 88, 0, 1);
+    for n in 0..2u8 {
+        let out = s.handle(
+            t(0),
+            &Pkt::new(1, [2, 0, 0, 0, 1, n]).giaddr(gi).bytes(),
+            relayed(gi),
+        );
+        assert_eq!(out.replies.len(), 1);
+    }
+    let out = s.handle(
+        t(0),
+        &Pkt::new(1, [2, 0, 0, 0, 1, 9]).giaddr(gi).bytes(),
+        relayed(gi),
+    );
+    assert_eq!(ignored(&out), vec![Ignored::PoolExhausted]);
+}
+
+#[test]
+fn proxy_mode_answers_only_pxe_and_never_offers_addresses() {
+    let mut s = Server::new(config_with_mode("proxy"));
+    let out = s.handle(t(0), &Pkt::new(1, PLAIN_MAC).bytes(), local());
+    assert!(
+        out.replies.is_empty(),
+        "plain clients are the other server's business"
+    );
+    let p = Pkt::new(1, PXE_MAC)
+        .opt(93, &[0, 7])
+        .opt(60, PXE_X64)
+        .opt(97, &[0; 17]);
+    let out = s.handle(t(0), &p.bytes(), local());
+    let offer = only_reply(&out);
+    assert_eq!(offer.msg_type, MessageType::Offer);
+    assert_eq!(yiaddr(offer), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(opt(offer, 51), None, "no lease time in a proxy offer");
+    assert_eq!(opt(offer, 43), Some(vec![6, 1, 8, 255]));
+    assert_eq!(opt(offer, 54), Some(SERVER.octets().to_vec()));
+    assert_eq!(offer.dest, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    // REQUEST on 67 belongs to the real DHCP server.
+    let req = Pkt::new(3, PXE_MAC)
+        .opt(93, &[0, 7])
+        .opt(60, PXE_X64)
+        .opt(54, &[10, 77, 0, 254])
+        .opt(50, &[10, 77, 0, 9]);
+    assert!(s.handle(t(1), &req.bytes(), local()).replies.is_empty());
+    // On 4011 the client (now configured) asks the boot server; ACK to its port.
+    let client = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 9), 68);
+    let on4011 = Pkt::new(3, PXE_MAC)
+        .ciaddr(*client.ip())
+        .opt(93, &[0, 7])
+        .opt(60, PXE_X64);
+    let out = s.handle(t(2), &on4011.bytes(), pxe_port(client));
+    let ack = only_reply(&out);
+    assert_eq!(ack.msg_type, MessageType::Ack);
+    assert_eq!(ack.dest, client);
+    assert_eq!(file_field(ack), b"ipxe.efi");
+    assert!(out.persist.is_empty());
+}
+
+#[test]
+fn uefi_http_boot_gets_a_url_and_httpclient_echoed() {
+    let mut s = server();
+    let p = Pkt::new(1, PXE_MAC)
+        .opt(93, &[0, 16])
+        .opt(60, b"HTTPClient:Arch:00016:UNDI:003000")
+        .broadcast();
+    let out = s.handle(t(0), &p.bytes(), local());
+    let offer = only_reply(&out);
+    assert_eq!(
+        file_field(offer),
+        b"http://10.77.0.1:8080/efi/uefi-x64/ipxe.efi"
+    );
+    assert_eq!(opt(offer, 60), Some(b"HTTPClient".to_vec()));
+    assert_eq!(
+        opt(offer, 67),
+        Some(b"http://10.77.0.1:8080/efi/uefi-x64/ipxe.efi\0".to_vec())
+    );
+}
+
+#[test]
+fn option_93_is_a_list_and_the_first_known_arch_wins() {
+    let p = Pkt::new(1, PXE_MAC)
+        .opt(93, &[0x01, 0x00, 0, 11, 0, 7])
+        .opt(60, b"PXEClient");
+    let c = classify(&Request::parse(&p.bytes()).expect("parse"));
+    assert_eq!(c.arches.len(), 3);
+    assert_eq!(c.firmware, Firmware::Pxe(Platform::UefiArm64));
+    // Missing option 93: fall back to the vendor class arch field.
+    let p = Pkt::new(1, PXE_MAC).opt(60, b"PXEClient:Arch:00011:UNDI:003000");
+    let c = classify(&Request::parse(&p.bytes()).expect("parse"));
+    assert_eq!(c.firmware, Firmware::Pxe(Platform::UefiArm64));
+    // A real UUID in option 97 is an identity; all-zero is not.
+    let mut id = vec![0u8];
+    id.extend_from_slice(&[0x11; 16]);
+    let p = Pkt::new(1, PXE_MAC).opt(97, &id).opt(60, b"PXEClient");
+    let c = classify(&Request::parse(&p.bytes()).expect("parse"));
+    assert_eq!(
+        c.uuid_string().as_deref(),
+        Some("11111111-1111-1111-1111-111111111111")
+    );
+}
+
+#[test]
+fn unknown_machines_are_reported_and_policy_applies() {
+    let p = Pkt::new(1, PXE_MAC).opt(93, &[0, 7]).opt(60, PXE_X64);
+    let mut s = server();
+    let out = s.handle(t(0), &p.bytes(), local());
+    let unknown = out.events.iter().find_map(|e| match e {
+        Event::UnknownMachine {
+            mac,
+            firmware,
+            arches,
+            vendor_class,
+            ..
+        } => Some((
+            mac.map(|m| m.to_string()),
+            firmware.clone(),
+            arches.clone(),
+            vendor_class.clone(),
+        )),
+        _ => None,
+    });
+    assert_eq!(
+        unknown,
+        Some((
+            Some("02:00:00:00:00:02".into()),
+            "pxe/uefi-x64".into(),
+            vec![7],
+            Some(String::from_utf8_lossy(PXE_X64).into_owned())
+        ))
+    );
+    assert_eq!(
+        file_field(only_reply(&out)),
+        b"ipxe.efi",
+        "boot-default boots unknown machines"
+    );
+
+    let mut cfg: Config = auth_config();
+    cfg.unknown_machines = UnknownPolicy::Ignore;
+    let mut s = Server::new(cfg.clone());
+    let out = s.handle(t(0), &p.bytes(), local());
+    let offer = only_reply(&out);
+    assert_eq!(opt(offer, 67), None, "ignored: address only, no boot file");
+    assert_eq!(yiaddr(offer), C1);
+
+    cfg.mode = tugboot_dhcp::Mode::Proxy;
+    let mut s = Server::new(cfg);
+    assert!(s.handle(t(0), &p.bytes(), local()).replies.is_empty());
+}
+
+#[test]
+fn reservation_only_answers_known_machines_only() {
+    let mut s = Server::new(config_with_mode("reservation-only"));
+    let out = s.handle(t(0), &Pkt::new(1, PLAIN_MAC).bytes(), local());
+    assert!(out.replies.is_empty());
+    assert_eq!(ignored(&out), vec![Ignored::NotForUs]);
+    // Not on the PXE port either.
+    let client = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 9), 68);
+    let pxe = Pkt::new(3, PXE_MAC)
+        .ciaddr(*client.ip())
+        .opt(93, &[0, 7])
+        .opt(60, PXE_X64);
+    assert!(
+        s.handle(t(0), &pxe.bytes(), pxe_port(client))
+            .replies
+            .is_empty()
+    );
+    let out = s.handle(
+        t(0),
+        &Pkt::new(1, [0x52, 0x54, 0, 0x12, 0x34, 0x03]).bytes(),
+        local(),
+    );
+    assert_eq!(yiaddr(only_reply(&out)), Ipv4Addr::new(10, 77, 0, 175));
+}
+
+#[test]
+fn reserved_addresses_are_not_handed_to_others() {
+    let mut s = server();
+    let p = Pkt::new(1, PLAIN_MAC).opt(50, &[10, 77, 0, 173]);
+    let out = s.handle(t(0), &p.bytes(), local());
+    assert_ne!(yiaddr(only_reply(&out)), Ipv4Addr::new(10, 77, 0, 173));
+    let req = Pkt::new(3, PLAIN_MAC).opt(50, &[10, 77, 0, 173]);
+    let out = s.handle(t(0), &req.bytes(), local());
+    assert_eq!(only_reply(&out).msg_type, MessageType::Nak);
+}
+
+#[test]
+fn rate_limit_per_mac() {
+    let mut s = server();
+    let p = Pkt::new(1, PLAIN_MAC).bytes();
+    let answered = (0..20)
+        .filter(|_| !s.handle(t(0), &p, local()).replies.is_empty())
+        .count();
+    assert_eq!(answered, 10, "burst of 10");
+    let other = s.handle(t(0), &Pkt::new(1, [2, 0, 0, 0, 0, 0x77]).bytes(), local());
+    assert_eq!(other.replies.len(), 1, "other clients unaffected");
+    assert_eq!(
+        s.handle(t(1), &p, local()).replies.len(),
+        1,
+        "refilled after a second"
+    );
+}
+
+#[test]
+fn pending_offers_are_capped() {
+    let mut cfg = auth_config();
+    cfg.limits.max_pending_offers = 3;
+    let mut s = Server::new(cfg);
+    for n in 0..3u8 {
+        assert_eq!(
+            s.handle(t(0), &Pkt::new(1, [2, 0, 0, 0, 2, n]).bytes(), local())
+                .replies
+                .len(),
+            1
+        );
+    }
+    let out = s.handle(t(0), &Pkt::new(1, [2, 0, 0, 0, 2, 9]).bytes(), local());
+    assert_eq!(ignored(&out), vec![Ignored::OfferTableFull]);
+    let later = s.handle(t(61), &Pkt::new(1, [2, 0, 0, 0, 2, 9]).bytes(), local());
+    assert_eq!(later.replies.len(), 1, "offers expire after offer_ttl");
+}
+
+#[test]
+fn restored_leases_survive_a_restart() {
+    let mut s = server();
+    let offer = s.handle(t(0), &Pkt::new(1, PLAIN_MAC).bytes(), local());
+    let a = yiaddr(only_reply(&offer));
+    let req = Pkt::new(3, PLAIN_MAC)
+        .opt(54, &SERVER.octets())
+        .opt(50, &a.octets());
+    let ack = s.handle(t(0), &req.bytes(), local());
+    let saved = ack.persist.clone();
+    // "Crash": a new core restored from what the shell persisted.
+    let mut s2 = server();
+    s2.restore(&saved);
+    let out = s2.handle(t(100), &Pkt::new(3, PLAIN_MAC).ciaddr(a).bytes(), local());
+    assert_eq!(only_reply(&out).msg_type, MessageType::Ack);
+    let other = s2.handle(t(100), &Pkt::new(1, [2, 0, 0, 0, 0, 0x55]).bytes(), local());
+    assert_ne!(yiaddr(only_reply(&other)), a);
+}
+
+#[test]
+fn malformed_input_is_reported_not_answered() {
+    let mut s = server();
+    for bad in [&[][..], &[1u8; 100][..], &[0u8; 300][..]] {
+        let out = s.handle(t(0), bad, local());
+        assert!(out.replies.is_empty());
+        assert!(matches!(ignored(&out)[..], [Ignored::Malformed(_)]));
+    }
+}
+
+#[test]
+fn rfc5107_server_identifier_override() {
+    let mut s = server();
+    let gi = Ipv4Addr::new(10, 88, 0, 1);
+    let o82 = [11, 4, 10, 88, 0, 1];
+    let out = s.handle(
+        t(0),
+        &Pkt::new(1, PLAIN_MAC).giaddr(gi).opt(82, &o82).bytes(),
+        relayed(gi),
+    );
+    let offer = only_reply(&out);
+    assert_eq!(
+        opt(offer, 54),
+        Some(gi.octets().to_vec()),
+        "server id is the relay's override"
+    );
+    let a = yiaddr(offer);
+    // The client selects us by the overridden identifier.
+    let req = Pkt::new(3, PLAIN_MAC)
+        .giaddr(gi)
+        .opt(82, &o82)
+        .opt(54, &gi.octets())
+        .opt(50, &a.octets());
+    let out = s.handle(t(1), &req.bytes(), relayed(gi));
+    assert_eq!(only_reply(&out).msg_type, MessageType::Ack);
+}
+
+#[test]
+fn an_offered_address_is_not_offered_twice() {
+    let mut s = server();
+    let first = s.handle(t(0), &Pkt::new(1, PLAIN_MAC).bytes(), local());
+    let a = yiaddr(only_reply(&first));
+    let asks = Pkt::new(1, [2, 0, 0, 0, 0, 0x66]).opt(50, &a.octets());
+    let second = s.handle(t(1), &asks.bytes(), local());
+    assert_ne!(yiaddr(only_reply(&second)), a);
+    // The same client asking again gets the same offer.
+    let again = s.handle(t(2), &Pkt::new(1, PLAIN_MAC).bytes(), local());
+    assert_eq!(yiaddr(only_reply(&again)), a);
+}
+
+#[test]
+fn proxy_offers_to_ipxe_carry_pxeclient() {
+    // iPXE only takes a ProxyDHCP offer that has option 60 "PXEClient" (found
+    // with QEMU's iPXE ROM beside dnsmasq; see docs/dhcp.md).
+    let ipxe = Pkt::new(1, PXE_MAC)
+        .opt(93, &[0, 0])
+        .opt(60, b"PXEClient:Arch:00000:UNDI:002001")
+        .opt(77, b"iPXE");
+    let mut s = Server::new(config_with_mode("proxy"));
+    let out = s.handle(t(0), &ipxe.bytes(), local());
+    let offer = only_reply(&out);
+    assert_eq!(opt(offer, 60), Some(b"PXEClient".to_vec()));
+    // ... and "PXE options": a next-server plus a boot file (iPXE's dhcp_has_pxeopts).
+    assert_eq!(siaddr(offer), SERVER);
+    assert_eq!(
+        file_field(offer),
+        b"http://10.77.0.1:8080/boot/02-00-00-00-00-02.ipxe"
+    );
+    // The authoritative answer to the same client needs no option 60.
+    let mut a = server();
+    let out = a.handle(t(0), &ipxe.bytes(), local());
+    assert_eq!(opt(only_reply(&out), 60), None);
+}
