@@ -1,0 +1,63 @@
+//! The store's shared test suite, compiled into one binary and run against both backends:
+//! every case in `cases` is a generic async fn over [`backends::Backend`], instantiated once
+//! for SQLite and once for PostgreSQL by `suite!`. PostgreSQL cases are skipped (with a
+//! notice on stderr) unless `TUGBOOT_TEST_PG_URL` is set; `tests/postgres` provides one.
+
+mod backends;
+mod cases;
+mod durability;
+
+/// Calls `$m!(args... [every async case])`: the one list of cases, shared by both backends.
+macro_rules! for_each_case {
+    ($m:ident ! ($($args:tt)*)) => {
+        $m!($($args)* [
+            machines_crud,
+            machines_reject_bad_input,
+            corrupt_rows_are_errors,
+            leases_lifecycle,
+            lease_allocation_is_atomic_across_stores,
+            lease_same_client_races_get_one_address,
+            images_crud_and_immutability,
+            rollouts_crud_and_compare_and_set,
+            reports_are_idempotent,
+            report_retries_race_counted_once,
+            device_certs_crud,
+            data_survives_reopen,
+            concurrent_first_open_migrates_once,
+            newer_schema_is_refused,
+        ]);
+    };
+}
+
+macro_rules! suite {
+    ($name:ident, $backend:ty, [$($case:ident),+ $(,)?]) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(backend) = <$backend as crate::backends::Backend>::fresh().await else {
+                        return;
+                    };
+                    crate::cases::$case(&backend).await;
+                }
+            )+
+
+            /// kill -9 of a writer process mid-burst: every acknowledged write is there.
+            #[test]
+            fn acknowledged_writes_survive_kill9() {
+                crate::durability::kill9_during_burst::<$backend>();
+            }
+        }
+    };
+}
+
+for_each_case!(suite!(sqlite, crate::backends::Sqlite,));
+for_each_case!(suite!(postgres, crate::backends::Postgres,));
+
+/// Child-process entry of `acknowledged_writes_survive_kill9` (the parent runs this test
+/// binary again with only this test selected). Without the environment variable it is not a
+/// child and returns at once.
+#[test]
+fn durability_writer_child() {
+    durability::writer_child_main();
+}
