@@ -24,8 +24,10 @@ pub enum ImageCommand {
     /// Build an image from kernel / initrd / cmdline / slot payload files: the artifacts go into
     /// the blob store, the manifest into --out.
     Build {
+        /// Kernel image (bzImage, arm64 Image, EFI stub).
         #[arg(long)]
         kernel: Option<PathBuf>,
+        /// Initial ramdisk.
         #[arg(long)]
         initrd: Option<PathBuf>,
         /// Kernel command line text.
@@ -123,6 +125,7 @@ pub struct MetaArgs {
     /// Manifest file to write.
     #[arg(long)]
     out: PathBuf,
+    /// Overwrite --out if it exists.
     #[arg(long)]
     force: bool,
     #[command(flatten)]

@@ -25,6 +25,7 @@ pub enum KeysCommand {
         /// Path prefix of the two files written.
         #[arg(long)]
         out: PathBuf,
+        /// Overwrite existing key files.
         #[arg(long)]
         force: bool,
     },
@@ -96,6 +97,7 @@ pub struct RootWriteArgs {
     /// Output file.
     #[arg(long)]
     out: PathBuf,
+    /// Overwrite --out if it exists.
     #[arg(long)]
     force: bool,
 }
