@@ -11,8 +11,10 @@
 //! Both refuse to write over an environment they cannot read: a blank environment would make
 //! U-Boot fall back to its defaults and forget which slot is good.
 
+pub mod efi;
 pub mod fuzzing;
 pub mod grub;
+pub mod rpi;
 pub mod uboot;
 mod vars;
 
