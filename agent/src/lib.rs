@@ -2,6 +2,8 @@
 //! slot, arms the bootloader for one trial boot, and commits or rolls back after the reboot.
 pub mod bootloader;
 pub mod cli;
+pub mod config;
 pub mod io;
+pub mod net;
 pub mod slot;
 pub mod update;

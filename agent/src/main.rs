@@ -1,7 +1,5 @@
-//! `tugboot-agent`: the on-device agent.
-//!
-//! This first cut verifies a signed manifest exactly as a device will before installing it; the
-//! update state machine, slot backends and reporting are being built on top of it.
+//! `tugboot-agent`: the on-device agent (see `docs/agent.md`). Every failure ends with a
+//! non-zero exit status and one line on stderr saying why.
 
 use std::process::ExitCode;
 
@@ -12,7 +10,7 @@ fn main() -> ExitCode {
     match cli::run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", cli::one_line(&err.to_string()));
             ExitCode::FAILURE
         }
     }

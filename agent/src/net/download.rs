@@ -1,0 +1,197 @@
+//! An artifact download as a [`Read`] that survives dropped connections: when the body ends
+//! early or breaks, it asks again with `Range: bytes=N-` where N is the number of bytes it has
+//! already handed out.
+//!
+//! Handed-out bytes are exactly the bytes that went through the slot writer's verifier
+//! (`slot::write_slot` hashes every byte it reads, in order, before writing it), so resuming at
+//! N continues the same verifier state: nothing is hashed twice or skipped, and a server that
+//! answers a range with the wrong bytes is caught by the final digest like any other tampering.
+//! A server that ignores the range (`200` instead of `206`) or answers another range is refused.
+
+use std::io::{self, Read};
+use std::time::Duration;
+
+use crate::net::{HttpClient, NetError};
+
+/// Consecutive failed attempts (no byte received) before the download gives up.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+
+/// A resumable GET of one artifact.
+pub struct ResumableDownload<'a> {
+    client: &'a HttpClient,
+    url: String,
+    offset: u64,
+    expected: Option<u64>,
+    body: Option<ureq::BodyReader<'static>>,
+    failures: u32,
+    max_attempts: u32,
+    retry_delay: Duration,
+    resumes: Vec<u64>,
+}
+
+impl std::fmt::Debug for ResumableDownload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumableDownload")
+            .field("url", &self.url)
+            .field("offset", &self.offset)
+            .field("resumes", &self.resumes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> ResumableDownload<'a> {
+    /// A download of `url` (absolute, or a path on the client's server) from byte 0.
+    #[must_use]
+    pub fn new(client: &'a HttpClient, url: &str) -> Self {
+        Self {
+            client,
+            url: client.resolve(url),
+            offset: 0,
+            expected: None,
+            body: None,
+            failures: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_delay: Duration::from_secs(1),
+            resumes: Vec::new(),
+        }
+    }
+
+    /// The signed size: a body that ends before it is a dropped connection, resumed. (Without
+    /// it, the first end of a body is taken as the end.)
+    #[must_use]
+    pub fn expect_len(mut self, size: u64) -> Self {
+        self.expected = Some(size);
+        self
+    }
+
+    /// Attempts in a row without receiving a byte before giving up (at least 1).
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// Pause before the k-th retry in a row: `k * delay`.
+    #[must_use]
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// Bytes handed out so far.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The offsets at which the download was resumed, in order.
+    #[must_use]
+    pub fn resumes(&self) -> &[u64] {
+        &self.resumes
+    }
+
+    /// Opens the body at the current offset. `Err(true)` for errors worth retrying.
+    fn open(&mut self) -> Result<ureq::BodyReader<'static>, (bool, NetError)> {
+        let from = (self.offset > 0).then_some(self.offset);
+        let resp = self.client.get(&self.url, from).map_err(|e| (true, e))?;
+        let status = resp.status().as_u16();
+        let url = || self.url.clone();
+        match (status, from) {
+            (200, None) => {}
+            (206, Some(from)) => {
+                let start = resp
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if start != Some(from) {
+                    return Err((
+                        false,
+                        NetError::Protocol {
+                            url: url(),
+                            reason: format!("asked for bytes from {from}, got range {start:?}"),
+                        },
+                    ));
+                }
+            }
+            (200, Some(from)) => {
+                return Err((
+                    false,
+                    NetError::Protocol {
+                        url: url(),
+                        reason: format!("server ignored the range request from byte {from}"),
+                    },
+                ));
+            }
+            (s, _) if s >= 500 || s == 408 || s == 429 => {
+                return Err((true, NetError::Status { url: url(), status }));
+            }
+            _ => return Err((false, NetError::Status { url: url(), status })),
+        }
+        if from.is_some() {
+            self.resumes.push(self.offset);
+        }
+        Ok(resp.into_body().into_reader())
+    }
+
+    fn failed(&mut self, err: NetError) -> io::Result<()> {
+        self.body = None;
+        self.failures += 1;
+        if self.failures >= self.max_attempts {
+            return Err(io::Error::other(err));
+        }
+        std::thread::sleep(self.retry_delay * self.failures);
+        Ok(())
+    }
+}
+
+impl Read for ResumableDownload<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let body = match self.body.as_mut() {
+                Some(b) => b,
+                None => match self.open() {
+                    Ok(b) => self.body.insert(b),
+                    Err((true, e)) => {
+                        self.failed(e)?;
+                        continue;
+                    }
+                    Err((false, e)) => return Err(io::Error::other(e)),
+                },
+            };
+            match body.read(buf) {
+                Ok(0) => {
+                    // The body ended. Before the signed size, the connection was cut: resume.
+                    // Otherwise this is the end; the verifier decides whether it is right.
+                    self.body = None;
+                    match self.expected {
+                        Some(size) if self.offset < size => {
+                            let url = self.url.clone();
+                            let offset = self.offset;
+                            self.failed(NetError::Protocol {
+                                url,
+                                reason: format!("body ended at byte {offset} of {size}"),
+                            })?;
+                        }
+                        _ => return Ok(0),
+                    }
+                }
+                Ok(n) => {
+                    self.failures = 0;
+                    self.offset += u64::try_from(n).unwrap_or(u64::MAX);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let url = self.url.clone();
+                    self.failed(NetError::Body { url, source: e })?;
+                }
+            }
+        }
+    }
+}
