@@ -349,6 +349,31 @@ impl Server {
         Step::Reply(Box::new(msg), ingress.src, None)
     }
 
+    /// A configured client on a subnet behind a relay renews (RENEWING) and informs by
+    /// unicast straight to the server: no giaddr, `ciaddr` = source address, and that
+    /// address is not on the receiving interface's subnet. Its subnet is then the one
+    /// holding `ciaddr` (RFC 2131 §4.3.2, §4.3.5); selecting by the interface would NAK
+    /// every relayed client at T1. A client whose address is on the interface's subnet
+    /// keeps that subnet. Limitation: the shell does not tell unicast from broadcast,
+    /// so a machine moved onto this link that broadcasts a REBIND for an address of
+    /// one of our relayed subnets is treated like a routed renewal (ACKed, not NAKed).
+    fn routed_client(&self, req: &Request, ingress: Ingress) -> Option<Ipv4Addr> {
+        let ciaddr = req.msg.ciaddr();
+        if ciaddr.is_unspecified() || *ingress.src.ip() != ciaddr {
+            return None;
+        }
+        let subnets = &self.config.subnets;
+        if subnets
+            .iter()
+            .any(|s| s.network.contains(ingress.interface) && s.network.contains(ciaddr))
+        {
+            return None;
+        }
+        subnets
+            .iter()
+            .any(|s| s.network.contains(ciaddr))
+            .then_some(ciaddr)
+    }
     #[allow(clippy::too_many_arguments)]
     fn authoritative(
         &mut self,
@@ -360,7 +385,11 @@ impl Server {
         ingress: Ingress,
         out: &mut Outcome,
     ) -> Step {
-        let selector = class.relay.selector().unwrap_or(ingress.interface);
+        let selector = class
+            .relay
+            .selector()
+            .or_else(|| self.routed_client(req, ingress))
+            .unwrap_or(ingress.interface);
         let Some(subnet_idx) = self
             .config
             .subnets

@@ -2,9 +2,9 @@
 //! ports 67 and 4011 bound to one interface, an append-only lease file, and the
 //! clock. Everything it decides is decided by [`Server::handle`].
 //!
-//! Order per datagram: `handle` → append `persist` records to the lease file and
-//! `fsync` → send replies. A crash between the two loses only an unsent reply, never
-//! an acknowledged lease.
+//! Order per batch of datagrams (see [`run`]): `handle` each → append all `persist`
+//! records to the lease file and `fsync` once → send all replies. A crash between
+//! the two loses only unsent replies, never an acknowledged lease.
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use tokio::net::UdpSocket;
 
-use crate::core::{DHCP_CLIENT_PORT, Event, Ingress, PXE_PORT, Server, ServerPort};
+use crate::core::{DHCP_CLIENT_PORT, Event, Ingress, PXE_PORT, Reply, Server, ServerPort};
 use crate::lease::LeaseRecord;
 use crate::wire::MAX_REQUEST_LEN;
 
@@ -81,6 +81,9 @@ pub struct ShellConfig {
     pub pxe_port: bool,
     /// Port for DHCP (67 in production).
     pub dhcp_port: u16,
+    /// Most datagrams per group commit (clamped to 1..=[`MAX_BATCH`]; 1 = one
+    /// `fsync` per lease-changing datagram).
+    pub max_batch: usize,
 }
 
 /// Reads the lease file (missing file = no leases). A torn last line (crash during
@@ -190,8 +193,33 @@ fn udp(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket, ShellError
     Ok(sock)
 }
 
+/// Largest group commit: most datagrams whose lease records share one write and one
+/// `fsync`. While a commit is on its way to disk, at most this many further
+/// datagrams are read and decided; then the shell stops reading (the kernel queues
+/// or drops) until the commit is done.
+pub const MAX_BATCH: usize = 4096;
+
+/// Records of one batch going to disk on the blocking pool, with the replies that
+/// must wait for them.
+type Commit = (
+    tokio::task::JoinHandle<(LeaseLog, Result<(), ShellError>)>,
+    Vec<(ServerPort, Reply)>,
+);
+
 /// Runs the server until `shutdown` completes. `server` should already hold the
 /// leases of [`load_leases`] (see [`Server::restore`]).
+///
+/// Group commit, pipelined: the shell keeps reading and deciding datagrams while the
+/// previous batch's lease records are being written and `fsync`ed on the blocking
+/// pool. A reply whose datagram produced lease records (an ACK that binds or renews)
+/// is held until the commit holding those records has finished; a reply that
+/// acknowledges nothing durable (OFFER, NAK, INFORM's ACK, proxy replies) is sent at
+/// once. When a commit finishes, its held replies are sent and everything decided
+/// meanwhile (at most [`ShellConfig::max_batch`] datagrams) becomes the next commit:
+/// one write + one `fsync` for all of it. "Persisted before acknowledged" holds for
+/// every datagram; the `fsync` cost is shared by everything that arrived during the
+/// previous one. An `fsync` error stops the server without sending the replies of
+/// that commit.
 pub async fn run(
     mut server: Server,
     shell: ShellConfig,
@@ -205,62 +233,146 @@ pub async fn run(
     } else {
         None
     };
-    let mut log = LeaseLog::open(&shell.lease_file)?;
-    let mut buf67 = vec![0u8; MAX_REQUEST_LEN + 1];
-    let mut buf4011 = vec![0u8; MAX_REQUEST_LEN + 1];
+    let mut log = Some(LeaseLog::open(&shell.lease_file)?);
+    let max_batch = shell.max_batch.clamp(1, MAX_BATCH);
+    let mut buf = vec![0u8; MAX_REQUEST_LEN + 1];
+    // Decided but not yet committed: records, the replies waiting for them, and how
+    // many datagrams they came from.
+    let mut persist: Vec<LeaseRecord> = Vec::new();
+    let mut held: Vec<(ServerPort, Reply)> = Vec::new();
+    let mut pending = 0usize;
+    let mut immediate: Vec<(ServerPort, Reply)> = Vec::new();
+    let mut commit: Option<Commit> = None;
+    let mut events = String::new();
     tokio::pin!(shutdown);
     loop {
-        let (n, src, port) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            r = s67.recv_from(&mut buf67) => {
-                let (n, src) = r.map_err(|source| ShellError::Io { port: shell.dhcp_port, source })?;
-                (n, src, ServerPort::Dhcp)
+        let room = pending < max_batch;
+        tokio::select! {
+            () = &mut shutdown => {
+                // Finish the commit on its way so its held replies are not lost.
+                if let Some((task, replies)) = commit.take() {
+                    let (_, r) = task.await.map_err(join_error(&shell.lease_file))?;
+                    r?;
+                    send_all(&s67, s4011.as_ref(), &replies).await;
+                }
+                return Ok(());
             }
             r = async {
-                match &s4011 {
-                    Some(s) => s.recv_from(&mut buf4011).await,
+                match &mut commit {
+                    Some((task, _)) => task.await,
                     None => std::future::pending().await,
                 }
             } => {
-                let (n, src) = r.map_err(|source| ShellError::Io { port: PXE_PORT, source })?;
-                (n, src, ServerPort::Pxe)
+                let (l, result) = r.map_err(join_error(&shell.lease_file))?;
+                log = Some(l);
+                result?;
+                if let Some((_, replies)) = commit.take() {
+                    send_all(&s67, s4011.as_ref(), &replies).await;
+                }
             }
-        };
-        let SocketAddr::V4(src) = src else { continue };
-        let data = match port {
-            ServerPort::Dhcp => &buf67[..n],
-            ServerPort::Pxe => &buf4011[..n],
-        };
-        let ingress = Ingress {
-            interface: shell.interface_address,
-            port,
-            src,
-        };
-        let out = server.handle(SystemTime::now(), data, ingress);
-        for e in &out.events {
-            if !matches!(e, Event::Ignored { .. }) {
-                eprintln!("dhcp: {e:?}");
+            r = s67.readable(), if room => r.map_err(|source| ShellError::Io { port: shell.dhcp_port, source })?,
+            r = async {
+                match &s4011 {
+                    Some(s) => s.readable().await,
+                    None => std::future::pending().await,
+                }
+            }, if room => r.map_err(|source| ShellError::Io { port: PXE_PORT, source })?,
+        }
+        events.clear();
+        immediate.clear();
+        // Alternate between the sockets until both are drained or the batch is full.
+        loop {
+            let before = pending;
+            for (port, sock, number) in [
+                (ServerPort::Dhcp, Some(&s67), shell.dhcp_port),
+                (ServerPort::Pxe, s4011.as_ref(), PXE_PORT),
+            ] {
+                let Some(sock) = sock else { continue };
+                if pending >= max_batch {
+                    break;
+                }
+                let (n, src) = match sock.try_recv_from(&mut buf) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(source) => {
+                        return Err(ShellError::Io {
+                            port: number,
+                            source,
+                        });
+                    }
+                };
+                pending += 1;
+                let SocketAddr::V4(src) = src else { continue };
+                let ingress = Ingress {
+                    interface: shell.interface_address,
+                    port,
+                    src,
+                };
+                let data = buf.get(..n).unwrap_or_default();
+                let out = server.handle(SystemTime::now(), data, ingress);
+                for e in &out.events {
+                    if !matches!(e, Event::Ignored { .. }) {
+                        use std::fmt::Write as _;
+                        let _ = writeln!(events, "dhcp: {e:?}");
+                    }
+                }
+                let replies = out.replies.into_iter().map(|r| (port, r));
+                if out.persist.is_empty() {
+                    immediate.extend(replies);
+                } else {
+                    persist.extend(out.persist);
+                    held.extend(replies);
+                }
+            }
+            if pending == before || pending >= max_batch {
+                break;
             }
         }
-        // Durable before acknowledged.
-        log.append(&out.persist)?;
-        let sock = match (port, &s4011) {
-            (ServerPort::Pxe, Some(s)) => s,
-            _ => &s67,
-        };
-        for r in &out.replies {
-            // No ARP injection yet: a reply meant for a not-yet-configured client's
-            // new address goes to the broadcast address instead (every client
-            // accepts that).
-            let dest = if r.link_layer.is_some() {
-                SocketAddrV4::new(Ipv4Addr::BROADCAST, DHCP_CLIENT_PORT)
-            } else {
-                r.dest
-            };
-            if let Err(source) = sock.send_to(&r.bytes, dest).await {
-                // One unreachable client must not stop the server.
-                eprintln!("dhcp: send to {dest} failed: {source}");
+        if !events.is_empty() {
+            // One write per wake-up; a closed stderr must not stop the server.
+            let _ = io::stderr().lock().write_all(events.as_bytes());
+        }
+        send_all(&s67, s4011.as_ref(), &immediate).await;
+        if commit.is_none() {
+            // Nothing waits for disk: the next batch starts here.
+            pending = 0;
+            if !persist.is_empty()
+                && let Some(mut l) = log.take()
+            {
+                let records = std::mem::take(&mut persist);
+                let task = tokio::task::spawn_blocking(move || {
+                    let r = l.append(&records);
+                    (l, r)
+                });
+                commit = Some((task, std::mem::take(&mut held)));
             }
+        }
+    }
+}
+
+fn join_error(path: &Path) -> impl Fn(tokio::task::JoinError) -> ShellError + '_ {
+    move |e| ShellError::LeaseFile {
+        path: path.into(),
+        source: io::Error::other(e),
+    }
+}
+
+async fn send_all(s67: &UdpSocket, s4011: Option<&UdpSocket>, replies: &[(ServerPort, Reply)]) {
+    for (port, r) in replies {
+        let sock = match (port, s4011) {
+            (ServerPort::Pxe, Some(s)) => s,
+            _ => s67,
+        };
+        // No ARP injection yet: a reply meant for a not-yet-configured client's new
+        // address goes to the broadcast address instead (every client accepts that).
+        let dest = if r.link_layer.is_some() {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, DHCP_CLIENT_PORT)
+        } else {
+            r.dest
+        };
+        if let Err(source) = sock.send_to(&r.bytes, dest).await {
+            // One unreachable client must not stop the server.
+            eprintln!("dhcp: send to {dest} failed: {source}");
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Stand-alone DHCP/proxyDHCP daemon around `tugboot-dhcp` (used by the netns
 //! conformance test; the `tugboot` binary embeds the same shell).
 //!
-//! `tugboot-dhcpd --config dhcp.toml --leases leases.jsonl [--interface eth0] [--no-pxe-port]`
+//! `tugboot-dhcpd --config dhcp.toml --leases leases.jsonl [--interface eth0] [--no-pxe-port]
+//! [--max-batch N]` (at most N datagrams per lease-file `fsync`, 1..=4096, default 4096)
 
 use std::path::PathBuf;
 
@@ -14,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     let mut leases = None;
     let mut device = None;
     let mut pxe_port = true;
+    let mut max_batch = tugboot_dhcp::server::MAX_BATCH;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -21,6 +23,18 @@ fn main() -> anyhow::Result<()> {
             "--leases" => leases = args.next().map(PathBuf::from),
             "--interface" => device = args.next(),
             "--no-pxe-port" => pxe_port = false,
+            "--max-batch" => {
+                max_batch = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=tugboot_dhcp::server::MAX_BATCH).contains(n))
+                    .with_context(|| {
+                        format!(
+                            "--max-batch takes a number from 1 to {}",
+                            tugboot_dhcp::server::MAX_BATCH
+                        )
+                    })?;
+            }
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -40,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         lease_file,
         pxe_port,
         dhcp_port: tugboot_dhcp::core::DHCP_SERVER_PORT,
+        max_batch,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -573,3 +573,52 @@ fn proxy_offers_to_ipxe_carry_pxeclient() {
     let out = a.handle(t(0), &ipxe.bytes(), local());
     assert_eq!(opt(only_reply(&out), 60), None);
 }
+
+#[test]
+fn relayed_client_renews_by_unicast_through_a_router() {
+    use tugboot_dhcp::core::DHCP_CLIENT_PORT;
+    use tugboot_dhcp::{Ingress, ServerPort};
+    // Bound through a relay on 10.88.0.0/24, then RENEWING: unicast from its own
+    // address straight to the server, no giaddr. The subnet comes from ciaddr.
+    let mut s = server();
+    let gi = Ipv4Addr::new(10, 88, 0, 1);
+    let mac = [2, 0, 0, 0, 8, 8];
+    let offer = s.handle(t(0), &Pkt::new(1, mac).giaddr(gi).bytes(), relayed(gi));
+    let addr = yiaddr(only_reply(&offer));
+    assert_eq!(addr, Ipv4Addr::new(10, 88, 0, 10));
+    let req = Pkt::new(3, mac)
+        .giaddr(gi)
+        .opt(50, &addr.octets())
+        .opt(54, &SERVER.octets());
+    let ack = s.handle(t(1), &req.bytes(), relayed(gi));
+    assert_eq!(opt(only_reply(&ack), 53), Some(vec![5]));
+    let routed = Ingress {
+        interface: SERVER,
+        port: ServerPort::Dhcp,
+        src: SocketAddrV4::new(addr, DHCP_CLIENT_PORT),
+    };
+    let renew = s.handle(t(60), &Pkt::new(3, mac).ciaddr(addr).bytes(), routed);
+    let r = only_reply(&renew);
+    assert_eq!(opt(r, 53), Some(vec![5]), "routed RENEW is ACKed");
+    assert_eq!(yiaddr(r), addr);
+    assert_eq!(r.dest, SocketAddrV4::new(addr, DHCP_CLIENT_PORT));
+    assert_eq!(renew.persist.len(), 1);
+    // A client on the local link asking for a relayed subnet's address it does not
+    // hold is still refused.
+    let other = Ipv4Addr::new(10, 88, 0, 11);
+    let local_src = Ingress {
+        interface: SERVER,
+        port: ServerPort::Dhcp,
+        src: SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 150), DHCP_CLIENT_PORT),
+    };
+    let wrong = s.handle(
+        t(61),
+        &Pkt::new(3, [2, 0, 0, 0, 8, 9]).ciaddr(other).bytes(),
+        local_src,
+    );
+    assert!(wrong.persist.is_empty(), "{wrong:?}");
+    assert!(
+        wrong.replies.iter().all(|r| opt(r, 53) != Some(vec![5])),
+        "{wrong:?}"
+    );
+}
