@@ -1,6 +1,7 @@
 //! `tugboot`: the netboot/update server and the operator CLI.
 
 mod cli;
+mod serve;
 
 use std::process::ExitCode;
 

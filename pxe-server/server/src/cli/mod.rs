@@ -7,6 +7,7 @@ mod boards;
 mod image;
 mod keys;
 pub mod output;
+mod serve;
 mod util;
 
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ enum Command {
     /// The board catalog.
     #[command(subcommand)]
     Boards(boards::BoardsCommand),
+    /// Run the netboot server: DHCP + TFTP + HTTP(S) from one configuration file.
+    Serve(serve::ServeArgs),
+    /// Validate a server configuration and print it resolved (defaults, absolute paths).
+    CheckConfig(serve::CheckConfigArgs),
 }
 
 /// Where the content-addressed artifact blobs live.
@@ -74,5 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys::run(cmd, global),
         Command::Image(cmd) => image::run(*cmd, global),
         Command::Boards(cmd) => boards::run(cmd, global),
+        Command::Serve(args) => serve::run_serve(args, global),
+        Command::CheckConfig(args) => serve::run_check(args, global),
     }
 }

@@ -1,0 +1,890 @@
+//! The `tugboot serve` configuration: one TOML file for DHCP, TFTP and HTTP.
+//!
+//! Two layers, as everywhere in tugboot: [`RawServeConfig`] is what serde reads (unknown keys
+//! refused, defaults named), [`ServeConfig`] is the validated form the server runs on. Parsing
+//! takes a `&str` plus the directory relative paths are resolved against, so tests need no files.
+//! The DHCP section reuses `tugboot_dhcp`'s own schema for boot files, subnets, reservations
+//! and limits; the addresses it shares with the rest of the server (server identifier, TFTP
+//! server, HTTP base URL) are filled in from `[network]` and `[http]`, so they are written once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tugboot_dhcp::config::{RawBoot, RawConfig, RawLimits, RawReservation, RawSubnet};
+use tugboot_dhcp::{Mode, UnknownPolicy};
+use tugboot_http::{BaseUrl, ErrorAction};
+use tugboot_tftp::Limits;
+
+/// Largest configuration file accepted (checked before parsing).
+pub const MAX_SERVE_CONFIG_LEN: usize = 1 << 20;
+
+/// iPXE script path handed out by DHCP unless the file says otherwise: the HTTP server's
+/// bootstrap, which chains to `/ipxe` with the facts iPXE knows itself.
+pub const DEFAULT_IPXE_SCRIPT: &str = "/boot.ipxe";
+/// UEFI HTTP boot path unless the file says otherwise: a file of the boot-files directory.
+pub const DEFAULT_HTTP_BOOT: &str = "/boot/ipxe-{arch}.efi";
+
+/// Why a configuration was rejected. Messages name the key (`http.public_url: ...`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeConfigError {
+    /// Larger than [`MAX_SERVE_CONFIG_LEN`].
+    #[error("config is {len} bytes, more than the {MAX_SERVE_CONFIG_LEN}-byte cap")]
+    TooLarge {
+        /// Length of the text.
+        len: usize,
+    },
+    /// Not TOML, or not this schema (unknown key, wrong type); the message has line and column.
+    #[error("config syntax: {0}")]
+    Syntax(String),
+    /// A value breaks a rule; `key` is its dotted path.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ServeConfigError {
+    ServeConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Serde layer: the file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServeConfig {
+    /// State directory: SQLite store, blobs, manifests, DHCP lease log.
+    pub data_dir: PathBuf,
+    /// Store location (`postgres://...`, `sqlite:PATH`); default `<data_dir>/tugboot.sqlite`.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// Trust root file manifests are verified against.
+    pub trust_root: PathBuf,
+    /// Profiles and machines (`tugboot_http::profiles`); absent = no machine has a profile.
+    #[serde(default)]
+    pub profiles: Option<PathBuf>,
+    /// Board catalog directory; absent = the built-in catalog.
+    #[serde(default)]
+    pub boards_dir: Option<PathBuf>,
+    /// The link the server sits on.
+    pub network: RawNetwork,
+    /// DHCP; absent = no DHCP server (another server hands out the boot parameters).
+    #[serde(default)]
+    pub dhcp: Option<RawDhcp>,
+    /// TFTP; absent = no TFTP server.
+    #[serde(default)]
+    pub tftp: Option<RawTftp>,
+    /// HTTP(S).
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    /// Interface DHCP binds to (`SO_BINDTODEVICE`).
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Address of that interface: DHCP server identifier, TFTP server, default listen address.
+    pub address: Ipv4Addr,
+    /// Link MTU: caps the TFTP block size so no datagram is fragmented.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+
+/// `[dhcp]`: `tugboot_dhcp`'s schema minus the addresses `[network]`/`[http]` provide.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDhcp {
+    /// `authoritative`, `proxy` or `reservation-only`.
+    pub mode: Mode,
+    /// UDP port (67; tests use others).
+    #[serde(default = "default_dhcp_port")]
+    pub port: u16,
+    /// Also answer PXE boot-server requests on port 4011.
+    #[serde(default = "default_true")]
+    pub pxe_port: bool,
+    /// siaddr / option 66 when TFTP runs elsewhere; default `network.address`.
+    #[serde(default)]
+    pub tftp_server: Option<Ipv4Addr>,
+    /// `boot-default` or `ignore`.
+    #[serde(default)]
+    pub unknown_machines: Option<UnknownPolicy>,
+    /// Boot file names (see `docs/dhcp.md`); `ipxe_script` and `http_boot` default to
+    /// [`DEFAULT_IPXE_SCRIPT`] and [`DEFAULT_HTTP_BOOT`] here.
+    /// Kept as a table so the serve defaults apply to the keys it leaves out.
+    #[serde(default)]
+    pub boot: toml::Table,
+    /// Subnets.
+    #[serde(default)]
+    pub subnets: Vec<RawSubnet>,
+    /// Reservations.
+    #[serde(default)]
+    pub reservations: Vec<RawReservation>,
+    /// Rate limits and table sizes.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+fn default_dhcp_port() -> u16 {
+    tugboot_dhcp::core::DHCP_SERVER_PORT
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[tftp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTftp {
+    /// Directory served read-only (iPXE binaries).
+    pub root: PathBuf,
+    /// Listen address; default `<network.address>:69`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Serve every transfer from port 69 (firewalls that pass only 69).
+    #[serde(default)]
+    pub single_port: bool,
+    /// Concurrent transfers.
+    #[serde(default = "default_max_transfers")]
+    pub max_transfers: u64,
+    /// Block size cap; default derived from `network.mtu`, never above it.
+    #[serde(default)]
+    pub max_blksize: Option<u16>,
+}
+
+fn default_max_transfers() -> u64 {
+    512
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Listen address; default `<network.address>:8080`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// URL prefix written into DHCP answers and iPXE scripts; default from `listen`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Directory served under `/boot/` (iPXE binaries for UEFI HTTP boot).
+    #[serde(default)]
+    pub boot_dir: Option<PathBuf>,
+    /// Seconds a failed machine waits before asking again.
+    #[serde(default)]
+    pub retry_secs: Option<u32>,
+    /// Machines no profile covers: `retry` (every 60 s) or `exit` (back to the firmware).
+    #[serde(default)]
+    pub unknown_machine: Option<UnknownMachineAction>,
+    /// HTTPS instead of HTTP.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// What the iPXE script of an unknown machine does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownMachineAction {
+    /// Wait 60 s and ask again.
+    Retry,
+    /// Return to the firmware.
+    Exit,
+}
+
+/// `[http.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Store location for `AnyStore::open`.
+    pub store: String,
+    /// `<data_dir>/blobs`.
+    pub blob_dir: PathBuf,
+    /// `<data_dir>/manifests`: every `*.json` is verified and published at start and on SIGHUP.
+    pub manifest_dir: PathBuf,
+    /// `<data_dir>/dhcp-leases.jsonl`.
+    pub lease_file: PathBuf,
+    /// Trust root file.
+    pub trust_root: PathBuf,
+    /// Profiles file.
+    pub profiles: Option<PathBuf>,
+    /// Board catalog directory.
+    pub boards_dir: Option<PathBuf>,
+    /// `[network]`.
+    pub network: Network,
+    /// DHCP, if enabled.
+    pub dhcp: Option<DhcpSettings>,
+    /// TFTP, if enabled.
+    pub tftp: Option<TftpSettings>,
+    /// HTTP.
+    pub http: HttpSettings,
+}
+
+/// Validated `[network]`.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Interface name for `SO_BINDTODEVICE`.
+    pub interface: Option<String>,
+    /// Interface address.
+    pub address: Ipv4Addr,
+    /// MTU.
+    pub mtu: u16,
+}
+
+/// Validated `[dhcp]`.
+#[derive(Debug, Clone)]
+pub struct DhcpSettings {
+    /// The core's configuration (addresses filled in).
+    pub config: tugboot_dhcp::Config,
+    /// DHCP port.
+    pub port: u16,
+    /// Port 4011 too.
+    pub pxe_port: bool,
+}
+
+/// Validated `[tftp]`.
+#[derive(Debug, Clone)]
+pub struct TftpSettings {
+    /// Root directory.
+    pub root: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Single-port mode.
+    pub single_port: bool,
+    /// Concurrent transfers.
+    pub max_transfers: u64,
+    /// Option caps.
+    pub limits: Limits,
+}
+
+/// Validated `[http]`.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Public base URL.
+    pub public_url: BaseUrl,
+    /// `/boot/` directory.
+    pub boot_dir: Option<PathBuf>,
+    /// Retry delay of failed machines.
+    pub retry_secs: u32,
+    /// Unknown machines.
+    pub unknown_machine: ErrorAction,
+    /// `(cert, key)` for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl ServeConfig {
+    /// Parses and validates `text`; relative paths are taken relative to `base` (the config
+    /// file's directory).
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, ServeConfigError> {
+        if text.len() > MAX_SERVE_CONFIG_LEN {
+            return Err(ServeConfigError::TooLarge { len: text.len() });
+        }
+        let raw: RawServeConfig =
+            toml::from_str(text).map_err(|e| ServeConfigError::Syntax(e.to_string()))?;
+        Self::try_from((raw, base))
+    }
+}
+
+fn resolve(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+fn nonempty_path(key: &str, p: &Path) -> Result<(), ServeConfigError> {
+    if p.as_os_str().is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    Ok(())
+}
+
+impl TryFrom<(RawServeConfig, &Path)> for ServeConfig {
+    type Error = ServeConfigError;
+
+    fn try_from((raw, base): (RawServeConfig, &Path)) -> Result<Self, ServeConfigError> {
+        nonempty_path("data_dir", &raw.data_dir)?;
+        nonempty_path("trust_root", &raw.trust_root)?;
+        let data_dir = resolve(base, raw.data_dir);
+        let network = Network {
+            interface: raw.network.interface,
+            address: raw.network.address,
+            mtu: raw.network.mtu,
+        };
+        if let Some(dev) = &network.interface {
+            // IFNAMSIZ is 16 including the NUL.
+            if dev.is_empty() || dev.len() > 15 || dev.contains(['/', ' ', '\0']) {
+                return Err(invalid(
+                    "network.interface",
+                    "must be a Linux interface name (1..=15 bytes, no '/', space or NUL)",
+                ));
+            }
+        }
+        let a = network.address;
+        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+            return Err(invalid(
+                "network.address",
+                "must be the unicast address of the interface",
+            ));
+        }
+        if network.mtu < 576 {
+            return Err(invalid(
+                "network.mtu",
+                "must be at least 576 (IPv4 minimum)",
+            ));
+        }
+
+        let http = http_settings(raw.http, &network, base)?;
+        let tftp = match raw.tftp {
+            None => None,
+            Some(t) => Some(tftp_settings(t, &network, base)?),
+        };
+        let dhcp = match raw.dhcp {
+            None => None,
+            Some(d) => Some(dhcp_settings(d, &network, &http)?),
+        };
+        if let Some(store) = &raw.store
+            && store.trim().is_empty()
+        {
+            return Err(invalid("store", "must not be empty"));
+        }
+        let store = raw
+            .store
+            .unwrap_or_else(|| data_dir.join("tugboot.sqlite").display().to_string());
+        Ok(ServeConfig {
+            blob_dir: data_dir.join("blobs"),
+            manifest_dir: data_dir.join("manifests"),
+            lease_file: data_dir.join("dhcp-leases.jsonl"),
+            data_dir,
+            store,
+            trust_root: resolve(base, raw.trust_root),
+            profiles: raw.profiles.map(|p| resolve(base, p)),
+            boards_dir: raw.boards_dir.map(|p| resolve(base, p)),
+            network,
+            dhcp,
+            tftp,
+            http,
+        })
+    }
+}
+
+fn http_settings(
+    raw: RawHttp,
+    network: &Network,
+    base: &Path,
+) -> Result<HttpSettings, ServeConfigError> {
+    let listen = raw
+        .listen
+        .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(network.address), 8080));
+    let tls = raw
+        .tls
+        .map(|t| (resolve(base, t.cert), resolve(base, t.key)));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let text = match raw.public_url {
+        Some(u) => u,
+        None => {
+            // A wildcard listen address is not reachable: clients get the interface address.
+            let host = match listen.ip() {
+                IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(network.address),
+                ip => ip,
+            };
+            format!("{scheme}://{}", SocketAddr::new(host, listen.port()))
+        }
+    };
+    let public_url =
+        BaseUrl::parse(&text).map_err(|e| invalid("http.public_url", e.to_string()))?;
+    if !public_url.as_str().starts_with(&format!("{scheme}://")) {
+        return Err(invalid(
+            "http.public_url",
+            format!(
+                "must start with {scheme}:// (TLS is {})",
+                if tls.is_some() { "on" } else { "off" }
+            ),
+        ));
+    }
+    let retry_secs = raw.retry_secs.unwrap_or(10);
+    if !(1..=3600).contains(&retry_secs) {
+        return Err(invalid("http.retry_secs", "must be 1..=3600"));
+    }
+    let unknown_machine = match raw.unknown_machine.unwrap_or(UnknownMachineAction::Retry) {
+        UnknownMachineAction::Retry => ErrorAction::Retry { after_secs: 60 },
+        UnknownMachineAction::Exit => ErrorAction::Exit,
+    };
+    Ok(HttpSettings {
+        listen,
+        public_url,
+        boot_dir: raw.boot_dir.map(|p| resolve(base, p)),
+        retry_secs,
+        unknown_machine,
+        tls,
+    })
+}
+
+fn tftp_settings(
+    raw: RawTftp,
+    network: &Network,
+    base: &Path,
+) -> Result<TftpSettings, ServeConfigError> {
+    nonempty_path("tftp.root", &raw.root)?;
+    let mut limits = Limits::for_mtu(network.mtu, false);
+    if let Some(b) = raw.max_blksize {
+        if !(512..=limits.max_blksize).contains(&b) {
+            return Err(invalid(
+                "tftp.max_blksize",
+                format!(
+                    "must be 512..={} (network.mtu {} minus IPv4, UDP and TFTP headers)",
+                    limits.max_blksize, network.mtu
+                ),
+            ));
+        }
+        limits.max_blksize = b;
+    }
+    if raw.max_transfers == 0 {
+        return Err(invalid("tftp.max_transfers", "must be at least 1"));
+    }
+    Ok(TftpSettings {
+        root: resolve(base, raw.root),
+        listen: raw
+            .listen
+            .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(network.address), 69)),
+        single_port: raw.single_port,
+        max_transfers: raw.max_transfers,
+        limits,
+    })
+}
+
+fn dhcp_settings(
+    raw: RawDhcp,
+    network: &Network,
+    http: &HttpSettings,
+) -> Result<DhcpSettings, ServeConfigError> {
+    let mut table = raw.boot;
+    for (key, default) in [
+        ("ipxe_script", DEFAULT_IPXE_SCRIPT),
+        ("http_boot", DEFAULT_HTTP_BOOT),
+    ] {
+        table
+            .entry(key)
+            .or_insert_with(|| toml::Value::String(default.into()));
+    }
+    let boot = RawBoot::deserialize(toml::Value::Table(table))
+        .map_err(|e| invalid("dhcp.boot", e.to_string().trim_end()))?;
+    let core = RawConfig {
+        mode: raw.mode,
+        server_address: network.address,
+        tftp_server: raw.tftp_server,
+        http_base_url: http.public_url.as_str().to_owned(),
+        unknown_machines: raw.unknown_machines.unwrap_or(UnknownPolicy::BootDefault),
+        boot,
+        subnets: raw.subnets,
+        reservations: raw.reservations,
+        limits: raw.limits,
+    };
+    let config = tugboot_dhcp::Config::try_from(core).map_err(|e| match e {
+        tugboot_dhcp::ConfigError::Invalid(m) => invalid("dhcp", m),
+        other => invalid("dhcp", other.to_string()),
+    })?;
+    if raw.port == 0 {
+        return Err(invalid("dhcp.port", "must not be 0"));
+    }
+    Ok(DhcpSettings {
+        config,
+        port: raw.port,
+        pxe_port: raw.pxe_port,
+    })
+}
+
+/// The resolved configuration as `check-config` prints it (paths absolute, defaults filled).
+#[derive(Debug, Serialize)]
+pub struct Resolved {
+    data_dir: String,
+    store: String,
+    blob_dir: String,
+    manifest_dir: String,
+    lease_file: String,
+    trust_root: String,
+    profiles: Option<String>,
+    boards_dir: Option<String>,
+    network: ResolvedNetwork,
+    dhcp: Option<ResolvedDhcp>,
+    tftp: Option<ResolvedTftp>,
+    http: ResolvedHttp,
+}
+
+#[derive(Debug, Serialize)]
+struct ResolvedNetwork {
+    interface: Option<String>,
+    address: Ipv4Addr,
+    mtu: u16,
+}
+
+#[derive(Debug, Serialize)]
+struct ResolvedDhcp {
+    mode: String,
+    port: u16,
+    pxe_port: bool,
+    server_address: Ipv4Addr,
+    tftp_server: Ipv4Addr,
+    http_base_url: String,
+    unknown_machines: String,
+    boot_files: std::collections::BTreeMap<String, String>,
+    ipxe_script: String,
+    http_boot: String,
+    subnets: Vec<ResolvedSubnet>,
+    reservations: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct ResolvedSubnet {
+    network: String,
+    pools: Vec<String>,
+    router: Option<Ipv4Addr>,
+    dns: Vec<Ipv4Addr>,
+    lease_time_secs: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ResolvedTftp {
+    root: String,
+    listen: SocketAddr,
+    single_port: bool,
+    max_transfers: u64,
+    max_blksize: u16,
+    max_windowsize: u16,
+}
+
+#[derive(Debug, Serialize)]
+struct ResolvedHttp {
+    listen: SocketAddr,
+    public_url: String,
+    boot_dir: Option<String>,
+    retry_secs: u32,
+    unknown_machine: String,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+}
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+impl ServeConfig {
+    /// The form `check-config` prints.
+    pub fn resolved(&self) -> Resolved {
+        Resolved {
+            data_dir: show(&self.data_dir),
+            store: self.store.clone(),
+            blob_dir: show(&self.blob_dir),
+            manifest_dir: show(&self.manifest_dir),
+            lease_file: show(&self.lease_file),
+            trust_root: show(&self.trust_root),
+            profiles: self.profiles.as_deref().map(show),
+            boards_dir: self.boards_dir.as_deref().map(show),
+            network: ResolvedNetwork {
+                interface: self.network.interface.clone(),
+                address: self.network.address,
+                mtu: self.network.mtu,
+            },
+            dhcp: self.dhcp.as_ref().map(|d| {
+                let c = &d.config;
+                ResolvedDhcp {
+                    mode: match c.mode {
+                        Mode::Authoritative => "authoritative",
+                        Mode::Proxy => "proxy",
+                        Mode::ReservationOnly => "reservation-only",
+                    }
+                    .into(),
+                    port: d.port,
+                    pxe_port: d.pxe_port,
+                    server_address: c.server_address,
+                    tftp_server: c.tftp_server,
+                    http_base_url: c.http_base_url.clone(),
+                    unknown_machines: match c.unknown_machines {
+                        UnknownPolicy::BootDefault => "boot-default",
+                        UnknownPolicy::Ignore => "ignore",
+                    }
+                    .into(),
+                    boot_files: c
+                        .boot
+                        .tftp
+                        .iter()
+                        .map(|(p, f)| (p.as_str().to_owned(), f.clone()))
+                        .collect(),
+                    ipxe_script: c.boot.ipxe_script.clone(),
+                    http_boot: c.boot.http_boot.clone(),
+                    subnets: c
+                        .subnets
+                        .iter()
+                        .map(|s| ResolvedSubnet {
+                            network: format!("{}/{}", s.network.addr, s.network.prefix),
+                            pools: s.pools.iter().map(|(a, b)| format!("{a}-{b}")).collect(),
+                            router: s.router,
+                            dns: s.dns.clone(),
+                            lease_time_secs: s.lease_time.as_secs(),
+                        })
+                        .collect(),
+                    reservations: c.reservations.len(),
+                }
+            }),
+            tftp: self.tftp.as_ref().map(|t| ResolvedTftp {
+                root: show(&t.root),
+                listen: t.listen,
+                single_port: t.single_port,
+                max_transfers: t.max_transfers,
+                max_blksize: t.limits.max_blksize,
+                max_windowsize: t.limits.max_windowsize,
+            }),
+            http: ResolvedHttp {
+                listen: self.http.listen,
+                public_url: self.http.public_url.as_str().to_owned(),
+                boot_dir: self.http.boot_dir.as_deref().map(show),
+                retry_secs: self.http.retry_secs,
+                unknown_machine: match self.http.unknown_machine {
+                    ErrorAction::Exit => "exit".into(),
+                    ErrorAction::Retry { after_secs } => format!("retry after {after_secs}s"),
+                },
+                tls_cert: self.http.tls.as_ref().map(|(c, _)| show(c)),
+                tls_key: self.http.tls.as_ref().map(|(_, k)| show(k)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "/etc/tugboot";
+
+    const FULL: &str = r#"
+data_dir = "/var/lib/tugboot"
+trust_root = "root.json"
+profiles = "profiles.toml"
+
+[network]
+interface = "br0"
+address = "10.77.0.1"
+mtu = 1400
+
+[dhcp]
+mode = "authoritative"
+[[dhcp.subnets]]
+network = "10.77.0.0/24"
+pools = [{ start = "10.77.0.100", end = "10.77.0.200" }]
+router = "10.77.0.1"
+
+[tftp]
+root = "/srv/tftp"
+
+[http]
+listen = "0.0.0.0:8080"
+boot_dir = "/srv/tftp"
+"#;
+
+    fn parse(text: &str) -> Result<ServeConfig, ServeConfigError> {
+        ServeConfig::from_toml(text, Path::new(BASE))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn full_config_resolves_defaults_and_shared_addresses() {
+        let c = parse(FULL).expect("valid");
+        assert_eq!(c.store, "/var/lib/tugboot/tugboot.sqlite");
+        assert_eq!(c.blob_dir, Path::new("/var/lib/tugboot/blobs"));
+        assert_eq!(c.manifest_dir, Path::new("/var/lib/tugboot/manifests"));
+        assert_eq!(
+            c.lease_file,
+            Path::new("/var/lib/tugboot/dhcp-leases.jsonl")
+        );
+        assert_eq!(c.trust_root, Path::new("/etc/tugboot/root.json"));
+        assert_eq!(
+            c.profiles.as_deref(),
+            Some(Path::new("/etc/tugboot/profiles.toml"))
+        );
+        // A wildcard listen address is replaced by the interface address in the public URL.
+        assert_eq!(c.http.public_url.as_str(), "http://10.77.0.1:8080");
+        let d = c.dhcp.expect("dhcp on");
+        assert_eq!(d.port, 67);
+        assert!(d.pxe_port);
+        assert_eq!(d.config.server_address, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(d.config.tftp_server, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(d.config.http_base_url, "http://10.77.0.1:8080");
+        assert_eq!(d.config.boot.ipxe_script, DEFAULT_IPXE_SCRIPT);
+        assert_eq!(d.config.boot.http_boot, DEFAULT_HTTP_BOOT);
+        let t = c.tftp.expect("tftp on");
+        assert_eq!(t.listen, "10.77.0.1:69".parse().expect("addr"));
+        // 1400 - 20 (IPv4) - 8 (UDP) - 4 (TFTP)
+        assert_eq!(t.limits.max_blksize, 1368);
+    }
+
+    #[test]
+    fn minimal_config_runs_http_only() {
+        let c = parse(
+            "data_dir = \"d\"\ntrust_root = \"r.json\"\n[network]\naddress = \"192.0.2.1\"\n",
+        )
+        .expect("valid");
+        assert!(c.dhcp.is_none() && c.tftp.is_none());
+        assert_eq!(c.data_dir, Path::new("/etc/tugboot/d"));
+        assert_eq!(c.http.listen, "192.0.2.1:8080".parse().expect("addr"));
+        assert_eq!(c.http.public_url.as_str(), "http://192.0.2.1:8080");
+        assert_eq!(c.http.retry_secs, 10);
+    }
+
+    #[test]
+    fn tls_makes_the_default_url_https_and_refuses_http_urls() {
+        let base = "data_dir = \"d\"\ntrust_root = \"r\"\n[network]\naddress = \"192.0.2.1\"\n\
+                    [http]\nlisten = \"192.0.2.1:8443\"\n";
+        let tls = "[http.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let c = parse(&format!("{base}{tls}")).expect("valid");
+        assert_eq!(c.http.public_url.as_str(), "https://192.0.2.1:8443");
+        assert_eq!(
+            c.http.tls,
+            Some((
+                PathBuf::from("/etc/tugboot/c.pem"),
+                "/etc/tugboot/k.pem".into()
+            ))
+        );
+        let e = err(&format!(
+            "{base}public_url = \"http://192.0.2.1:8443\"\n{tls}"
+        ));
+        assert!(
+            e.starts_with("http.public_url: must start with https://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_place() {
+        let e = err(&FULL.replace("mtu = 1400", "mtu = 1400\nmtuu = 1"));
+        assert!(e.contains("unknown field `mtuu`"), "{e}");
+        assert!(e.contains("line"), "{e}");
+        let e = err(&FULL.replace("[tftp]", "[tftp]\nwindow = 4"));
+        assert!(e.contains("unknown field `window`"), "{e}");
+        let e = err(&FULL.replace(
+            "[[dhcp.subnets]]",
+            "[dhcp.boot]\nbioss = \"x\"\n[[dhcp.subnets]]",
+        ));
+        assert!(e.starts_with("dhcp.boot: unknown field `bioss`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (
+                FULL.replace("10.77.0.1\"\nmtu", "0.0.0.0\"\nmtu"),
+                "network.address:",
+            ),
+            (FULL.replace("mtu = 1400", "mtu = 500"), "network.mtu:"),
+            (
+                FULL.replace("\"br0\"", "\"a-very-long-interface-name\""),
+                "network.interface:",
+            ),
+            (
+                FULL.replace("[tftp]", "[tftp]\nmax_blksize = 1400"),
+                "tftp.max_blksize: must be 512..=1368",
+            ),
+            (
+                FULL.replace("boot_dir", "public_url = \"ftp://x\"\nboot_dir"),
+                "http.public_url:",
+            ),
+            (FULL.replace("10.77.0.200", "10.78.0.200"), "dhcp: "),
+            (
+                FULL.replace("boot_dir", "retry_secs = 0\nboot_dir"),
+                "http.retry_secs:",
+            ),
+            (format!("store = \" \"\n{FULL}"), "store:"),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_and_non_toml_input_is_refused_before_use() {
+        let big = "#".repeat(MAX_SERVE_CONFIG_LEN + 1);
+        assert!(matches!(
+            parse(&big),
+            Err(ServeConfigError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            parse("data_dir = "),
+            Err(ServeConfigError::Syntax(_))
+        ));
+        assert!(matches!(parse("\u{0}"), Err(ServeConfigError::Syntax(_))));
+    }
+
+    #[test]
+    fn explicit_dhcp_boot_table_is_used_as_written() {
+        let text = FULL.replace(
+            "[[dhcp.subnets]]",
+            "[dhcp.boot]\nbios = \"ipxe.pxe\"\nipxe_script = \"/ipxe?mac={mac}\"\n[[dhcp.subnets]]",
+        );
+        let c = parse(&text).expect("valid");
+        let boot = c.dhcp.expect("dhcp").config.boot;
+        assert_eq!(boot.ipxe_script, "/ipxe?mac={mac}");
+        assert_eq!(boot.http_boot, DEFAULT_HTTP_BOOT);
+        assert_eq!(
+            boot.tftp
+                .get(&tugboot_dhcp::Platform::Bios)
+                .map(String::as_str),
+            Some("ipxe.pxe")
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../../examples/serve.toml");
+        let c =
+            ServeConfig::from_toml(text, Path::new("/work/pxe-server/examples")).expect("valid");
+        assert_eq!(
+            c.profiles.as_deref(),
+            Some(Path::new("/work/pxe-server/examples/profiles.toml"))
+        );
+        assert_eq!(c.network.interface.as_deref(), Some("eth1"));
+        let d = c.dhcp.expect("dhcp");
+        assert_eq!(d.config.reservations.len(), 1);
+        assert_eq!(d.config.http_base_url, "http://10.77.0.1:8080");
+        let profiles = include_str!("../../../examples/profiles.toml");
+        tugboot_http::ProfileSet::from_toml(profiles).expect("example profiles are valid");
+    }
+
+    #[test]
+    fn resolved_form_serialises_every_section() {
+        let c = parse(FULL).expect("valid");
+        let v = serde_json::to_value(c.resolved()).expect("json");
+        assert_eq!(v["dhcp"]["mode"], "authoritative");
+        assert_eq!(v["dhcp"]["boot_files"]["bios"], "undionly.kpxe");
+        assert_eq!(
+            v["dhcp"]["subnets"][0]["pools"][0],
+            "10.77.0.100-10.77.0.200"
+        );
+        assert_eq!(v["tftp"]["max_blksize"], 1368);
+        assert_eq!(v["http"]["public_url"], "http://10.77.0.1:8080");
+        assert_eq!(v["http"]["unknown_machine"], "retry after 60s");
+    }
+}
