@@ -471,8 +471,11 @@ struct StatusJson<'a> {
 
 #[derive(serde::Serialize)]
 struct BootJson<'a> {
+    backend: &'a str,
     default: Option<&'a str>,
     trial: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    firmware: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
 }
@@ -482,6 +485,7 @@ fn status(config: &DeviceConfig, json: bool) -> Result<(), CliError> {
     let boot = open_bootloader(config)
         .and_then(|mut b| b.status())
         .map_err(|e| e.to_string());
+    let firmware = daemon::firmware_boot_line(config);
     let queued = ReportQueue::open(&config.report_queue, config.report_queue_max)
         .and_then(|q| q.len())
         .map_err(|e| e.to_string());
@@ -489,6 +493,8 @@ fn status(config: &DeviceConfig, json: bool) -> Result<(), CliError> {
         let report = StatusJson {
             state: state.as_ref(),
             bootloader: BootJson {
+                backend: config.bootloader.kind(),
+                firmware: firmware.as_deref(),
                 default: boot.as_ref().ok().map(|s| s.default.as_str()),
                 trial: boot.as_ref().ok().and_then(|s| s.trial.map(Slot::as_str)),
                 error: boot.as_ref().err().map(String::as_str),
@@ -532,13 +538,17 @@ fn status(config: &DeviceConfig, json: bool) -> Result<(), CliError> {
             }
         }
     }
+    let kind = config.bootloader.kind();
     match boot {
         Ok(b) => println!(
-            "bootloader: default slot {}, trial {}",
+            "bootloader: {kind}, default slot {}, trial {}",
             b.default,
             b.trial.map_or("none".to_owned(), |t| t.to_string())
         ),
-        Err(e) => println!("bootloader: unreadable: {e}"),
+        Err(e) => println!("bootloader: {kind}, unreadable: {e}"),
+    }
+    if let Some(line) = firmware {
+        println!("firmware: {line}");
     }
     match queued {
         Ok(n) => println!("queued reports: {n}"),
@@ -547,15 +557,12 @@ fn status(config: &DeviceConfig, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn reboot(config: &DeviceConfig) -> Result<(), CliError> {
+fn reboot(argv: &[String]) -> Result<(), CliError> {
     let err = |reason: String| CliError::Reboot {
-        command: config.reboot_command.clone(),
+        command: argv.to_vec(),
         reason,
     };
-    let (program, args) = config
-        .reboot_command
-        .split_first()
-        .ok_or_else(|| err("empty".into()))?;
+    let (program, args) = argv.split_first().ok_or_else(|| err("empty".into()))?;
     // Data written through RealIo is already synced; this is belt and braces.
     let status = std::process::Command::new(program)
         .args(args)
@@ -570,7 +577,7 @@ fn reboot(config: &DeviceConfig) -> Result<(), CliError> {
 
 fn run_daemon(config: DeviceConfig, once: bool) -> Result<(), CliError> {
     let poll = config.poll_interval;
-    let ctx = BootContext::detect(&mut *open_bootloader(&config)?)?;
+    let ctx = BootContext::detect_with(Some(&config), &mut *open_bootloader(&config)?)?;
     let mut d = Daemon::new(config, ctx)?;
     loop {
         let result = d.cycle();
@@ -579,8 +586,9 @@ fn run_daemon(config: DeviceConfig, once: bool) -> Result<(), CliError> {
         }
         match result {
             Ok(Step::Reboot) => {
-                eprintln!("tugboot-agent: rebooting");
-                reboot(d.config())?;
+                let argv = d.reboot_command().to_vec();
+                eprintln!("tugboot-agent: rebooting: {argv:?}");
+                reboot(&argv)?;
                 if once {
                     return Ok(());
                 }
@@ -599,7 +607,7 @@ fn run_daemon(config: DeviceConfig, once: bool) -> Result<(), CliError> {
 /// Starts the shell for an operator command that acts on a trial boot.
 fn trial_agent(config: &DeviceConfig, what: &str) -> Result<(DeviceAgent, BootContext), CliError> {
     let mut boot = open_bootloader(config)?;
-    let ctx = BootContext::detect(&mut *boot)?;
+    let ctx = BootContext::detect_with(Some(config), &mut *boot)?;
     let (agent, next) = Agent::start(
         RealIo::new(),
         boot,
@@ -652,7 +660,7 @@ fn rollback(config: &DeviceConfig) -> Result<(), CliError> {
     queue_outcomes(config, &mut agent, &ctx.boot_id)?;
     if next == Next::Reboot {
         println!("rebooting into slot {}", agent.state().committed.slot);
-        reboot(config)?;
+        reboot(daemon::reboot_command(config, agent.state()))?;
     }
     Ok(())
 }

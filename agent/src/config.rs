@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::bootloader::efi::EFIVARFS;
+use crate::bootloader::rpi::{AUTOBOOT_FILE, PROC_DEVICE_TREE, REBOOT_ARG};
 use crate::slot::SlotPaths;
 
 /// Size cap of the configuration file, applied before parsing.
@@ -89,9 +91,13 @@ pub struct RawConfig {
     /// Seconds the post-reboot health checks may take in total.
     #[serde(default = "default_watchdog")]
     pub watchdog_secs: u64,
-    /// The command that reboots the device (argv).
+    /// The command that reboots the device (argv), into the committed slot.
     #[serde(default = "default_reboot")]
     pub reboot_command: Vec<String>,
+    /// The command that reboots into an armed trial (argv). Default: `reboot "0 tryboot"`
+    /// for `rpi-tryboot` (the firmware's one-shot flag), `reboot_command` otherwise.
+    #[serde(default)]
+    pub trial_reboot_command: Option<Vec<String>>,
     /// mutual TLS.
     pub tls: RawTls,
     /// The two slots.
@@ -169,6 +175,41 @@ pub enum RawBootloader {
         #[serde(default = "one")]
         tries: u32,
     },
+    /// Raspberry Pi `autoboot.txt` with `tryboot_a_b=1` (board backend `rpi-tryboot`).
+    RpiTryboot {
+        /// The mounted `autoboot.txt` (exclusive with `autoboot_mount`).
+        autoboot_txt: Option<PathBuf>,
+        /// Where the autoboot partition is mounted; the file is `autoboot.txt` in it.
+        autoboot_mount: Option<PathBuf>,
+        /// Slot A's boot partition number (board `[[slots]] boot_partition`).
+        boot_partition_a: u32,
+        /// Slot B's boot partition number.
+        boot_partition_b: u32,
+        /// Root of the firmware's device tree (`chosen/bootloader/{partition,tryboot}` below).
+        #[serde(default = "default_device_tree")]
+        device_tree: PathBuf,
+    },
+    /// UEFI `BootNext`/`BootOrder` (board backend `efi-bootnext`).
+    EfiBootnext {
+        /// The efivarfs mount.
+        #[serde(default = "default_efivars")]
+        efivars: PathBuf,
+        /// Slot A's loader on the ESP (board `[[slots]] efi_loader`).
+        loader_a: String,
+        /// Slot B's loader on the ESP.
+        loader_b: String,
+        /// If set, slot A's `Boot####` description must also match.
+        description_a: Option<String>,
+        /// If set, slot B's `Boot####` description must also match.
+        description_b: Option<String>,
+    },
+}
+
+fn default_device_tree() -> PathBuf {
+    PathBuf::from(PROC_DEVICE_TREE)
+}
+fn default_efivars() -> PathBuf {
+    PathBuf::from(EFIVARFS)
 }
 
 fn one() -> u32 {
@@ -239,8 +280,10 @@ pub struct DeviceConfig {
     pub poll_interval: Duration,
     /// For the health checks in total.
     pub watchdog: Duration,
-    /// argv of the reboot command.
+    /// argv of the reboot command (back into the committed slot).
     pub reboot_command: Vec<String>,
+    /// argv of the reboot into an armed trial.
+    pub trial_reboot_command: Vec<String>,
     /// TLS files.
     pub tls: TlsFiles,
     /// Slots.
@@ -297,6 +340,49 @@ pub enum BootloaderConfig {
         /// Trial boots.
         tries: u32,
     },
+    /// Raspberry Pi tryboot.
+    RpiTryboot {
+        /// The `autoboot.txt` file.
+        autoboot_txt: PathBuf,
+        /// Slot A's boot partition (1..=63, differs from B's).
+        boot_partition_a: u32,
+        /// Slot B's boot partition.
+        boot_partition_b: u32,
+        /// Device-tree root.
+        device_tree: PathBuf,
+    },
+    /// UEFI `BootNext`.
+    EfiBootnext {
+        /// The efivarfs directory.
+        efivars: PathBuf,
+        /// Slot A's loader and optional description.
+        slot_a: EfiSlotConfig,
+        /// Slot B's.
+        slot_b: EfiSlotConfig,
+    },
+}
+
+/// How one slot's `Boot####` entry is recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EfiSlotConfig {
+    /// Loader path on the ESP (`EFI/tugboot/slot-a.efi`).
+    pub loader: String,
+    /// Exact description, if required.
+    pub description: Option<String>,
+}
+
+impl BootloaderConfig {
+    /// The backend's name as in the `kind` key.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BootloaderConfig::Uboot { .. } => "uboot",
+            BootloaderConfig::Grub { .. } => "grub",
+            BootloaderConfig::File { .. } => "file",
+            BootloaderConfig::RpiTryboot { .. } => "rpi-tryboot",
+            BootloaderConfig::EfiBootnext { .. } => "efi-bootnext",
+        }
+    }
 }
 
 /// A validated health check.
@@ -448,6 +534,67 @@ impl TryFrom<RawConfig> for DeviceConfig {
                     tries,
                 }
             }
+            RawBootloader::RpiTryboot {
+                autoboot_txt,
+                autoboot_mount,
+                boot_partition_a,
+                boot_partition_b,
+                device_tree,
+            } => rpi_tryboot(
+                autoboot_txt,
+                autoboot_mount,
+                boot_partition_a,
+                boot_partition_b,
+                &device_tree,
+            )?,
+            RawBootloader::EfiBootnext {
+                efivars,
+                loader_a,
+                loader_b,
+                description_a,
+                description_b,
+            } => {
+                let slot_a = efi_slot("a", loader_a, description_a)?;
+                let slot_b = efi_slot("b", loader_b, description_b)?;
+                if slot_a == slot_b
+                    || (slot_a.description == slot_b.description
+                        && normalized_loader(&slot_a.loader)
+                            .eq_ignore_ascii_case(&normalized_loader(&slot_b.loader)))
+                {
+                    return Err(invalid(
+                        "bootloader.loader_b",
+                        "must differ from bootloader.loader_a",
+                    ));
+                }
+                BootloaderConfig::EfiBootnext {
+                    efivars: absolute("bootloader.efivars", &efivars)?,
+                    slot_a,
+                    slot_b,
+                }
+            }
+        };
+        let trial_reboot_command = match raw.trial_reboot_command {
+            Some(argv) => {
+                if argv.first().is_none_or(String::is_empty) {
+                    return Err(invalid("trial_reboot_command", "must name a program"));
+                }
+                if matches!(bootloader, BootloaderConfig::RpiTryboot { .. })
+                    && !argv.iter().any(|a| a.contains("tryboot"))
+                {
+                    return Err(invalid(
+                        "trial_reboot_command",
+                        format!(
+                            "must set the firmware's tryboot flag for rpi-tryboot, e.g. \
+                             [\"reboot\", \"{REBOOT_ARG}\"]"
+                        ),
+                    ));
+                }
+                argv
+            }
+            None if matches!(bootloader, BootloaderConfig::RpiTryboot { .. }) => {
+                vec!["reboot".to_owned(), REBOOT_ARG.to_owned()]
+            }
+            None => raw.reboot_command.clone(),
         };
         let checks = raw.health.command.len() + raw.health.http.len();
         if checks > MAX_CHECKS {
@@ -486,6 +633,7 @@ impl TryFrom<RawConfig> for DeviceConfig {
             poll_interval: secs("poll_interval_secs", raw.poll_interval_secs)?,
             watchdog: secs("watchdog_secs", raw.watchdog_secs)?,
             reboot_command: raw.reboot_command,
+            trial_reboot_command,
             tls: TlsFiles {
                 ca: absolute("tls.ca", &raw.tls.ca)?,
                 cert: absolute("tls.cert", &raw.tls.cert)?,
@@ -496,6 +644,90 @@ impl TryFrom<RawConfig> for DeviceConfig {
             health,
         })
     }
+}
+
+fn rpi_tryboot(
+    autoboot_txt: Option<PathBuf>,
+    autoboot_mount: Option<PathBuf>,
+    a: u32,
+    b: u32,
+    device_tree: &Path,
+) -> Result<BootloaderConfig, ConfigError> {
+    let autoboot_txt = match (autoboot_txt, autoboot_mount) {
+        (Some(file), None) => absolute("bootloader.autoboot_txt", &file)?,
+        (None, Some(dir)) => absolute("bootloader.autoboot_mount", &dir)?.join(AUTOBOOT_FILE),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "bootloader.autoboot_mount",
+                "give either autoboot_txt or autoboot_mount, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "bootloader.autoboot_txt",
+                "rpi-tryboot needs autoboot_txt (the file) or autoboot_mount (its partition)",
+            ));
+        }
+    };
+    let max = crate::bootloader::rpi::autoboot::MAX_PARTITION;
+    for (key, p) in [
+        ("bootloader.boot_partition_a", a),
+        ("bootloader.boot_partition_b", b),
+    ] {
+        if !(1..=max).contains(&p) {
+            return Err(invalid(key, format!("must be 1..={max}, not {p}")));
+        }
+    }
+    if a == b {
+        return Err(invalid(
+            "bootloader.boot_partition_b",
+            "must differ from bootloader.boot_partition_a",
+        ));
+    }
+    Ok(BootloaderConfig::RpiTryboot {
+        autoboot_txt,
+        boot_partition_a: a,
+        boot_partition_b: b,
+        device_tree: absolute("bootloader.device_tree", device_tree)?,
+    })
+}
+
+/// Longest accepted loader path or description.
+const MAX_EFI_STRING: usize = 255;
+
+fn efi_slot(
+    which: &str,
+    loader: String,
+    description: Option<String>,
+) -> Result<EfiSlotConfig, ConfigError> {
+    let key = format!("bootloader.loader_{which}");
+    let plain =
+        |s: &str| !s.is_empty() && s.len() <= MAX_EFI_STRING && !s.chars().any(char::is_control);
+    if !plain(&loader) || loader.ends_with(['/', '\\']) {
+        return Err(invalid(
+            key,
+            format!(
+                "must be a file path on the ESP such as EFI/tugboot/slot-{which}.efi, not {loader:?}"
+            ),
+        ));
+    }
+    if let Some(d) = &description
+        && !plain(d)
+    {
+        return Err(invalid(
+            format!("bootloader.description_{which}"),
+            format!("must be 1..={MAX_EFI_STRING} printable characters"),
+        ));
+    }
+    Ok(EfiSlotConfig {
+        loader,
+        description,
+    })
+}
+
+/// As the EFI backend compares loaders: `/` and `\` alike, leading separator optional.
+fn normalized_loader(p: &str) -> String {
+    p.trim_start_matches(['/', '\\']).replace('\\', "/")
 }
 
 impl DeviceConfig {
@@ -513,6 +745,22 @@ impl DeviceConfig {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(one_line(&e.to_string())))?;
         Self::try_from(raw)
+    }
+
+    /// [`DeviceConfig::parse`] over raw bytes (size cap first, then UTF-8): the entry of the
+    /// `agent_config` fuzz target and of its seed test. Never panics.
+    ///
+    /// # Errors
+    /// As for [`DeviceConfig::parse`]; bytes that are not UTF-8 are a [`ConfigError::Syntax`].
+    pub fn parse_bytes(data: &[u8]) -> Result<Self, ConfigError> {
+        if data.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: PathBuf::from("<config>"),
+            });
+        }
+        let text = std::str::from_utf8(data)
+            .map_err(|e| ConfigError::Syntax(format!("not UTF-8: {e}")))?;
+        Self::parse(text)
     }
 
     /// The resolved configuration, one `key = value` per line (for `check-config`).
@@ -533,6 +781,7 @@ impl DeviceConfig {
         let _ = writeln!(s, "poll_interval = {}s", self.poll_interval.as_secs());
         let _ = writeln!(s, "watchdog = {}s", self.watchdog.as_secs());
         let _ = writeln!(s, "reboot_command = {:?}", self.reboot_command);
+        let _ = writeln!(s, "trial_reboot_command = {:?}", self.trial_reboot_command);
         let _ = writeln!(s, "tls.ca = {}", self.tls.ca.display());
         let _ = writeln!(s, "tls.cert = {}", self.tls.cert.display());
         let _ = writeln!(s, "tls.key = {}", self.tls.key.display());
@@ -560,6 +809,37 @@ impl DeviceConfig {
                 s,
                 "bootloader = file ({}, {contract:?} contract, tries {tries})",
                 path.display()
+            ),
+            BootloaderConfig::RpiTryboot {
+                autoboot_txt,
+                boot_partition_a,
+                boot_partition_b,
+                device_tree,
+            } => writeln!(
+                s,
+                "bootloader = rpi-tryboot ({}, slot A partition {boot_partition_a}, slot B \
+                 partition {boot_partition_b}, device tree {})",
+                autoboot_txt.display(),
+                device_tree.display()
+            ),
+            BootloaderConfig::EfiBootnext {
+                efivars,
+                slot_a,
+                slot_b,
+            } => writeln!(
+                s,
+                "bootloader = efi-bootnext ({}, slot A {}{}, slot B {}{})",
+                efivars.display(),
+                slot_a.loader,
+                slot_a
+                    .description
+                    .as_ref()
+                    .map_or(String::new(), |d| format!(" {d:?}")),
+                slot_b.loader,
+                slot_b
+                    .description
+                    .as_ref()
+                    .map_or(String::new(), |d| format!(" {d:?}")),
             ),
         };
         for c in &self.health {
@@ -697,5 +977,293 @@ url = "http://127.0.0.1:8080/healthz"
             matches!(&c.health[1], HealthCheck::Http { timeout, .. } if timeout.as_secs() == 30)
         );
         assert!(c.describe().contains("bootlimit 3"));
+    }
+
+    /// `EXAMPLE` with its `[bootloader]` table replaced by `table` (and `extra` top-level keys).
+    fn with_bootloader(extra: &str, table: &str) -> String {
+        let start = EXAMPLE.find("[bootloader]").unwrap();
+        let end = EXAMPLE.find("[[health.command]]").unwrap();
+        format!(
+            "{extra}\n{}[bootloader]\n{table}\n{}",
+            &EXAMPLE[..start],
+            &EXAMPLE[end..]
+        )
+    }
+
+    const RPI: &str = "kind = \"rpi-tryboot\"\nautoboot_txt = \"/boot/autoboot/autoboot.txt\"\n\
+                       boot_partition_a = 2\nboot_partition_b = 3";
+    const EFI: &str = "kind = \"efi-bootnext\"\nloader_a = \"EFI/tugboot/slot-a.efi\"\n\
+                       loader_b = \"EFI/tugboot/slot-b.efi\"";
+
+    fn err(text: &str) -> String {
+        let e = DeviceConfig::parse(text).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        e
+    }
+
+    #[test]
+    fn rpi_tryboot_parses_with_defaults() {
+        let c = DeviceConfig::parse(&with_bootloader("", RPI)).unwrap();
+        assert_eq!(
+            c.bootloader,
+            BootloaderConfig::RpiTryboot {
+                autoboot_txt: "/boot/autoboot/autoboot.txt".into(),
+                boot_partition_a: 2,
+                boot_partition_b: 3,
+                device_tree: PROC_DEVICE_TREE.into(),
+            }
+        );
+        assert_eq!(c.reboot_command, vec!["reboot".to_owned()]);
+        assert_eq!(c.trial_reboot_command, vec!["reboot", "0 tryboot"]);
+        assert_eq!(c.bootloader.kind(), "rpi-tryboot");
+        let d = c.describe();
+        assert!(d.contains("bootloader = rpi-tryboot (/boot/autoboot/autoboot.txt, slot A partition 2, slot B partition 3, device tree /proc/device-tree)"), "{d}");
+        assert!(
+            d.contains("trial_reboot_command = [\"reboot\", \"0 tryboot\"]"),
+            "{d}"
+        );
+
+        // The partition's mount point instead of the file; another device tree; own commands.
+        let table = "kind = \"rpi-tryboot\"\nautoboot_mount = \"/boot/autoboot\"\n\
+                     boot_partition_a = 3\nboot_partition_b = 2\ndevice_tree = \"/tmp/dt\"";
+        let extra = "reboot_command = [\"systemctl\", \"reboot\"]\n\
+                     trial_reboot_command = [\"systemctl\", \"reboot\", \"0 tryboot\"]";
+        let c = DeviceConfig::parse(&with_bootloader(extra, table)).unwrap();
+        assert_eq!(
+            c.bootloader,
+            BootloaderConfig::RpiTryboot {
+                autoboot_txt: "/boot/autoboot/autoboot.txt".into(),
+                boot_partition_a: 3,
+                boot_partition_b: 2,
+                device_tree: "/tmp/dt".into(),
+            }
+        );
+        assert_eq!(c.reboot_command, vec!["systemctl", "reboot"]);
+        assert_eq!(
+            c.trial_reboot_command,
+            vec!["systemctl", "reboot", "0 tryboot"]
+        );
+    }
+
+    #[test]
+    fn rpi_tryboot_errors_name_the_key() {
+        let swap = |from: &str, to: &str| {
+            let t = RPI.replacen(from, to, 1);
+            assert_ne!(t, RPI, "{from}");
+            with_bootloader("", &t)
+        };
+        for (text, want) in [
+            (
+                swap("autoboot_txt = \"/boot/autoboot/autoboot.txt\"\n", ""),
+                "bootloader.autoboot_txt: rpi-tryboot needs autoboot_txt",
+            ),
+            (
+                swap("\"/boot/autoboot/autoboot.txt\"", "\"autoboot.txt\""),
+                "bootloader.autoboot_txt: must be an absolute path",
+            ),
+            (
+                swap(
+                    "boot_partition_a",
+                    "autoboot_mount = \"/boot/autoboot\"\nboot_partition_a",
+                ),
+                "bootloader.autoboot_mount: give either",
+            ),
+            (
+                with_bootloader(
+                    "",
+                    "kind = \"rpi-tryboot\"\nautoboot_mount = \"boot\"\n\
+                     boot_partition_a = 2\nboot_partition_b = 3",
+                ),
+                "bootloader.autoboot_mount: must be an absolute path",
+            ),
+            (
+                swap("boot_partition_a = 2", "boot_partition_a = 0"),
+                "bootloader.boot_partition_a: must be 1..=63, not 0",
+            ),
+            (
+                swap("boot_partition_b = 3", "boot_partition_b = 64"),
+                "bootloader.boot_partition_b: must be 1..=63, not 64",
+            ),
+            (
+                swap("boot_partition_b = 3", "boot_partition_b = 2"),
+                "bootloader.boot_partition_b: must differ",
+            ),
+            (
+                swap("boot_partition_b = 3", "boot_partition_b = -1"),
+                // toml reports type errors inside a tagged enum by table, not by key.
+                "[bootloader] invalid value: integer `-1`, expected u32",
+            ),
+            (swap("\nboot_partition_b = 3", ""), "boot_partition_b"),
+            (
+                swap(
+                    "boot_partition_b = 3",
+                    "boot_partition_b = 3\ndevice_tree = \"dt\"",
+                ),
+                "bootloader.device_tree: must be an absolute path",
+            ),
+            (
+                swap(
+                    "boot_partition_b = 3",
+                    "boot_partition_b = 3\ndisk = \"/dev/mmcblk0\"",
+                ),
+                "unknown field `disk`",
+            ),
+            (
+                with_bootloader("trial_reboot_command = [\"reboot\"]", RPI),
+                "trial_reboot_command: must set the firmware's tryboot flag",
+            ),
+            (
+                with_bootloader("trial_reboot_command = []", RPI),
+                "trial_reboot_command: must name a program",
+            ),
+            (
+                with_bootloader("trial_reboot_command = [\"\", \"0 tryboot\"]", RPI),
+                "trial_reboot_command: must name a program",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(want), "wanted {want:?} in {e}");
+        }
+    }
+
+    #[test]
+    fn efi_bootnext_parses_with_defaults() {
+        let c = DeviceConfig::parse(&with_bootloader("", EFI)).unwrap();
+        assert_eq!(
+            c.bootloader,
+            BootloaderConfig::EfiBootnext {
+                efivars: EFIVARFS.into(),
+                slot_a: EfiSlotConfig {
+                    loader: "EFI/tugboot/slot-a.efi".into(),
+                    description: None
+                },
+                slot_b: EfiSlotConfig {
+                    loader: "EFI/tugboot/slot-b.efi".into(),
+                    description: None
+                },
+            }
+        );
+        // BootNext needs no special reboot.
+        assert_eq!(c.trial_reboot_command, c.reboot_command);
+        assert_eq!(c.bootloader.kind(), "efi-bootnext");
+        let d = c.describe();
+        assert!(d.contains("bootloader = efi-bootnext (/sys/firmware/efi/efivars, slot A EFI/tugboot/slot-a.efi, slot B EFI/tugboot/slot-b.efi)"), "{d}");
+
+        // Same loader for both, told apart by description; own efivars directory.
+        let table = "kind = \"efi-bootnext\"\nefivars = \"/tmp/efivars\"\n\
+                     loader_a = \"\\\\EFI\\\\tugboot\\\\os.efi\"\nloader_b = \"EFI/tugboot/os.efi\"\n\
+                     description_a = \"tugboot A\"\ndescription_b = \"tugboot B\"";
+        let c = DeviceConfig::parse(&with_bootloader("", table)).unwrap();
+        let BootloaderConfig::EfiBootnext {
+            efivars,
+            slot_a,
+            slot_b,
+        } = &c.bootloader
+        else {
+            panic!("{:?}", c.bootloader)
+        };
+        assert_eq!(efivars, Path::new("/tmp/efivars"));
+        assert_eq!(slot_a.loader, "\\EFI\\tugboot\\os.efi");
+        assert_eq!(slot_b.description.as_deref(), Some("tugboot B"));
+        assert!(
+            c.describe()
+                .contains("slot A \\EFI\\tugboot\\os.efi \"tugboot A\"")
+        );
+    }
+
+    #[test]
+    fn efi_bootnext_errors_name_the_key() {
+        let swap = |from: &str, to: &str| {
+            let t = EFI.replacen(from, to, 1);
+            assert_ne!(t, EFI, "{from}");
+            with_bootloader("", &t)
+        };
+        for (text, want) in [
+            (
+                swap("loader_a = \"EFI/tugboot/slot-a.efi\"\n", ""),
+                "loader_a",
+            ),
+            (
+                swap("\"EFI/tugboot/slot-a.efi\"", "\"\""),
+                "bootloader.loader_a: must be a file path on the ESP",
+            ),
+            (
+                swap("\"EFI/tugboot/slot-b.efi\"", "\"EFI/tugboot/\""),
+                "bootloader.loader_b: must be a file path on the ESP",
+            ),
+            (
+                swap("\"EFI/tugboot/slot-b.efi\"", "\"EFI/x\\u0000.efi\""),
+                "bootloader.loader_b: must be a file path",
+            ),
+            (
+                swap(
+                    "\"EFI/tugboot/slot-b.efi\"",
+                    &format!("\"{}\"", "x".repeat(256)),
+                ),
+                "bootloader.loader_b: must be a file path",
+            ),
+            (
+                swap("\"EFI/tugboot/slot-b.efi\"", "\"/efi/TUGBOOT/slot-a.efi\""),
+                "bootloader.loader_b: must differ from bootloader.loader_a",
+            ),
+            (
+                swap(
+                    "kind = \"efi-bootnext\"",
+                    "kind = \"efi-bootnext\"\ndescription_a = \"\"",
+                ),
+                "bootloader.description_a: must be 1..=255 printable characters",
+            ),
+            (
+                swap(
+                    "kind = \"efi-bootnext\"",
+                    "kind = \"efi-bootnext\"\ndescription_b = \"a\\tb\"",
+                ),
+                "bootloader.description_b: must be 1..=255",
+            ),
+            (
+                swap(
+                    "kind = \"efi-bootnext\"",
+                    "kind = \"efi-bootnext\"\nefivars = \"efivars\"",
+                ),
+                "bootloader.efivars: must be an absolute path",
+            ),
+            (
+                swap(
+                    "kind = \"efi-bootnext\"",
+                    "kind = \"efi-bootnext\"\nesp_device = \"/dev/sda1\"",
+                ),
+                "unknown field `esp_device`",
+            ),
+            (
+                with_bootloader("trial_reboot_command = []", EFI),
+                "trial_reboot_command: must name a program",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(want), "wanted {want:?} in {e}");
+        }
+        // A custom trial reboot is allowed for EFI (no tryboot word required).
+        let c = DeviceConfig::parse(&with_bootloader(
+            "trial_reboot_command = [\"kexec-reboot\"]",
+            EFI,
+        ))
+        .unwrap();
+        assert_eq!(c.trial_reboot_command, vec!["kexec-reboot"]);
+    }
+
+    #[test]
+    fn parse_bytes_caps_and_checks_utf8_first() {
+        assert!(matches!(
+            DeviceConfig::parse_bytes(&[0xff, 0xfe]),
+            Err(ConfigError::Syntax(m)) if m.contains("UTF-8")
+        ));
+        assert!(matches!(
+            DeviceConfig::parse_bytes(&vec![b'#'; MAX_CONFIG_BYTES + 1]),
+            Err(ConfigError::TooLarge { .. })
+        ));
+        assert_eq!(
+            DeviceConfig::parse_bytes(EXAMPLE.as_bytes()).unwrap(),
+            DeviceConfig::parse(EXAMPLE).unwrap()
+        );
     }
 }

@@ -249,6 +249,15 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Self::with_bootloader(
+            "reboot_command = [\"true\"]",
+            "kind = \"file\"\npath = \"{p}/boot.env\"",
+        )
+    }
+
+    /// The device with `extra` top-level keys and the `[bootloader]` table `table` (`{p}` is
+    /// the device's directory).
+    fn with_bootloader(extra: &str, table: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(
@@ -284,7 +293,7 @@ board = "rpi4"
 state_file = "{p}/state.json"
 trust_root = "{p}/root.json"
 report_queue = "{p}/reports"
-reboot_command = ["true"]
+{extra}
 [tls]
 ca = "{p}/ca.pem"
 cert = "{p}/device.pem"
@@ -293,9 +302,10 @@ key = "{p}/device.key"
 a = "{p}/slotA"
 b = "{p}/slotB"
 [bootloader]
-kind = "file"
-path = "{p}/boot.env"
-"#
+{table}
+"#,
+                extra = extra.replace("{p}", &p.to_string()),
+                table = table.replace("{p}", &p.to_string()),
             ),
         )
         .unwrap();
@@ -355,7 +365,7 @@ fn install_from_files_then_status() {
     let out = stdout(&o);
     assert!(out.contains("committed: slot B edge-gw 7"), "{out}");
     assert!(
-        out.contains("bootloader: default slot B, trial none"),
+        out.contains("bootloader: file, default slot B, trial none"),
         "{out}"
     );
     assert!(out.contains("queued reports: 0"), "{out}");
@@ -366,6 +376,8 @@ fn install_from_files_then_status() {
     assert_eq!(v["state"]["committed"]["slot"], "B");
     assert_eq!(v["state"]["floor"], 7);
     assert_eq!(v["bootloader"]["default"], "B");
+    assert_eq!(v["bootloader"]["backend"], "file");
+    assert!(v["bootloader"].get("firmware").is_none());
     assert_eq!(v["queued_reports"], 0);
 
     // No trial: the trial commands refuse, changing nothing.
@@ -535,4 +547,383 @@ fn rollback_points_the_bootloader_back_and_reboots() {
         state.update.map(|u| u.phase),
         Some(Phase::RollingBack { reason }) if reason.contains("operator")
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raspberry Pi tryboot and EFI BootNext, selected by the configuration, over the fixture files
+// (tests/fixtures/rpi, tests/fixtures/efi/efivars) copied into the device's directory.
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The host's own kernel command line names a slot: the agent would believe it over the
+/// firmware fixtures, so these tests cannot run there.
+fn host_names_a_slot() -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("tugboot.slot="))
+}
+
+/// Reboot commands that only leave a mark: which one ran.
+const REBOOTS: &str = r#"reboot_command = ["sh", "-c", "echo plain > {p}/rebooted"]
+trial_reboot_command = ["sh", "-c", "echo trial > {p}/rebooted # 0 tryboot"]"#;
+
+/// State: slot A committed (version 41), slot B (42) armed for a trial in an earlier boot.
+fn write_trying_state(f: &Fixture) {
+    let image = |version, byte| Image {
+        name: "edge-gw".into(),
+        version,
+        sha256: Sha256Digest::of(&[byte]),
+        size: 1,
+    };
+    let mut state = AgentState::provisioned(Slot::A, Some(image(41, 1)), 41);
+    state.update = Some(UpdateRecord {
+        slot: Slot::B,
+        image: image(42, 2),
+        manifest_sha256: Sha256Digest::of(b"manifest"),
+        phase: Phase::Trying {
+            boot_id: "an-earlier-boot".into(),
+        },
+    });
+    std::fs::write(f.path("state.json"), state.to_bytes()).unwrap();
+}
+
+/// A Pi whose autoboot.txt is `autoboot` (a fixture name) and whose firmware reports the
+/// device tree `devicetree` (a fixture directory).
+fn rpi(autoboot: &str, devicetree: &str) -> Fixture {
+    let f = Fixture::with_bootloader(
+        REBOOTS,
+        "kind = \"rpi-tryboot\"\nautoboot_mount = \"{p}/autoboot\"\nboot_partition_a = 2\n\
+         boot_partition_b = 3\ndevice_tree = \"{p}/dt\"",
+    );
+    std::fs::create_dir(f.path("autoboot")).unwrap();
+    std::fs::copy(
+        fixtures().join("rpi").join(autoboot),
+        f.path("autoboot/autoboot.txt"),
+    )
+    .unwrap();
+    copy_tree(&fixtures().join("rpi").join(devicetree), &f.path("dt"));
+    f
+}
+
+fn autoboot(f: &Fixture) -> String {
+    std::fs::read_to_string(f.path("autoboot/autoboot.txt")).unwrap()
+}
+
+fn fixture_text(name: &str) -> String {
+    std::fs::read_to_string(fixtures().join("rpi").join(name)).unwrap()
+}
+
+#[test]
+fn rpi_check_config_and_status_show_the_backend_and_trial() {
+    if host_names_a_slot() {
+        return;
+    }
+    let f = rpi("autoboot-ab-doc.txt", "devicetree-tryboot-p3");
+    let o = f.run(&["check-config"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("bootloader = rpi-tryboot ("), "{out}");
+    assert!(
+        out.contains("slot A partition 2, slot B partition 3"),
+        "{out}"
+    );
+    assert!(out.contains("# 0 tryboot\"]"), "{out}");
+
+    write_trying_state(&f);
+    let o = f.run(&["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("bootloader: rpi-tryboot, default slot A, trial B"),
+        "{out}"
+    );
+    assert!(
+        out.contains("firmware: booted partition 3 (slot B), tryboot"),
+        "{out}"
+    );
+    assert!(
+        out.contains("update: edge-gw 42 into slot B, trying"),
+        "{out}"
+    );
+    let o = f.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["bootloader"]["backend"], "rpi-tryboot");
+    assert_eq!(v["bootloader"]["trial"], "B");
+    assert_eq!(
+        v["bootloader"]["firmware"],
+        "booted partition 3 (slot B), tryboot"
+    );
+    // status wrote nothing.
+    assert_eq!(autoboot(&f), fixture_text("autoboot-ab-doc.txt"));
+}
+
+#[test]
+fn rpi_mark_good_commits_the_tryboot_partition() {
+    if host_names_a_slot() {
+        return;
+    }
+    let f = rpi("autoboot-ab-doc.txt", "devicetree-tryboot-p3");
+    write_trying_state(&f);
+    let o = f.run(&["mark-good"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("committed edge-gw 42 in slot B"));
+    assert_eq!(autoboot(&f), fixture_text("autoboot-committed-b.txt"));
+    assert_eq!(read_state(&f).committed.slot, Slot::B);
+    assert!(!f.path("rebooted").exists());
+    let o = f.run(&["status"]);
+    assert!(
+        stdout(&o).contains("bootloader: rpi-tryboot, default slot B, trial none"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn rpi_rollback_restores_the_committed_partition_with_a_plain_reboot() {
+    if host_names_a_slot() {
+        return;
+    }
+    let f = rpi("autoboot-ab-doc.txt", "devicetree-tryboot-p3");
+    write_trying_state(&f);
+    let o = f.run(&["rollback"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("rebooting into slot A"));
+    assert_eq!(autoboot(&f), fixture_text("autoboot-idle-a.txt"));
+    // Back into the committed slot: never a tryboot.
+    assert_eq!(
+        std::fs::read_to_string(f.path("rebooted")).unwrap(),
+        "plain\n"
+    );
+}
+
+#[test]
+fn rpi_trial_that_fell_back_is_not_committed() {
+    if host_names_a_slot() {
+        return;
+    }
+    // autoboot.txt still arms B, but the firmware booted partition 2 without tryboot: the
+    // trial crashed or was reset. The device tree, not autoboot.txt, says what runs.
+    let f = rpi("autoboot-ab-doc.txt", "devicetree-normal-p2");
+    write_trying_state(&f);
+    assert_fails(&f.run(&["mark-good"]), "no slot is on trial");
+    assert_eq!(autoboot(&f), fixture_text("autoboot-idle-a.txt"));
+    let state = read_state(&f);
+    assert_eq!(state.committed.slot, Slot::A);
+    assert_eq!(state.floor, 41);
+}
+
+#[test]
+fn rpi_broken_autoboot_is_reported_and_never_rewritten() {
+    if host_names_a_slot() {
+        return;
+    }
+    let f = rpi("autoboot-bad-filter.txt", "devicetree-tryboot-p3");
+    write_trying_state(&f);
+    let o = f.run(&["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("bootloader: rpi-tryboot, unreadable:"),
+        "{}",
+        stdout(&o)
+    );
+    assert_fails(&f.run(&["mark-good"]), "autoboot.txt");
+    assert_eq!(autoboot(&f), fixture_text("autoboot-bad-filter.txt"));
+}
+
+const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+/// A UEFI machine from tests/fixtures/efi/efivars (Boot0001 = slot A, Boot0002 = slot B,
+/// BootOrder 1,2,3,0), booted from entry `current`.
+fn efi(current: u16) -> Fixture {
+    let f = Fixture::with_bootloader(
+        REBOOTS,
+        "kind = \"efi-bootnext\"\nefivars = \"{p}/efivars\"\n\
+         loader_a = \"EFI/tugboot/slot-a.efi\"\nloader_b = \"\\\\EFI\\\\tugboot\\\\slot-b.efi\"\n\
+         description_b = \"tugboot B\"",
+    );
+    copy_tree(&fixtures().join("efi/efivars"), &f.path("efivars"));
+    let mut var = 6u32.to_le_bytes().to_vec(); // BOOTSERVICE_ACCESS | RUNTIME_ACCESS
+    var.extend_from_slice(&current.to_le_bytes());
+    std::fs::write(efivar(&f, "BootCurrent"), var).unwrap();
+    f
+}
+
+fn efivar(f: &Fixture, name: &str) -> std::path::PathBuf {
+    f.path(&format!("efivars/{name}-{GLOBAL}"))
+}
+
+fn boot_order(f: &Fixture) -> Vec<u16> {
+    std::fs::read(efivar(f, "BootOrder")).unwrap()[4..]
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+#[test]
+fn efi_status_shows_the_backend_and_the_running_trial() {
+    if host_names_a_slot() {
+        return;
+    }
+    let f = efi(2);
+    write_trying_state(&f);
+    let o = f.run(&["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("bootloader: efi-bootnext, default slot A, trial B"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "firmware: BootCurrent 0002 (slot B), BootNext unset, slot entries Boot0001 (A) \
+             Boot0002 (B)"
+        ),
+        "{out}"
+    );
+    let o = f.run(&["check-config"]);
+    assert!(
+        stdout(&o).contains("slot B \\EFI\\tugboot\\slot-b.efi \"tugboot B\""),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn efi_mark_good_puts_the_trial_first_in_boot_order() {
+    if host_names_a_slot() {
+        return;
+    }
+    let f = efi(2);
+    write_trying_state(&f);
+    let o = f.run(&["mark-good"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("committed edge-gw 42 in slot B"));
+    assert_eq!(boot_order(&f), vec![2, 1, 3, 0]);
+    assert!(!efivar(&f, "BootNext").exists());
+    assert_eq!(read_state(&f).committed.slot, Slot::B);
+    assert!(!f.path("rebooted").exists());
+    let o = f.run(&["status"]);
+    assert!(
+        stdout(&o).contains("bootloader: efi-bootnext, default slot B, trial none"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn efi_rollback_keeps_the_committed_entry_first_and_reboots_plainly() {
+    if host_names_a_slot() {
+        return;
+    }
+    let f = efi(2);
+    write_trying_state(&f);
+    let o = f.run(&["rollback"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("rebooting into slot A"));
+    assert_eq!(boot_order(&f), vec![1, 2, 3, 0]);
+    assert!(!efivar(&f, "BootNext").exists());
+    assert_eq!(
+        std::fs::read_to_string(f.path("rebooted")).unwrap(),
+        "plain\n"
+    );
+    assert!(matches!(
+        read_state(&f).update.map(|u| u.phase),
+        Some(Phase::RollingBack { .. })
+    ));
+}
+
+#[test]
+fn efi_trial_that_fell_back_is_not_committed() {
+    if host_names_a_slot() {
+        return;
+    }
+    // BootCurrent is slot A's entry: the firmware consumed BootNext but B never came up.
+    let f = efi(1);
+    write_trying_state(&f);
+    assert_fails(&f.run(&["mark-good"]), "no slot is on trial");
+    assert_eq!(boot_order(&f), vec![1, 2, 3, 0]);
+    assert_eq!(read_state(&f).committed.slot, Slot::A);
+}
+
+#[test]
+fn efi_missing_efivars_is_a_clear_error() {
+    let f = efi(1);
+    std::fs::remove_dir_all(f.path("efivars")).unwrap();
+    let o = f.run(&["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("bootloader: efi-bootnext, unreadable:"),
+        "{}",
+        stdout(&o)
+    );
+    assert_fails(&f.run(&["mark-good"]), "efivars");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seeds of the `agent_config` and `assignment` fuzz targets, through the same entries:
+// `good-*` files are accepted, `bad-*` files are refused with an error, nothing panics.
+
+fn seeds(dir: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = fixtures().join(dir);
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&path).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    assert!(out.len() >= 8, "seeds missing in {}", dir.display());
+    out
+}
+
+#[test]
+fn agent_config_seeds() {
+    let mut kinds = std::collections::BTreeSet::new();
+    for (name, bytes) in seeds("agent-config") {
+        match DeviceConfig::parse_bytes(&bytes) {
+            Ok(c) => {
+                assert!(name.starts_with("good-"), "{name} should be refused");
+                assert_eq!(DeviceConfig::parse_bytes(&bytes).unwrap(), c, "{name}");
+                kinds.insert(c.bootloader.kind());
+            }
+            Err(e) => {
+                assert!(name.starts_with("bad-"), "{name} refused: {e}");
+                assert!(!e.to_string().contains('\n'), "{name}: {e}");
+            }
+        }
+    }
+    assert_eq!(kinds.len(), 5, "a good seed per backend: {kinds:?}");
+}
+
+#[test]
+fn assignment_seeds() {
+    use tugboot_agent::net::daemon::{AssignmentCheck, check_assignment};
+    for (name, bytes) in seeds("agent-assignment") {
+        match check_assignment("https://tugboot.example:8443", &bytes) {
+            Ok(a) => {
+                assert!(name.starts_with("good-"), "{name} should be refused");
+                assert!(!a.manifest_url.is_empty());
+            }
+            Err(AssignmentCheck::Refused(e)) => {
+                assert!(name.starts_with("bad-"), "{name} refused: {e}");
+            }
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
 }

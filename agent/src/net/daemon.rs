@@ -13,17 +13,21 @@ use tugboot_firmware::{
     MAX_MANIFEST_BYTES, MAX_ROOT_BYTES, Policy, Timestamp, TrustedRoot, verify_manifest,
 };
 
+use crate::bootloader::efi::{EfiBootNext, EfiError, EfiSlot, Efivarfs};
 use crate::bootloader::grub::GrubEnvFile;
+use crate::bootloader::rpi::{RpiPartitions, RpiTryboot};
 use crate::bootloader::uboot::UbootEnvFile;
 use crate::bootloader::{BootEnv, Slot};
-use crate::config::{BootloaderConfig, Contract, DeviceConfig, read_capped};
+use crate::config::{BootloaderConfig, Contract, DeviceConfig, EfiSlotConfig, read_capped};
 use crate::io::RealIo;
 use crate::net::health::{HealthResult, run_checks};
-use crate::net::{HttpClient, NetError, QueueError, ReportQueue, ResumableDownload, TlsIdentity};
+use crate::net::{
+    Assignment, HttpClient, NetError, QueueError, ReportQueue, ResumableDownload, TlsIdentity,
+};
 use crate::slot::DEFAULT_CHUNK;
 use crate::update::{
-    AbBootloader, Agent, AgentConfig, AgentError, BootError, Grub, Next, Outcome, PlainFileEnv,
-    Uboot, image_of,
+    AbBootloader, Agent, AgentConfig, AgentError, AgentState, BootError, Grub, Next, Outcome,
+    Phase, PlainFileEnv, Uboot, image_of,
 };
 
 /// The update shell on a real device.
@@ -83,8 +87,25 @@ impl BootContext {
     /// # Errors
     /// No boot id, or no slot from either source.
     pub fn detect(boot: &mut dyn AbBootloader) -> Result<Self, DaemonError> {
+        Self::detect_with(None, boot)
+    }
+
+    /// As [`BootContext::detect`], but between the kernel command line and the bootloader's
+    /// configuration it asks the firmware ([`firmware_booted_slot`]: the Raspberry Pi device
+    /// tree, EFI `BootCurrent`), which alone knows whether a trial fell back.
+    ///
+    /// # Errors
+    /// No boot id, or no slot from any source.
+    pub fn detect_with(
+        config: Option<&DeviceConfig>,
+        boot: &mut dyn AbBootloader,
+    ) -> Result<Self, DaemonError> {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let slot = match crate::slot::booted_slot_from_cmdline(&cmdline) {
+        let firmware = match config {
+            Some(c) => firmware_booted_slot(c)?,
+            None => None,
+        };
+        let slot = match crate::slot::booted_slot_from_cmdline(&cmdline).or(firmware) {
             Some(s) => s,
             None => {
                 let status = boot.status()?;
@@ -128,7 +149,203 @@ pub fn open_bootloader(config: &DeviceConfig) -> Result<Box<dyn AbBootloader>, B
                 Contract::Grub => Box::new(Grub::new(env, *tries)),
             }
         }
+        BootloaderConfig::RpiTryboot {
+            autoboot_txt,
+            boot_partition_a,
+            boot_partition_b,
+            device_tree,
+        } => Box::new(open_rpi(
+            autoboot_txt,
+            *boot_partition_a,
+            *boot_partition_b,
+            device_tree,
+        )?),
+        BootloaderConfig::EfiBootnext {
+            efivars,
+            slot_a,
+            slot_b,
+        } => Box::new(open_efi(efivars, slot_a, slot_b)?),
     })
+}
+
+/// The two backends that can also ask the firmware which slot is running.
+enum FirmwareBackend {
+    Rpi(RpiTryboot<RealIo>),
+    Efi(EfiBootNext),
+}
+
+fn efi_slot(c: &EfiSlotConfig) -> EfiSlot {
+    EfiSlot {
+        loader: c.loader.clone(),
+        description: c.description.clone(),
+    }
+}
+
+fn open_rpi(
+    autoboot_txt: &Path,
+    a: u32,
+    b: u32,
+    device_tree: &Path,
+) -> Result<RpiTryboot<RealIo>, BootError> {
+    Ok(
+        RpiTryboot::new(RealIo::new(), autoboot_txt, RpiPartitions { a, b })?
+            .with_device_tree(device_tree),
+    )
+}
+
+fn open_efi(
+    efivars: &Path,
+    a: &EfiSlotConfig,
+    b: &EfiSlotConfig,
+) -> Result<EfiBootNext, BootError> {
+    let vars = Efivarfs::open(efivars).map_err(EfiError::from)?;
+    Ok(EfiBootNext::new(vars, efi_slot(a), efi_slot(b))?)
+}
+
+fn open_firmware_backend(config: &DeviceConfig) -> Result<Option<FirmwareBackend>, BootError> {
+    Ok(match &config.bootloader {
+        BootloaderConfig::RpiTryboot {
+            autoboot_txt,
+            boot_partition_a,
+            boot_partition_b,
+            device_tree,
+        } => Some(FirmwareBackend::Rpi(open_rpi(
+            autoboot_txt,
+            *boot_partition_a,
+            *boot_partition_b,
+            device_tree,
+        )?)),
+        BootloaderConfig::EfiBootnext {
+            efivars,
+            slot_a,
+            slot_b,
+        } => Some(FirmwareBackend::Efi(open_efi(efivars, slot_a, slot_b)?)),
+        BootloaderConfig::Uboot { .. }
+        | BootloaderConfig::Grub { .. }
+        | BootloaderConfig::File { .. } => None,
+    })
+}
+
+/// The slot the firmware says it booted: the Raspberry Pi device tree's `partition`, or EFI
+/// `BootCurrent`. `None` for backends whose firmware does not say (U-Boot, GRUB, file) and
+/// for an EFI `BootCurrent` that is neither slot's entry (a PXE or shell boot).
+///
+/// # Errors
+/// An unreadable device tree or efivarfs, a booted partition that is neither slot's.
+pub fn firmware_booted_slot(config: &DeviceConfig) -> Result<Option<Slot>, BootError> {
+    Ok(match open_firmware_backend(config)? {
+        Some(FirmwareBackend::Rpi(b)) => b.booted_slot()?,
+        Some(FirmwareBackend::Efi(b)) => b.state()?.booted_slot(),
+        None => None,
+    })
+}
+
+/// What `status` shows about the firmware's view of the running boot, one line; `None` for
+/// backends without one.
+#[must_use]
+pub fn firmware_boot_line(config: &DeviceConfig) -> Option<String> {
+    let backend = match open_firmware_backend(config) {
+        Ok(Some(b)) => b,
+        Ok(None) => return None,
+        Err(e) => return Some(format!("unreadable: {e}")),
+    };
+    Some(match backend {
+        FirmwareBackend::Rpi(b) => match b.boot_info() {
+            Ok(Some(info)) => format!(
+                "booted partition {} ({}){}",
+                info.partition,
+                b.booted_slot()
+                    .ok()
+                    .flatten()
+                    .map_or("neither slot".to_owned(), |s| format!("slot {s}")),
+                if info.tryboot { ", tryboot" } else { "" }
+            ),
+            Ok(None) => "no device tree".to_owned(),
+            Err(e) => format!("device tree unreadable: {e}"),
+        },
+        FirmwareBackend::Efi(b) => match b.state() {
+            Ok(st) => format!(
+                "BootCurrent {} ({}), BootNext {}, slot entries Boot{:04X} (A) Boot{:04X} (B)",
+                st.boot_current
+                    .map_or("unset".to_owned(), |n| format!("{n:04X}")),
+                st.booted_slot()
+                    .map_or("neither slot".to_owned(), |s| format!("slot {s}")),
+                st.boot_next
+                    .map_or("unset".to_owned(), |n| format!("{n:04X}")),
+                st.entries[0],
+                st.entries[1]
+            ),
+            Err(e) => format!("unreadable: {e}"),
+        },
+    })
+}
+
+/// The reboot command for the situation `state` describes: [`DeviceConfig::trial_reboot_command`]
+/// while a trial is armed (phase `trying`), [`DeviceConfig::reboot_command`] otherwise (a
+/// rollback reboots into the committed slot, which must never be a tryboot).
+#[must_use]
+pub fn reboot_command<'a>(config: &'a DeviceConfig, state: &AgentState) -> &'a [String] {
+    match state.update.as_ref().map(|u| &u.phase) {
+        Some(Phase::Trying { .. }) => &config.trial_reboot_command,
+        _ => &config.reboot_command,
+    }
+}
+
+/// The property the `assignment` fuzz target checks, also run over its seeds by a plain test:
+/// [`Assignment::parse`] of untrusted server bytes never panics, and every URL of an
+/// assignment that parses resolves against `server` to an absolute `http(s)://` URL with a
+/// host and no whitespace or control characters (what [`HttpClient::resolve`] does before a
+/// GET). Returns the parsed assignment, or why it was refused.
+///
+/// # Errors
+/// The parse error, or [`AssignmentPropertyError`] if a parsed URL does not resolve.
+pub fn check_assignment(server: &str, body: &[u8]) -> Result<Assignment, AssignmentCheck> {
+    let a = Assignment::parse(server, body).map_err(AssignmentCheck::Refused)?;
+    let base = server.trim_end_matches('/');
+    for url in std::iter::once(&a.manifest_url).chain(a.artifacts.values()) {
+        let resolved = if url.starts_with('/') {
+            format!("{base}{url}")
+        } else {
+            url.clone()
+        };
+        let rest = resolved
+            .strip_prefix("https://")
+            .or_else(|| resolved.strip_prefix("http://"));
+        let ok = rest.is_some_and(|r| !r.starts_with('/'))
+            && (!url.starts_with('/') || resolved.starts_with(base))
+            && !resolved
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control());
+        if !ok {
+            return Err(AssignmentCheck::Unresolvable(AssignmentPropertyError {
+                url: url.clone(),
+                resolved,
+            }));
+        }
+    }
+    Ok(a)
+}
+
+/// Result of [`check_assignment`] other than success.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AssignmentCheck {
+    /// The body was refused with a clear error (the expected outcome for bad input).
+    #[error(transparent)]
+    Refused(NetError),
+    /// A bug: an accepted URL does not resolve.
+    #[error(transparent)]
+    Unresolvable(AssignmentPropertyError),
+}
+
+/// An accepted assignment URL does not resolve to an absolute `http(s)` URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("assignment URL {url:?} resolves to {resolved:?}")]
+pub struct AssignmentPropertyError {
+    /// As in the assignment.
+    pub url: String,
+    /// After resolving.
+    pub resolved: String,
 }
 
 /// Makes sure `env` can be loaded (used by `status`).
@@ -193,6 +410,7 @@ pub struct Daemon {
     queue: ReportQueue,
     ctx: BootContext,
     retry_delay: Duration,
+    reboot_argv: Vec<String>,
     /// Log of the last cycle.
     pub log: CycleLog,
 }
@@ -227,6 +445,7 @@ impl Daemon {
             queue,
             ctx,
             retry_delay: Duration::from_secs(1),
+            reboot_argv: Vec::new(),
             log: CycleLog::default(),
         })
     }
@@ -246,6 +465,22 @@ impl Daemon {
     #[must_use]
     pub fn config(&self) -> &DeviceConfig {
         &self.config
+    }
+
+    /// The command to run after a cycle returned [`Step::Reboot`] (see [`reboot_command`]):
+    /// the trial reboot after arming, the plain one after a rollback.
+    #[must_use]
+    pub fn reboot_command(&self) -> &[String] {
+        if self.reboot_argv.is_empty() {
+            &self.config.reboot_command
+        } else {
+            &self.reboot_argv
+        }
+    }
+
+    fn reboot_step(&mut self, agent: &DeviceAgent) -> Step {
+        self.reboot_argv = reboot_command(&self.config, agent.state()).to_vec();
+        Step::Reboot
     }
 
     fn note(&mut self, line: String) {
@@ -299,6 +534,7 @@ impl Daemon {
     /// See [`DaemonError`].
     pub fn cycle(&mut self) -> Result<Step, DaemonError> {
         self.log = CycleLog::default();
+        self.reboot_argv.clear();
         let (mut agent, mut next) = self.start()?;
         if next == Next::HealthCheck {
             let deadline = Instant::now() + self.config.watchdog;
@@ -311,7 +547,7 @@ impl Daemon {
         self.queue_reports(&mut agent)?;
         self.send_reports()?;
         if next == Next::Reboot {
-            return Ok(Step::Reboot);
+            return Ok(self.reboot_step(&agent));
         }
         let Some(assignment) = self.client.assignment()? else {
             self.note("nothing assigned".into());
@@ -374,7 +610,7 @@ impl Daemon {
         self.queue_reports(&mut agent)?;
         self.send_reports()?;
         Ok(if next == Next::Reboot {
-            Step::Reboot
+            self.reboot_step(&agent)
         } else {
             Step::Idle
         })
@@ -404,5 +640,115 @@ pub fn describe_outcome(o: &Outcome) -> String {
         Outcome::Interrupted { name, version } => {
             format!("installation of {name} {version} was interrupted")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::{Image, UpdateRecord};
+    use tugboot_firmware::Sha256Digest;
+
+    const BASE: &str = r#"
+server = "https://s.example"
+board = "rpi4"
+state_file = "/d/state.json"
+trust_root = "/d/root.json"
+report_queue = "/d/reports"
+[tls]
+ca = "/d/ca.pem"
+cert = "/d/c.pem"
+key = "/d/k.pem"
+[slots]
+a = "/dev/mmcblk0p5"
+b = "/dev/mmcblk0p6"
+[bootloader]
+"#;
+
+    fn config(table: &str) -> DeviceConfig {
+        DeviceConfig::parse(&format!("{BASE}{table}")).unwrap()
+    }
+
+    fn state(phase: Option<Phase>) -> AgentState {
+        let mut s = AgentState::provisioned(Slot::A, None, 0);
+        s.update = phase.map(|phase| UpdateRecord {
+            slot: Slot::B,
+            image: Image {
+                name: "x".into(),
+                version: 2,
+                sha256: Sha256Digest::of(b"x"),
+                size: 1,
+            },
+            manifest_sha256: Sha256Digest::of(b"m"),
+            phase,
+        });
+        s
+    }
+
+    #[test]
+    fn trial_reboots_only_while_a_trial_is_armed() {
+        let rpi = config(
+            "kind = \"rpi-tryboot\"\nautoboot_txt = \"/a/autoboot.txt\"\n\
+             boot_partition_a = 2\nboot_partition_b = 3",
+        );
+        let trying = state(Some(Phase::Trying {
+            boot_id: "b".into(),
+        }));
+        assert_eq!(reboot_command(&rpi, &trying), ["reboot", "0 tryboot"]);
+        for other in [
+            state(None),
+            state(Some(Phase::Installed)),
+            state(Some(Phase::Downloading)),
+            state(Some(Phase::RollingBack {
+                reason: "unhealthy".into(),
+            })),
+        ] {
+            assert_eq!(reboot_command(&rpi, &other), ["reboot"], "{other:?}");
+        }
+        let grub = config("kind = \"grub\"\nenv_file = \"/boot/grubenv\"");
+        assert_eq!(reboot_command(&grub, &trying), ["reboot"]);
+    }
+
+    #[test]
+    fn backends_open_from_their_configuration() {
+        // The kinds that need the firmware's files fail clearly when they are absent.
+        let efi = config(
+            "kind = \"efi-bootnext\"\nefivars = \"/nonexistent/efivars\"\n\
+             loader_a = \"a.efi\"\nloader_b = \"b.efi\"",
+        );
+        let e = open_bootloader(&efi).err().unwrap().to_string();
+        assert!(e.contains("/nonexistent/efivars"), "{e}");
+        assert!(firmware_boot_line(&efi).unwrap().starts_with("unreadable"));
+        let grub = config("kind = \"grub\"\nenv_file = \"/boot/grubenv\"");
+        assert!(firmware_boot_line(&grub).is_none());
+        assert_eq!(firmware_booted_slot(&grub).unwrap(), None);
+    }
+
+    const D: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn assignment_urls_resolve_against_the_server() {
+        let body = format!(r#"{{"manifest_url":"/m/1","artifacts":{{"{D}":"http://cdn/a"}}}}"#);
+        let a = check_assignment("https://s.example:8443/", body.as_bytes()).unwrap();
+        assert_eq!(a.manifest_url, "/m/1");
+        for bad in [
+            "{}".to_owned(),
+            r#"{"manifest_url":"//evil"}"#.to_owned(),
+            r#"{"manifest_url":"/m","artifacts":{"x":"/a"}}"#.to_owned(),
+            "\u{0}".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    check_assignment("https://s", bad.as_bytes()),
+                    Err(AssignmentCheck::Refused(_))
+                ),
+                "{bad}"
+            );
+        }
+        // A URL without a host is refused by the parser itself.
+        assert!(matches!(
+            check_assignment("https://s", br#"{"manifest_url":"https:///x"}"#),
+            Err(AssignmentCheck::Refused(_))
+        ));
     }
 }

@@ -145,9 +145,11 @@ impl Assignment {
 }
 
 fn check_url(context: &str, u: &str) -> Result<(), NetError> {
+    // An absolute URL must name a host: `https:///x` would only fail later, in the transport.
+    let has_host = |rest: &str| !rest.is_empty() && !rest.starts_with(['/', '?', '#', '@', ':']);
     let ok = (u.starts_with('/') && !u.starts_with("//"))
-        || u.starts_with("https://")
-        || u.starts_with("http://");
+        || u.strip_prefix("https://").is_some_and(has_host)
+        || u.strip_prefix("http://").is_some_and(has_host);
     if ok && u.len() <= 4096 && !u.chars().any(|c| c.is_whitespace() || c.is_control()) {
         Ok(())
     } else {
@@ -163,6 +165,23 @@ mod tests {
     use super::*;
 
     const D: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn urls_without_a_host_are_refused() {
+        for bad in [
+            "https:///x",
+            "http://",
+            "https://?q",
+            "http://:80/x",
+            "https://@h/x",
+            "//h/x",
+        ] {
+            assert!(check_url("u", bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["/x", "https://h/x", "http://10.0.0.1:8080/a?b"] {
+            assert!(check_url("u", good).is_ok(), "{good:?} refused");
+        }
+    }
 
     #[test]
     fn assignment_parses_and_finds_artifacts() {
