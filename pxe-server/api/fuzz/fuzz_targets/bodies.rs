@@ -1,0 +1,7 @@
+//! Every untrusted input of the device API: report, enrollment and rollout bodies, selectors,
+//! device ids and peer certificates (DER). Seeds: tests/fixtures/api/.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    tugboot_api::wire::fuzz_bodies(data);
+});

@@ -1,0 +1,60 @@
+//! Integration tests of the device API: a real server on 127.0.0.1:0 over mutual TLS, every
+//! store-backed case run on SQLite and (when `TUGBOOT_TEST_PG_URL` is set) on PostgreSQL.
+
+mod cases;
+mod durability;
+mod harness;
+mod seeds;
+
+macro_rules! for_each_case {
+    ($m:ident ! ($($args:tt)*)) => {
+        $m!($($args)* [
+            no_client_certificate_is_refused,
+            certificate_of_another_ca_is_refused,
+            expired_certificate_is_refused,
+            revoked_certificate_is_refused,
+            impersonation_is_refused,
+            enrollment_tokens_are_single_use,
+            enrollment_waits_for_approval_then_renews,
+            happy_path_rollout_advances,
+            rollout_pauses_resumes_aborts,
+            silent_devices_time_out,
+            publish_checks_signature_and_blobs,
+        ]);
+    };
+}
+
+macro_rules! suite {
+    ($name:ident, $db:expr, [$($case:ident),+ $(,)?]) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(loc) = crate::harness::fresh($db).await else {
+                        return;
+                    };
+                    crate::cases::$case(&loc.url).await;
+                }
+            )+
+
+            /// kill -9 of the server process during a burst of reports.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn acknowledged_reports_survive_kill9() {
+                let Some(loc) = crate::harness::fresh($db).await else {
+                    return;
+                };
+                crate::durability::kill9_during_report_burst(&loc.url).await;
+            }
+        }
+    };
+}
+
+for_each_case!(suite!(sqlite, crate::harness::Db::Sqlite,));
+for_each_case!(suite!(postgres, crate::harness::Db::Postgres,));
+
+/// Child-process entry of `acknowledged_reports_survive_kill9`; returns at once unless the
+/// parent set the environment variable.
+#[test]
+fn api_server_child() {
+    durability::child_main();
+}
