@@ -24,6 +24,9 @@ pub const MAX_SERVE_CONFIG_LEN: usize = 1 << 20;
 pub const DEFAULT_IPXE_SCRIPT: &str = "/boot.ipxe";
 /// UEFI HTTP boot path unless the file says otherwise: a file of the boot-files directory.
 pub const DEFAULT_HTTP_BOOT: &str = "/boot/ipxe-{arch}.efi";
+/// arm64 UEFI PXE boot file unless the file says otherwise: Debian has no arm64 iPXE, so GRUB's
+/// network image, whose configuration `serve` generates per machine (docs/netboot.md).
+pub const DEFAULT_UEFI_ARM64: &str = "grubnetaa64.efi";
 
 /// Why a configuration was rejected. Messages name the key (`http.public_url: ...`).
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,9 @@ pub struct RawServeConfig {
     /// HTTP(S).
     #[serde(default)]
     pub http: RawHttp,
+    /// Device API; absent = no device API.
+    #[serde(default)]
+    pub api: Option<RawApi>,
 }
 
 /// `[network]`.
@@ -121,8 +127,8 @@ pub struct RawDhcp {
     /// `boot-default` or `ignore`.
     #[serde(default)]
     pub unknown_machines: Option<UnknownPolicy>,
-    /// Boot file names (see `docs/dhcp.md`); `ipxe_script` and `http_boot` default to
-    /// [`DEFAULT_IPXE_SCRIPT`] and [`DEFAULT_HTTP_BOOT`] here.
+    /// Boot file names (see `docs/dhcp.md`); `ipxe_script`, `http_boot` and `uefi_arm64`
+    /// default to [`DEFAULT_IPXE_SCRIPT`], [`DEFAULT_HTTP_BOOT`] and [`DEFAULT_UEFI_ARM64`] here.
     /// Kept as a table so the serve defaults apply to the keys it leaves out.
     #[serde(default)]
     pub boot: toml::Table,
@@ -240,6 +246,8 @@ pub struct ServeConfig {
     pub tftp: Option<TftpSettings>,
     /// HTTP.
     pub http: HttpSettings,
+    /// Device API, if enabled.
+    pub api: Option<ApiSettings>,
 }
 
 /// Validated `[network]`.
@@ -364,6 +372,10 @@ impl TryFrom<(RawServeConfig, &Path)> for ServeConfig {
             None => None,
             Some(d) => Some(dhcp_settings(d, &network, &http)?),
         };
+        let api = match raw.api {
+            None => None,
+            Some(a) => Some(api_settings(a, &network, &data_dir, base)?),
+        };
         if let Some(store) = &raw.store
             && store.trim().is_empty()
         {
@@ -385,6 +397,7 @@ impl TryFrom<(RawServeConfig, &Path)> for ServeConfig {
             dhcp,
             tftp,
             http,
+            api,
         })
     }
 }
@@ -483,6 +496,7 @@ fn dhcp_settings(
     for (key, default) in [
         ("ipxe_script", DEFAULT_IPXE_SCRIPT),
         ("http_boot", DEFAULT_HTTP_BOOT),
+        ("uefi_arm64", DEFAULT_UEFI_ARM64),
     ] {
         table
             .entry(key)
@@ -530,6 +544,7 @@ pub struct Resolved {
     dhcp: Option<ResolvedDhcp>,
     tftp: Option<ResolvedTftp>,
     http: ResolvedHttp,
+    api: Option<ResolvedApi>,
 }
 
 #[derive(Debug, Serialize)]
@@ -667,7 +682,240 @@ impl ServeConfig {
                 tls_cert: self.http.tls.as_ref().map(|(c, _)| show(c)),
                 tls_key: self.http.tls.as_ref().map(|(_, k)| show(k)),
             },
+            api: self.api.as_ref().map(ApiSettings::resolved),
         }
+    }
+}
+
+/// `[api]`: the device API (mutual TLS for agents, bearer token for operators;
+/// docs/device-api.md), served beside HTTP on the same runtime, store and blob store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// Listen address; default `<network.address>:8443`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Enrollment tokens, the server certificate and (by default) the operator token;
+    /// default `<data_dir>/api`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// The CA made by `tugboot ca init --dir`; default `<data_dir>/ca`.
+    #[serde(default)]
+    pub ca_dir: Option<PathBuf>,
+    /// DNS names and IP addresses of the server certificate; default `network.address` (and
+    /// the listen address when it is a specific one).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Operator bearer token file; default `<state_dir>/operator-token`, created (random,
+    /// mode 0600) when absent.
+    #[serde(default)]
+    pub operator_token_file: Option<PathBuf>,
+    /// If set, assignments send devices to `{artifact_base_url}/{sha256}` for artifacts (e.g.
+    /// `http://10.77.0.1:8080/artifacts/sha256`, the HTTP server, which serves the artifacts
+    /// of images in the manifest directory); default: this API serves them over mTLS.
+    #[serde(default)]
+    pub artifact_base_url: Option<String>,
+    /// Seconds an admitted device may stay silent before it counts as failed (default 7200).
+    #[serde(default)]
+    pub report_timeout_secs: Option<u64>,
+}
+
+/// Validated `[api]`.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// CA directory.
+    pub ca_dir: PathBuf,
+    /// Server certificate names.
+    pub server_names: Vec<String>,
+    /// Operator token file.
+    pub operator_token_file: PathBuf,
+    /// Artifact URL prefix, without a trailing slash.
+    pub artifact_base_url: Option<String>,
+    /// Report timeout.
+    pub report_timeout_secs: u64,
+}
+
+/// Default `[api]` report timeout (docs/rollouts.md).
+pub const DEFAULT_API_REPORT_TIMEOUT_SECS: u64 = 7200;
+
+fn api_settings(
+    raw: RawApi,
+    network: &Network,
+    data_dir: &Path,
+    base: &Path,
+) -> Result<ApiSettings, ServeConfigError> {
+    let listen = raw
+        .listen
+        .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(network.address), 8443));
+    let state_dir = raw
+        .state_dir
+        .map_or_else(|| data_dir.join("api"), |p| resolve(base, p));
+    let ca_dir = raw
+        .ca_dir
+        .map_or_else(|| data_dir.join("ca"), |p| resolve(base, p));
+    let server_names = if raw.server_names.is_empty() {
+        let mut names = vec![network.address.to_string()];
+        let ip = listen.ip();
+        if !ip.is_unspecified() && ip != IpAddr::V4(network.address) {
+            names.push(ip.to_string());
+        }
+        names
+    } else {
+        raw.server_names
+    };
+    for name in &server_names {
+        let ok = name.parse::<IpAddr>().is_ok()
+            || (!name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+        if !ok {
+            return Err(invalid(
+                "api.server_names",
+                format!("{name:?} is neither an IP address nor a DNS name"),
+            ));
+        }
+    }
+    let operator_token_file = raw
+        .operator_token_file
+        .map_or_else(|| state_dir.join("operator-token"), |p| resolve(base, p));
+    let artifact_base_url = match raw.artifact_base_url {
+        None => None,
+        Some(u) => {
+            let u = u.trim_end_matches('/').to_owned();
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#', ' '])) {
+                return Err(invalid(
+                    "api.artifact_base_url",
+                    "must be an http:// or https:// URL without query or fragment",
+                ));
+            }
+            Some(u)
+        }
+    };
+    let report_timeout_secs = raw
+        .report_timeout_secs
+        .unwrap_or(DEFAULT_API_REPORT_TIMEOUT_SECS);
+    if !(60..=30 * 86_400).contains(&report_timeout_secs) {
+        return Err(invalid(
+            "api.report_timeout_secs",
+            "must be 60..=2592000 (one minute to 30 days)",
+        ));
+    }
+    Ok(ApiSettings {
+        listen,
+        state_dir,
+        ca_dir,
+        server_names,
+        operator_token_file,
+        artifact_base_url,
+        report_timeout_secs,
+    })
+}
+
+/// `[api]` as `check-config` prints it.
+#[derive(Debug, Serialize)]
+pub struct ResolvedApi {
+    listen: SocketAddr,
+    state_dir: String,
+    ca_dir: String,
+    server_names: Vec<String>,
+    operator_token_file: String,
+    artifact_base_url: Option<String>,
+    report_timeout_secs: u64,
+}
+
+impl ApiSettings {
+    fn resolved(&self) -> ResolvedApi {
+        ResolvedApi {
+            listen: self.listen,
+            state_dir: show(&self.state_dir),
+            ca_dir: show(&self.ca_dir),
+            server_names: self.server_names.clone(),
+            operator_token_file: show(&self.operator_token_file),
+            artifact_base_url: self.artifact_base_url.clone(),
+            report_timeout_secs: self.report_timeout_secs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+
+    const HEAD: &str = "data_dir = \"/var/lib/tugboot\"\ntrust_root = \"r.json\"\n\
+                        [network]\naddress = \"10.77.0.1\"\n";
+
+    fn parse(text: &str) -> Result<ServeConfig, ServeConfigError> {
+        ServeConfig::from_toml(text, Path::new("/etc/tugboot"))
+    }
+
+    #[test]
+    fn api_is_off_unless_configured_and_defaults_follow_the_data_dir() {
+        assert!(parse(HEAD).expect("valid").api.is_none());
+        let c = parse(&format!("{HEAD}[api]\n")).expect("valid");
+        let a = c.api.expect("api on");
+        assert_eq!(a.listen, "10.77.0.1:8443".parse().expect("addr"));
+        assert_eq!(a.state_dir, Path::new("/var/lib/tugboot/api"));
+        assert_eq!(a.ca_dir, Path::new("/var/lib/tugboot/ca"));
+        assert_eq!(a.server_names, ["10.77.0.1"]);
+        assert_eq!(
+            a.operator_token_file,
+            Path::new("/var/lib/tugboot/api/operator-token")
+        );
+        assert_eq!(a.artifact_base_url, None);
+        assert_eq!(a.report_timeout_secs, DEFAULT_API_REPORT_TIMEOUT_SECS);
+    }
+
+    #[test]
+    fn api_values_resolve_relative_paths_and_show_in_check_config() {
+        let c = parse(&format!(
+            "{HEAD}[api]\nlisten = \"127.0.0.1:9443\"\nca_dir = \"ca\"\n\
+             operator_token_file = \"op.token\"\nserver_names = [\"boot.example\", \"10.77.0.1\"]\n\
+             artifact_base_url = \"http://10.77.0.1:8080/artifacts/sha256/\"\nreport_timeout_secs = 600\n"
+        ))
+        .expect("valid");
+        let a = c.api.as_ref().expect("api on");
+        assert_eq!(a.ca_dir, Path::new("/etc/tugboot/ca"));
+        assert_eq!(a.operator_token_file, Path::new("/etc/tugboot/op.token"));
+        assert_eq!(
+            a.artifact_base_url.as_deref(),
+            Some("http://10.77.0.1:8080/artifacts/sha256")
+        );
+        let v = serde_json::to_value(c.resolved()).expect("json");
+        assert_eq!(v["api"]["listen"], "127.0.0.1:9443");
+        assert_eq!(v["api"]["server_names"][0], "boot.example");
+        assert_eq!(v["api"]["report_timeout_secs"], 600);
+        // A specific listen address joins the default names.
+        let c = parse(&format!("{HEAD}[api]\nlisten = \"127.0.0.1:0\"\n")).expect("valid");
+        assert_eq!(c.api.expect("api").server_names, ["10.77.0.1", "127.0.0.1"]);
+    }
+
+    #[test]
+    fn bad_api_values_name_their_key() {
+        for (extra, want) in [
+            ("server_names = [\"a b\"]", "api.server_names:"),
+            ("server_names = [\"\"]", "api.server_names:"),
+            ("artifact_base_url = \"ftp://x\"", "api.artifact_base_url:"),
+            ("artifact_base_url = \"http://\"", "api.artifact_base_url:"),
+            ("report_timeout_secs = 5", "api.report_timeout_secs:"),
+        ] {
+            let e = parse(&format!("{HEAD}[api]\n{extra}\n"))
+                .expect_err("must be refused")
+                .to_string();
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+        let e = parse(&format!("{HEAD}[api]\nlisen = \"1.2.3.4:1\"\n"))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("unknown field `lisen`"), "{e}");
     }
 }
 
@@ -735,6 +983,15 @@ boot_dir = "/srv/tftp"
         assert_eq!(d.config.http_base_url, "http://10.77.0.1:8080");
         assert_eq!(d.config.boot.ipxe_script, DEFAULT_IPXE_SCRIPT);
         assert_eq!(d.config.boot.http_boot, DEFAULT_HTTP_BOOT);
+        let tftp_file = |p| d.config.boot.tftp.get(&p).map(String::as_str);
+        assert_eq!(
+            tftp_file(tugboot_dhcp::Platform::UefiArm64),
+            Some(DEFAULT_UEFI_ARM64)
+        );
+        assert_eq!(
+            tftp_file(tugboot_dhcp::Platform::UBootArm64),
+            Some("boot.scr.uimg")
+        );
         let t = c.tftp.expect("tftp on");
         assert_eq!(t.listen, "10.77.0.1:69".parse().expect("addr"));
         // 1400 - 20 (IPv4) - 8 (UDP) - 4 (TFTP)

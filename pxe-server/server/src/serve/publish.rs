@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use tugboot_firmware::{MAX_MANIFEST_BYTES, Timestamp, TrustedRoot};
 use tugboot_http::{BlobCheck, BootServer};
 
+use super::netboot::NetbootFiles;
+
 /// What happened to one manifest file.
 #[derive(Debug)]
 pub struct PublishOutcome {
@@ -55,9 +57,11 @@ fn read_manifest(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Publishes every manifest of `dir` on `server`; returns one outcome per file.
+/// Publishes every manifest of `dir` on `server` (and on the TFTP boot files, when given: both
+/// serve the same images); returns one outcome per file.
 pub fn publish_dir(
     server: &BootServer,
+    tftp: Option<&NetbootFiles>,
     root: &TrustedRoot,
     dir: &Path,
     now: Timestamp,
@@ -67,8 +71,15 @@ pub fn publish_dir(
         let result = read_manifest(&path).and_then(|bytes| {
             server
                 .publish(&bytes, root, now, BlobCheck::Size)
-                .map(|img| format!("{} v{}", img.manifest.name, img.manifest.version))
                 .map_err(|e| e.to_string())
+                .and_then(|img| match tftp {
+                    None => Ok(img),
+                    Some(t) => t
+                        .publish(&img)
+                        .map(|()| img)
+                        .map_err(|e| format!("tftp: {e}")),
+                })
+                .map(|img| format!("{} v{}", img.manifest.name, img.manifest.version))
         });
         match &result {
             Ok(image) => tracing::info!(file = %path.display(), %image, "manifest published"),

@@ -19,6 +19,7 @@ use tugboot_http::{BootServer, HttpConfig, ProfileSet};
 use tugboot_store::{AnyStore, MacAddr, MachineSighting, Store};
 
 use super::config::ServeConfig;
+use super::netboot::NetbootFiles;
 use super::publish::publish_dir;
 
 /// Reads at most `limit` bytes of `path` (more is an error, not a truncation).
@@ -113,6 +114,7 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
     };
     let blobs = BlobStore::open(&config.blob_dir)
         .with_context(|| format!("blob store {}", config.blob_dir.display()))?;
+    let api_blobs = blobs.clone();
     let http_config = HttpConfig {
         base_url: Some(config.http.public_url.clone()),
         boot_dir: config.http.boot_dir.clone(),
@@ -120,8 +122,15 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         unknown_machine: config.http.unknown_machine,
         ..HttpConfig::default()
     };
+    // TFTP boot files for loaders without iPXE (GRUB, U-Boot): same images, same profiles.
+    let netboot = Arc::new(NetbootFiles::new(
+        blobs.clone(),
+        profiles.clone(),
+        catalog.clone(),
+        config.http.retry_secs,
+    ));
     let boot = BootServer::with_catalog(blobs, profiles, catalog, http_config);
-    let outcomes = publish_dir(&boot, &root, &config.manifest_dir, now)
+    let outcomes = publish_dir(&boot, Some(&netboot), &root, &config.manifest_dir, now)
         .with_context(|| format!("manifests {}", config.manifest_dir.display()))?;
     let refused: Vec<String> = outcomes
         .iter()
@@ -182,12 +191,29 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
             limits: t.limits,
             ..tugboot_tftp::ServerConfig::new(t.listen, &t.root)
         };
+        let provider: Arc<dyn tugboot_tftp::FileProvider> = netboot.clone();
         let server = tugboot_tftp::Server::bind(tftp_config)
             .await
-            .context("tftp server")?;
+            .context("tftp server")?
+            .with_provider(provider);
         tftp_addr = Some(server.local_addr().context("tftp listen address")?);
         let shutdown = stopped();
         tasks.spawn(async move { ("tftp", server.run(shutdown).await.context("tftp server")) });
+    }
+
+    // Device API (`[api]`): same store, blob store and trust root; stops with the others.
+    let mut api_addr = None;
+    if let Some(a) = &config.api {
+        let (server, listener) =
+            api_server(a, AnyStore::clone(&store), api_blobs, root.clone()).await?;
+        api_addr = Some(listener.local_addr().context("api listen address")?);
+        let shutdown = stopped();
+        tasks.spawn(async move {
+            tokio::select! {
+                r = server.serve(listener) => ("api", r.context("device API")),
+                () = shutdown => ("api", Ok(())),
+            }
+        });
     }
 
     if let Some(d) = &config.dhcp {
@@ -220,6 +246,7 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         public_url = config.http.public_url.as_str(),
         tftp = %tftp_addr.map_or_else(|| "off".into(), |a| a.to_string()),
         dhcp = config.dhcp.is_some(),
+        api = %api_addr.map_or_else(|| "off".into(), |a: std::net::SocketAddr| a.to_string()),
         "tugboot serve: ready"
     );
 
@@ -231,7 +258,7 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload(&config, &boot),
+            _ = hup.recv() => reload(&config, &boot, &netboot),
             done = tasks.join_next() => {
                 match done {
                     Some(Ok((name, Ok(())))) => {
@@ -266,16 +293,19 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: new profiles, newly added manifests. A broken file keeps the previous state.
-fn reload(config: &ServeConfig, boot: &BootServer) {
+fn reload(config: &ServeConfig, boot: &BootServer, netboot: &NetbootFiles) {
     tracing::info!("SIGHUP: reloading profiles and manifests");
     match load_profiles(config) {
-        Ok(p) => boot.set_profiles(p),
+        Ok(p) => {
+            netboot.set_profiles(p.clone());
+            boot.set_profiles(p);
+        }
         Err(e) => tracing::error!(error = format!("{e:#}"), "profiles not reloaded"),
     }
     let now = Timestamp::now();
     match load_root(config, now) {
         Ok(root) => {
-            if let Err(e) = publish_dir(boot, &root, &config.manifest_dir, now) {
+            if let Err(e) = publish_dir(boot, Some(netboot), &root, &config.manifest_dir, now) {
                 tracing::error!(error = %e, "manifest directory unreadable");
             }
         }
@@ -284,4 +314,85 @@ fn reload(config: &ServeConfig, boot: &BootServer) {
             "trust root unreadable; nothing published"
         ),
     }
+}
+
+/// The device API of `[api]`: the CA from `ca_dir` (made by `tugboot ca init`), the server
+/// certificate issued or reused in `state_dir`, the operator token (created when absent), and
+/// the bound listener, so a port conflict fails start-up like the other servers'.
+async fn api_server(
+    a: &super::config::ApiSettings,
+    store: AnyStore,
+    blobs: BlobStore,
+    trusted_root: TrustedRoot,
+) -> anyhow::Result<(tugboot_api::ApiServer, tokio::net::TcpListener)> {
+    std::fs::create_dir_all(&a.state_dir)
+        .with_context(|| format!("cannot create {}", a.state_dir.display()))?;
+    let ca = tugboot_api::CertAuthority::load(&a.ca_dir).with_context(|| {
+        format!(
+            "api.ca_dir {} (create it with `tugboot ca init --dir {}`)",
+            a.ca_dir.display(),
+            a.ca_dir.display()
+        )
+    })?;
+    let clock = tugboot_api::server::system_clock();
+    let config = tugboot_api::ApiConfig {
+        artifact_base_url: a.artifact_base_url.clone(),
+        report_timeout_secs: a.report_timeout_secs,
+        ..tugboot_api::ApiConfig::default()
+    };
+    let cert = tugboot_api::server::load_or_issue_server_cert(
+        &a.state_dir,
+        &ca,
+        &a.server_names,
+        clock(),
+        config.renew_before_secs,
+    )
+    .context("api server certificate")?;
+    ensure_operator_token(&a.operator_token_file)?;
+    let operator = tugboot_api::tokens::OperatorToken::from_file(&a.operator_token_file)
+        .context("api.operator_token_file")?;
+    let server = tugboot_api::ApiServer::new(tugboot_api::ApiParts {
+        store,
+        ca,
+        state_dir: a.state_dir.clone(),
+        operator,
+        blobs,
+        trusted_root,
+        server_cert_pem: cert.cert_pem,
+        server_key_pem: cert.key_pem,
+        config,
+        clock,
+    })
+    .context("device API")?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api)", a.listen))?;
+    Ok((server, listener))
+}
+
+/// Creates the operator token file (256 random bits, hex, mode 0600, never overwriting) when
+/// it does not exist, so a first start needs no extra step; the operator copies it to where
+/// the CLI runs.
+fn ensure_operator_token(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if path.exists() {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("random token: {e}"))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(format!("{}\n", hex::encode(bytes)).as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(file = %path.display(), "operator token created");
+    Ok(())
 }
