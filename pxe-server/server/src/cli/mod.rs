@@ -4,9 +4,14 @@
 //! the process with a non-zero exit code and a one-line reason on stderr.
 
 mod boards;
+mod ca;
 mod image;
+mod images;
 mod keys;
+mod machines;
 pub mod output;
+mod remote;
+mod rollout;
 mod serve;
 mod util;
 
@@ -36,7 +41,7 @@ enum Command {
     /// Signing keys and trust roots.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Build, sign, verify and inspect signed images.
+    /// Build, sign, verify and inspect signed images (local files; `images` is the server catalogue).
     #[command(subcommand)]
     Image(Box<image::ImageCommand>),
     /// The board catalog.
@@ -46,6 +51,17 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Validate a server configuration and print it resolved (defaults, absolute paths).
     CheckConfig(serve::CheckConfigArgs),
+    /// The device API's certificate authority (`ca init` before `serve` with `[api]`).
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Machines known to a server (HTTPS to its `[api]`, operator token).
+    Machines(machines::MachinesArgs),
+    /// Enrollment tokens on a server.
+    Enroll(machines::EnrollArgs),
+    /// Staged rollouts on a server.
+    Rollout(rollout::RolloutArgs),
+    /// A server's image catalogue (publish/list); `image` is the local build and signing tools.
+    Images(images::ImagesArgs),
 }
 
 /// Where the content-addressed artifact blobs live.
@@ -81,5 +97,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Boards(cmd) => boards::run(cmd, global),
         Command::Serve(args) => serve::run_serve(args, global),
         Command::CheckConfig(args) => serve::run_check(args, global),
+        Command::Ca(cmd) => ca::run(cmd, global),
+        Command::Machines(args) => machines::run(args, global),
+        Command::Enroll(args) => machines::run_enroll(args, global),
+        Command::Rollout(args) => rollout::run(args, global),
+        Command::Images(args) => images::run(args, global),
     }
 }
