@@ -603,10 +603,12 @@ fn ovmf_bootnext() {
 #[ignore = "runs inside the QEMU guest of ovmf_bootnext"]
 fn guest_efi_boot() {
     use tugboot_agent::bootloader::efi::efivarfs::{Variable, boot_entry_name};
-    assert!(
-        std::env::var_os("TUGBOOT_EFI_GUEST").is_some(),
-        "only meaningful inside the ovmf_bootnext guest"
-    );
+    // This is the guest half of `ovmf_bootnext` (the guest runs this test binary). On the host,
+    // where `cargo test -- --ignored` reaches it too, there is nothing to do.
+    if std::env::var_os("TUGBOOT_EFI_GUEST").is_none() {
+        eprintln!("guest_efi_boot: runs inside the ovmf_bootnext guest only; nothing to do here");
+        return;
+    }
     let vars = Efivarfs::open(efi::EFIVARFS).unwrap();
     let backend = || {
         EfiBootNext::new(
