@@ -21,5 +21,7 @@ pub use ipxe::{BaseUrl, ErrorAction, KernelCmdline, RenderError};
 pub use profiles::{FactError, Facts, ProfileError, ProfileSet, RawFacts, Resolution, Via};
 pub use published::{BlobCheck, PublishError, Published, PublishedImage, publish};
 pub use range::{RangeDecision, decide_range};
-pub use server::{BootServer, Counters, CountersSnapshot, HttpConfig, Scheme, serve, serve_tls};
+pub use server::{
+    BootServer, Counters, CountersSnapshot, HttpConfig, MetricsSource, Scheme, serve, serve_tls,
+};
 pub use tls::{TlsError, TlsListener, server_config};

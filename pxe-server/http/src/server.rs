@@ -123,6 +123,8 @@ impl Counters {
 /// Shared state of the boot server: blob store, published images, profiles, counters.
 #[derive(Debug)]
 pub struct BootServer {
+    /// Other parts of the process (DHCP, TFTP) that append their metrics to `/metrics`.
+    extra_metrics: ExtraMetrics,
     store: BlobStore,
     published: RwLock<Published>,
     profiles: RwLock<Arc<ProfileSet>>,
@@ -130,6 +132,19 @@ pub struct BootServer {
     config: HttpConfig,
     counters: Arc<Counters>,
     buffers: Arc<BufPool>,
+}
+
+/// Appends Prometheus text-format lines (with their `# HELP` / `# TYPE`) to `/metrics`.
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+#[derive(Default)]
+struct ExtraMetrics(RwLock<Vec<MetricsSource>>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.read().map_or(0, |v| v.len());
+        write!(f, "ExtraMetrics({n} sources)")
+    }
 }
 
 /// The scheme the router is reached by, for base URLs built from `Host`.
@@ -140,8 +155,19 @@ pub enum Scheme {
 }
 
 impl BootServer {
+    /// Adds a source of metrics served by `/metrics` after this server's own: one scrape
+    /// target for everything the process runs.
+    pub fn add_metrics(&self, source: MetricsSource) {
+        self.extra_metrics
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(source);
+    }
+
     pub fn new(store: BlobStore, profiles: ProfileSet, config: HttpConfig) -> Arc<Self> {
         Arc::new(BootServer {
+            extra_metrics: ExtraMetrics::default(),
             store,
             published: RwLock::new(Published::new()),
             profiles: RwLock::new(Arc::new(profiles)),
@@ -161,6 +187,7 @@ impl BootServer {
         config: HttpConfig,
     ) -> Arc<Self> {
         Arc::new(BootServer {
+            extra_metrics: ExtraMetrics::default(),
             store,
             published: RwLock::new(Published::new()),
             profiles: RwLock::new(Arc::new(profiles)),
@@ -597,6 +624,15 @@ async fn metrics(State(s): State<Arc<BootServer>>) -> Response {
     out.push_str(&format!(
         "# HELP tugboot_http_published_images published images\n# TYPE tugboot_http_published_images gauge\ntugboot_http_published_images {published}\n"
     ));
+    for source in s
+        .extra_metrics
+        .0
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        source(&mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -416,6 +416,38 @@ fn serve_answers_http_tftp_and_dhcp_then_publishes_on_sighup_and_stops_on_sigter
             serve.lines.push(l);
         }
     }
+    // One scrape target: HTTP, TFTP and DHCP counters on the HTTP server's /metrics. A
+    // malformed DHCP packet is dropped and counted.
+    client
+        .send_to(b"\x01\x01\x06", ("127.0.0.1", dhcp_port))
+        .expect("send garbage");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (st, body) = get(serve.http, "/metrics");
+        assert_eq!(st, 200);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if text.contains("tugboot_dhcp_packets_malformed_total 1\n") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "malformed packet not counted:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    for line in [
+        "tugboot_dhcp_packets_received_total 2\n",
+        "tugboot_tftp_transfers_completed_total 1\n",
+        "tugboot_tftp_bytes_sent_total 1300\n",
+        "tugboot_tftp_active_transfers 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("tugboot_http_requests_total "),
+        "{metrics}"
+    );
+
     let log = serve.stop();
     assert!(log.contains("tugboot serve: stopped"), "{log}");
 

@@ -154,7 +154,7 @@ pub struct Stats {
 }
 
 /// A point-in-time copy of [`Stats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     /// See [`Stats::transfers_started`].
     pub transfers_started: u64,

@@ -9,10 +9,13 @@
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tugboot_dhcp::core::Ignored;
 use tugboot_dhcp::core::{DHCP_CLIENT_PORT, PXE_PORT};
 use tugboot_dhcp::server::{LeaseLog, MAX_BATCH, ShellConfig, ShellError};
 use tugboot_dhcp::wire::MAX_REQUEST_LEN;
@@ -53,6 +56,67 @@ fn log_event(e: &Event) {
     }
 }
 
+/// What the DHCP loop has seen and done, for `/metrics`. A malformed packet is dropped and
+/// counted here (and logged at debug level), never answered.
+#[derive(Debug, Default)]
+pub struct DhcpCounters {
+    received: AtomicU64,
+    malformed: AtomicU64,
+    ignored: AtomicU64,
+    replies: AtomicU64,
+    send_errors: AtomicU64,
+    leases_persisted: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl DhcpCounters {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        super::metrics::counters(
+            out,
+            "dhcp",
+            &[
+                (
+                    "packets_received",
+                    "DHCP packets received",
+                    g(&self.received),
+                ),
+                (
+                    "packets_malformed",
+                    "malformed DHCP packets dropped",
+                    g(&self.malformed),
+                ),
+                (
+                    "packets_ignored",
+                    "well-formed packets not answered (policy, rate limit, not for us)",
+                    g(&self.ignored),
+                ),
+                ("replies_sent", "DHCP replies sent", g(&self.replies)),
+                (
+                    "send_errors",
+                    "DHCP replies that failed to send",
+                    g(&self.send_errors),
+                ),
+                (
+                    "lease_records_persisted",
+                    "lease records made durable",
+                    g(&self.leases_persisted),
+                ),
+                (
+                    "commit_batches",
+                    "durable lease-log writes (group commits)",
+                    g(&self.batches),
+                ),
+            ],
+        );
+    }
+}
+
 /// Runs DHCP until `shutdown` completes. `server` already holds the restored leases. Events
 /// other than dropped requests go to `events`; if its consumer falls behind they are dropped
 /// (and counted in the log), never the DHCP answers.
@@ -60,6 +124,7 @@ pub async fn run(
     mut server: Server,
     shell: ShellConfig,
     events: mpsc::Sender<Event>,
+    counters: Arc<DhcpCounters>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ShellError> {
     let any = Ipv4Addr::UNSPECIFIED;
@@ -126,7 +191,17 @@ pub async fn run(
                 };
                 let data = buf.get(..n).unwrap_or_default();
                 let out = server.handle(SystemTime::now(), data, ingress);
+                DhcpCounters::add(&counters.received, 1);
                 for e in out.events {
+                    if let Event::Ignored { reason, .. } = &e {
+                        let malformed = matches!(reason, Ignored::Malformed(_));
+                        let c = if malformed {
+                            &counters.malformed
+                        } else {
+                            &counters.ignored
+                        };
+                        DhcpCounters::add(c, 1);
+                    }
                     log_event(&e);
                     if !matches!(e, Event::Ignored { .. }) && events.try_send(e).is_err() {
                         tracing::warn!("dhcp: event consumer behind, event dropped");
@@ -141,6 +216,10 @@ pub async fn run(
         }
         // Durable before acknowledged: one write + fsync for the whole batch.
         log.append(&persist)?;
+        if !persist.is_empty() {
+            DhcpCounters::add(&counters.batches, 1);
+            DhcpCounters::add(&counters.leases_persisted, persist.len() as u64);
+        }
         for (port, r) in &outgoing {
             let sock = match (port, &s4011) {
                 (ServerPort::Pxe, Some(s)) => s,
@@ -154,8 +233,10 @@ pub async fn run(
                 r.dest
             };
             if let Err(source) = sock.send_to(&r.bytes, dest).await {
+                DhcpCounters::add(&counters.send_errors, 1);
                 tracing::warn!(%dest, error = %source, "dhcp: send failed");
             } else {
+                DhcpCounters::add(&counters.replies, 1);
                 tracing::debug!(%dest, kind = ?r.msg_type, "dhcp: sent");
             }
         }

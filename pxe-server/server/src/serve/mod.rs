@@ -3,6 +3,7 @@
 
 pub mod config;
 mod dhcp;
+mod metrics;
 pub mod netboot;
 pub mod publish;
 mod run;

@@ -197,6 +197,10 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
             .context("tftp server")?
             .with_provider(provider);
         tftp_addr = Some(server.local_addr().context("tftp listen address")?);
+        let stats = server.stats();
+        boot.add_metrics(Arc::new(move |out: &mut String| {
+            super::metrics::tftp(&stats.snapshot(), out);
+        }));
         let shutdown = stopped();
         tasks.spawn(async move { ("tftp", server.run(shutdown).await.context("tftp server")) });
     }
@@ -234,9 +238,12 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
             record_sightings(store, ev_rx).await;
             ("sightings", Ok(()))
         });
+        let counters = Arc::new(super::dhcp::DhcpCounters::default());
+        let for_metrics = Arc::clone(&counters);
+        boot.add_metrics(Arc::new(move |out: &mut String| for_metrics.render(out)));
         let shutdown = stopped();
         tasks.spawn(async move {
-            let r = super::dhcp::run(server, shell, ev_tx, shutdown).await;
+            let r = super::dhcp::run(server, shell, ev_tx, counters, shutdown).await;
             ("dhcp", r.context("dhcp server"))
         });
     }
