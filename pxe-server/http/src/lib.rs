@@ -22,6 +22,7 @@ pub use profiles::{FactError, Facts, ProfileError, ProfileSet, RawFacts, Resolut
 pub use published::{BlobCheck, PublishError, Published, PublishedImage, publish};
 pub use range::{RangeDecision, decide_range};
 pub use server::{
-    BootServer, Counters, CountersSnapshot, HttpConfig, MetricsSource, Scheme, serve, serve_tls,
+    BootObserver, BootRecord, BootServer, Counters, CountersSnapshot, HttpConfig, MetricsSource,
+    Scheme, serve, serve_tls,
 };
 pub use tls::{TlsError, TlsListener, server_config};

@@ -125,6 +125,7 @@ impl Counters {
 pub struct BootServer {
     /// Other parts of the process (DHCP, TFTP) that append their metrics to `/metrics`.
     extra_metrics: ExtraMetrics,
+    boot_observers: BootObservers,
     store: BlobStore,
     published: RwLock<Published>,
     profiles: RwLock<Arc<ProfileSet>>,
@@ -137,8 +138,34 @@ pub struct BootServer {
 /// Appends Prometheus text-format lines (with their `# HELP` / `# TYPE`) to `/metrics`.
 pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// A machine was handed a boot script: who, and what it will boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootRecord {
+    pub mac: Option<crate::profiles::Mac>,
+    pub uuid: Option<String>,
+    pub serial: Option<String>,
+    pub board: Option<String>,
+    pub profile: String,
+    /// `name@version` of the image, or `local` for a boot from the local disk.
+    pub image: String,
+}
+
+/// Told about every boot script served (e.g. to record "who booted what, when" in the store).
+/// Called on the request path: it must not block (hand the record to a channel).
+pub type BootObserver = Arc<dyn Fn(BootRecord) + Send + Sync>;
+
 #[derive(Default)]
 struct ExtraMetrics(RwLock<Vec<MetricsSource>>);
+
+#[derive(Default)]
+struct BootObservers(RwLock<Vec<BootObserver>>);
+
+impl std::fmt::Debug for BootObservers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.read().map_or(0, |v| v.len());
+        write!(f, "BootObservers({n})")
+    }
+}
 
 impl std::fmt::Debug for ExtraMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,9 +192,31 @@ impl BootServer {
             .push(source);
     }
 
+    /// Adds an observer of served boot scripts.
+    pub fn on_boot(&self, observer: BootObserver) {
+        self.boot_observers
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(observer);
+    }
+
+    fn notify_boot(&self, record: &BootRecord) {
+        for o in self
+            .boot_observers
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            o(record.clone());
+        }
+    }
+
     pub fn new(store: BlobStore, profiles: ProfileSet, config: HttpConfig) -> Arc<Self> {
         Arc::new(BootServer {
             extra_metrics: ExtraMetrics::default(),
+            boot_observers: BootObservers::default(),
             store,
             published: RwLock::new(Published::new()),
             profiles: RwLock::new(Arc::new(profiles)),
@@ -188,6 +237,7 @@ impl BootServer {
     ) -> Arc<Self> {
         Arc::new(BootServer {
             extra_metrics: ExtraMetrics::default(),
+            boot_observers: BootObservers::default(),
             store,
             published: RwLock::new(Published::new()),
             profiles: RwLock::new(Arc::new(profiles)),
@@ -423,9 +473,18 @@ fn machine_script(s: &BootServer, base: &BaseUrl, raw: &RawFacts) -> (StatusCode
         Via::Group(g) => format!("group {g}"),
         Via::Default => String::from("default"),
     };
+    let record = |image: String| BootRecord {
+        mac: facts.mac,
+        uuid: facts.uuid.map(|u| u.to_string()),
+        serial: facts.serial.clone(),
+        board: res.board.map(str::to_owned),
+        profile: res.profile.name.clone(),
+        image,
+    };
     match res.profile.template {
         Template::Local => {
             tracing::info!(machine = %name, profile = %res.profile.name, %via, "local boot");
+            s.notify_boot(&record(String::from("local")));
             (
                 StatusCode::OK,
                 ipxe::render_local(&format!("machine {name} profile {}", res.profile.name)),
@@ -433,8 +492,9 @@ fn machine_script(s: &BootServer, base: &BaseUrl, raw: &RawFacts) -> (StatusCode
             )
         }
         Template::Linux => match linux_script(s, base, &res, &facts, &name) {
-            Ok(text) => {
-                tracing::info!(machine = %name, profile = %res.profile.name, %via, "boot script");
+            Ok((text, image)) => {
+                tracing::info!(machine = %name, profile = %res.profile.name, %via, %image, "boot script");
+                s.notify_boot(&record(image));
                 (StatusCode::OK, text, Outcome::Boot)
             }
             Err(reason) => {
@@ -472,7 +532,7 @@ fn linux_script(
     res: &Resolution<'_>,
     facts: &Facts,
     name: &str,
-) -> Result<String, String> {
+) -> Result<(String, String), String> {
     let Some(image_ref) = &res.profile.image else {
         return Err(format!("profile {} names no image", res.profile.name));
     };
@@ -510,7 +570,7 @@ fn linux_script(
     cmdline
         .append(profile_part.as_str())
         .map_err(|e| format!("profile {} cmdline: {e}", res.profile.name))?;
-    Ok(ipxe::render_boot(
+    let text = ipxe::render_boot(
         base,
         &BootScript {
             kernel,
@@ -522,7 +582,8 @@ fn linux_script(
             ),
             retry_secs: s.config.retry_secs,
         },
-    ))
+    );
+    Ok((text, format!("{}@{}", m.name, m.version)))
 }
 
 async fn artifact(

@@ -404,9 +404,14 @@ fn serve_answers_http_tftp_and_dhcp_then_publishes_on_sighup_and_stops_on_sigter
     let (_, script) = get(serve.http, "/ipxe?mac=52-54-00-00-00-07");
     assert!(String::from_utf8_lossy(&script).contains(&digest2));
 
-    // Wait for the sighting before stopping (the DISCOVER is asynchronous to us).
+    // Wait for the sighting and the boot record before stopping (both are asynchronous to us).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !serve.lines.iter().any(|l| l.contains("machine sighted")) {
+    while !(serve.lines.iter().any(|l| l.contains("machine sighted"))
+        && serve
+            .lines
+            .iter()
+            .any(|l| l.contains("boot recorded") && l.contains("demo@2")))
+    {
         assert!(
             Instant::now() < deadline,
             "no sighting:\n{}",
@@ -464,10 +469,18 @@ fn serve_answers_http_tftp_and_dhcp_then_publishes_on_sighup_and_stops_on_sigter
             .find_machine_by_mac("52:54:00:ab:cd:ef".parse().expect("mac"))
             .await
             .expect("query");
+        // The machine that fetched its iPXE script: who booted what.
+        let booted = store
+            .find_machine_by_mac("52:54:00:00:00:07".parse().expect("mac"))
+            .await
+            .expect("query");
         store.close().await;
-        m
+        (m, booted)
     });
+    let (machine, booted) = machine;
     assert!(machine.is_some(), "unknown machine not recorded:\n{log}");
+    let booted = booted.unwrap_or_else(|| panic!("booting machine not recorded:\n{log}"));
+    assert_eq!(booted.last_booted_image.as_deref(), Some("demo@2"), "{log}");
 }
 
 #[test]

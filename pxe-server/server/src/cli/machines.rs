@@ -71,17 +71,19 @@ fn machine_row(m: &Value) -> Vec<String> {
         cell(&m["board"]),
         cell(&m["profile"]),
         labels,
+        cell(&m["last_booted_image"]),
         time_cell(&m["last_seen"]),
     ]
 }
 
-const MACHINE_HEADERS: [&str; 7] = [
+const MACHINE_HEADERS: [&str; 8] = [
     "ID",
     "MAC",
     "STATE",
     "BOARD",
     "PROFILE",
     "LABELS",
+    "LAST BOOTED",
     "LAST SEEN",
 ];
 

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tugboot_boards::Catalog;
 use tugboot_dhcp::Event;
 use tugboot_firmware::{BlobStore, MAX_ROOT_BYTES, Timestamp, TrustedRoot};
-use tugboot_http::{BootServer, HttpConfig, ProfileSet};
+use tugboot_http::{BootRecord, BootServer, HttpConfig, ProfileSet};
 use tugboot_store::{AnyStore, MacAddr, MachineSighting, Store};
 
 use super::config::ServeConfig;
@@ -91,6 +91,34 @@ async fn record_sightings(store: Arc<AnyStore>, mut events: mpsc::Receiver<Event
     }
 }
 
+async fn record_boots(store: Arc<AnyStore>, mut records: mpsc::Receiver<BootRecord>) {
+    while let Some(r) = records.recv().await {
+        let Some(mac) = r.mac else {
+            tracing::debug!(profile = %r.profile, image = %r.image, "boot without a MAC: not recorded");
+            continue;
+        };
+        let sighting = MachineSighting {
+            mac: MacAddr(mac.0),
+            smbios_uuid: r.uuid,
+            serial: r.serial,
+            board: r.board,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let recorded = async {
+            let m = store.record_sighting(&sighting, now).await?;
+            store.record_boot(m.id, &r.image, now).await
+        };
+        match recorded.await {
+            Ok(m) => {
+                tracing::info!(machine = %m.id, mac = %sighting.mac, image = %r.image, "boot recorded")
+            }
+            Err(e) => tracing::error!(mac = %sighting.mac, error = %e, "cannot record boot"),
+        }
+    }
+}
+
 /// Runs the server until SIGINT/SIGTERM.
 pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -157,6 +185,26 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+
+    // Who booted what, when: every boot script served is recorded on the machine in the store
+    // (`tugboot machines list` shows it). Off the request path, through a channel.
+    let (boot_tx, boot_rx) = mpsc::channel::<BootRecord>(1024);
+    boot.on_boot(Arc::new(move |record| {
+        if boot_tx.try_send(record).is_err() {
+            tracing::warn!("boot record consumer behind, record dropped");
+        }
+    }));
+    {
+        let store = Arc::clone(&store);
+        let stop = stopped();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = record_boots(store, boot_rx) => {},
+                () = stop => {},
+            }
+            ("boots", Ok(()))
+        });
+    }
 
     // HTTP(S): bind first; it is what every other answer points to.
     let listener = tokio::net::TcpListener::bind(config.http.listen)
