@@ -516,3 +516,100 @@ fn linuxkit_import_and_boards() {
         );
     }
 }
+
+#[test]
+fn profiles_file_is_edited_and_queried_from_the_cli() {
+    let env = Env::new();
+    let file = "profiles.toml";
+    fs::write(
+        env.path(file),
+        "# the lab's machines\ndefault_profile = \"netboot\"\n\n[profiles.netboot]\nimage = \"demo\"\n",
+    )
+    .unwrap();
+    let p = |args: &[&str]| {
+        let mut all = vec!["profiles", "--file", file];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let ok = |args: Vec<String>| env.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let fails = |args: Vec<String>| env.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    ok(p(&[
+        "add-profile",
+        "rescue",
+        "--image",
+        "rescue",
+        "--version",
+        "3",
+        "--cmdline",
+        "single",
+    ]));
+    ok(p(&["add-profile", "disk", "--local"]));
+    ok(p(&[
+        "add-machine",
+        "--name",
+        "rack1-node7",
+        "--mac",
+        "52:54:00:12:34:07",
+        "--board",
+        "x86_64-uefi",
+        "--label",
+        "rack=r1",
+        "--label",
+        "role=db\"primary\"",
+    ]));
+    ok(p(&[
+        "add-group",
+        "rack1",
+        "--profile",
+        "rescue",
+        "--label",
+        "rack=r1",
+    ]));
+
+    // The operator's comment survives; the file still loads as serve loads it.
+    let text = fs::read_to_string(env.path(file)).unwrap();
+    assert!(text.starts_with("# the lab's machines\n"), "{text}");
+    let listed = ok(p(&["list"]));
+    assert_eq!(listed["machines"][0]["name"], "rack1-node7");
+    assert_eq!(listed["machines"][0]["labels"]["role"], "db\"primary\"");
+    assert_eq!(listed["groups"][0]["name"], "rack1");
+
+    // The group matches through the machine's labels; an unknown MAC gets the default.
+    let r = ok(p(&["resolve", "--mac", "52-54-00-12-34-07"]));
+    assert_eq!(r["profile"], "rescue");
+    assert_eq!(r["via"], "group rack1");
+    assert_eq!(r["board"], "x86_64-uefi");
+    let r = ok(p(&["resolve", "--mac", "52:54:00:99:99:99"]));
+    assert_eq!(r["profile"], "netboot");
+    assert_eq!(r["via"], "default_profile");
+
+    // Refusals leave the file as it was.
+    let before = fs::read(env.path(file)).unwrap();
+    fails(p(&["add-machine", "--mac", "52:54:00:12:34:07"]));
+    fails(p(&[
+        "add-machine",
+        "--mac",
+        "52:54:00:12:34:08",
+        "--board",
+        "toaster",
+    ]));
+    fails(p(&[
+        "add-machine",
+        "--mac",
+        "52:54:00:12:34:09",
+        "--profile",
+        "missing",
+    ]));
+    fails(p(&["add-machine", "--mac", "not-a-mac"]));
+    fails(p(&[
+        "add-group",
+        "rack1",
+        "--profile",
+        "rescue",
+        "--label",
+        "rack=r2",
+    ]));
+    fails(p(&["add-profile", "netboot", "--image", "x"]));
+    assert_eq!(fs::read(env.path(file)).unwrap(), before);
+}

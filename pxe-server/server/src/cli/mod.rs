@@ -10,6 +10,7 @@ mod images;
 mod keys;
 mod machines;
 pub mod output;
+mod profiles;
 mod remote;
 mod rollout;
 mod serve;
@@ -47,6 +48,8 @@ enum Command {
     /// The board catalog.
     #[command(subcommand)]
     Boards(boards::BoardsCommand),
+    /// The declarative machines/profiles/groups file `serve` boots from: list, add, resolve.
+    Profiles(profiles::ProfilesArgs),
     /// Run the netboot server: DHCP + TFTP + HTTP(S) from one configuration file.
     Serve(serve::ServeArgs),
     /// Validate a server configuration and print it resolved (defaults, absolute paths).
@@ -95,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys::run(cmd, global),
         Command::Image(cmd) => image::run(*cmd, global),
         Command::Boards(cmd) => boards::run(cmd, global),
+        Command::Profiles(args) => profiles::run(args, global),
         Command::Serve(args) => serve::run_serve(args, global),
         Command::CheckConfig(args) => serve::run_check(args, global),
         Command::Ca(cmd) => ca::run(cmd, global),
