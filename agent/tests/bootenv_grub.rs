@@ -11,49 +11,8 @@ use std::process::Command;
 use tugboot_agent::bootloader::grub::{self, GrubEnvError, GrubEnvFile, ab};
 use tugboot_agent::bootloader::{BootEnv, BootEnvError, Slot, Vars};
 
-/// The tool's path, or `None` (skip) when absent and skipping is allowed.
-fn tool(name: &str, package: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    // mke2fs/debugfs live in sbin, which is not on every user's PATH.
-    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
-    let found = dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("TUGBOOT_SKIP_TOOL_TESTS").as_deref() == Ok("1"),
-            "`{name}` not found: install the Debian package `{package}` \
-             (or set TUGBOOT_SKIP_TOOL_TESTS=1 to skip tool cross-checks)"
-        );
-        eprintln!("skipping: {name} not installed and TUGBOOT_SKIP_TOOL_TESTS=1");
-    }
-    found
-}
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().expect("spawn tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/bootenv")
-        .join(name)
-}
-
-fn vars(pairs: &[(&str, &str)]) -> Vars {
-    let mut v = Vars::new();
-    for (n, val) in pairs {
-        v.set(*n, *val).unwrap();
-    }
-    v
-}
+mod common;
+use common::{fixture, run, tool, vars};
 
 /// Values GRUB has to escape or that shells and parsers commonly get wrong.
 const TRICKY: &[(&str, &str)] = &[

@@ -466,6 +466,26 @@ impl ApiState {
         })
     }
 
+    /// The outcomes of a rollout's group members: those the current stage admits are looked up,
+    /// the rest are pending.
+    async fn member_facts(
+        &self,
+        model: &rollout::Rollout,
+        members: &[MachineId],
+        record: &tugboot_store::Rollout,
+    ) -> Result<Facts, StoreError> {
+        let mut facts = Facts {
+            members: vec![DeviceOutcome::Pending; members.len()],
+        };
+        let admitted = model.admitted(members.len());
+        for (slot, device) in facts.members.iter_mut().zip(members).take(admitted) {
+            *slot = self
+                .device_outcome(*device, &record.image_name, record.image_version)
+                .await?;
+        }
+        Ok(facts)
+    }
+
     /// The latest outcome of `device` for image `name@version` among its recent reports.
     async fn device_outcome(
         &self,
@@ -541,15 +561,7 @@ impl ApiState {
             // then advance through stages whose devices already committed).
             for _ in 0..=record.stages.len() + 1 {
                 let model = rollout::Rollout::from_record(&record, self.config.report_timeout_secs);
-                let admitted = model.admitted(members.len());
-                let mut facts = Facts {
-                    members: vec![DeviceOutcome::Pending; members.len()],
-                };
-                for (slot, device) in facts.members.iter_mut().zip(&members).take(admitted) {
-                    *slot = self
-                        .device_outcome(*device, &record.image_name, record.image_version)
-                        .await?;
-                }
+                let facts = self.member_facts(&model, &members, &record).await?;
                 let decision = model.evaluate(now, &facts);
                 let Some(t) = model.transition(&decision) else {
                     break;
@@ -573,15 +585,8 @@ impl ApiState {
                 }
             }
             let model = rollout::Rollout::from_record(&record, self.config.report_timeout_secs);
+            let facts = self.member_facts(&model, &members, &record).await?;
             let admitted_n = model.admitted(members.len());
-            let mut facts = Facts {
-                members: vec![DeviceOutcome::Pending; members.len()],
-            };
-            for (slot, device) in facts.members.iter_mut().zip(&members).take(admitted_n) {
-                *slot = self
-                    .device_outcome(*device, &record.image_name, record.image_version)
-                    .await?;
-            }
             let summary = model.summary(now, &facts);
             self.metrics.rollout(
                 record.id.0,
