@@ -4,13 +4,13 @@
 //! over mutual TLS, the rollout completing, `machines revoke` shutting the device out, and a
 //! wrong operator token refused with a one-line error.
 
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -55,37 +55,12 @@ struct Serve {
 
 impl Serve {
     fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tugboot"))
-            .args(["serve", "--log-format", "json", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let (tx, log) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        let ready = loop {
-            let line = log
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("serve never became ready:\n{}", lines.join("\n")));
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-            lines.push(line);
-            if v["fields"]["message"] == "tugboot serve: ready" {
-                break v;
-            }
-        };
+        let common::Started {
+            child,
+            log,
+            lines,
+            ready,
+        } = common::start_serve(config);
         let api = ready["fields"]["api"]
             .as_str()
             .and_then(|s| s.parse().ok())
