@@ -1,8 +1,9 @@
-//! A content-addressed blob directory: `<root>/sha256/<hex>`, staging in `<root>/tmp`.
+//! A content-addressed blob directory: `<root>/sha256/<hex>`, staging in `<root>/tmp`, resumable
+//! uploads in `<root>/uploads`.
 //!
 //! A blob appears under its name only once its bytes are complete, hashed and synced: readers never
 //! see a partial blob, and a crash leaves at worst a stray file in `tmp/` (removed by
-//! [`BlobStore::clean_tmp`]).
+//! [`BlobStore::clean_tmp`]) or a partial upload that the next upload continues.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -62,6 +63,76 @@ impl BlobStore {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn upload_path(&self, d: &Sha256Digest, size: u64) -> PathBuf {
+        self.root
+            .join("uploads")
+            .join(format!("{}-{size}.part", d.to_hex()))
+    }
+
+    /// Where an upload of blob `d` (of `size` bytes) stands: `size` when the blob is stored,
+    /// else the bytes received so far (0 when none).
+    pub fn upload_offset(&self, d: &Sha256Digest, size: u64) -> Result<u64, BlobError> {
+        if self.contains(d) {
+            return Ok(size);
+        }
+        let path = self.upload_path(d, size);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(m.len().min(size)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(BlobError::io(path, e)),
+        }
+    }
+
+    /// Appends `data` at `offset` to the upload of blob `d` (`size` bytes in all), durably
+    /// (fsync before returning). The chunk must continue exactly where the upload stands and not
+    /// go past `size`. When the last byte arrives, the whole file is hashed against `d` and, if
+    /// it matches, moved into the store (a mismatch deletes it: the upload starts over). Returns
+    /// the new offset (`size` once stored).
+    pub fn upload_append(
+        &self,
+        d: &Sha256Digest,
+        size: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64, BlobError> {
+        let have = self.upload_offset(d, size)?;
+        if have == size {
+            return Ok(size);
+        }
+        if offset != have {
+            return Err(BlobError::UploadOffset {
+                digest: *d,
+                offset,
+                have,
+            });
+        }
+        let end = offset.saturating_add(data.len() as u64);
+        if end > size {
+            return Err(StreamError::TooLong { expected: size }.into());
+        }
+        let path = self.upload_path(d, size);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| BlobError::io(dir, e))?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| BlobError::io(&path, e))?;
+        file.write_all(data).map_err(|e| BlobError::io(&path, e))?;
+        file.sync_data().map_err(|e| BlobError::io(&path, e))?;
+        drop(file);
+        if end < size {
+            return Ok(end);
+        }
+        let result = File::open(&path)
+            .map_err(|e| BlobError::io(&path, e))
+            .and_then(|f| self.put(f, Some((*d, size))));
+        // Stored or refused: the partial file has served its purpose either way.
+        let _ = fs::remove_file(&path);
+        result.map(|_| size)
     }
 
     pub fn path(&self, d: &Sha256Digest) -> PathBuf {
@@ -197,5 +268,50 @@ impl BlobStore {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod upload_tests {
+    use super::*;
+
+    #[test]
+    fn uploads_resume_verify_and_refuse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path()).expect("open");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let d = Sha256Digest::of(&data);
+        let size = data.len() as u64;
+        assert_eq!(store.upload_offset(&d, size).unwrap(), 0);
+        assert_eq!(
+            store.upload_append(&d, size, 0, &data[..40_000]).unwrap(),
+            40_000
+        );
+        // A reopened store (a restarted server) continues where the upload stands.
+        let store = BlobStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.upload_offset(&d, size).unwrap(), 40_000);
+        assert!(matches!(
+            store.upload_append(&d, size, 10, &data[10..20]),
+            Err(BlobError::UploadOffset { have: 40_000, .. })
+        ));
+        assert!(matches!(
+            store.upload_append(&d, size, 40_000, &vec![0; 70_000]),
+            Err(BlobError::Stream(StreamError::TooLong { .. }))
+        ));
+        assert!(!store.contains(&d));
+        assert_eq!(
+            store
+                .upload_append(&d, size, 40_000, &data[40_000..])
+                .unwrap(),
+            size
+        );
+        assert!(store.contains(&d));
+        assert_eq!(fs::read(store.path(&d)).unwrap(), data);
+        assert_eq!(store.upload_offset(&d, size).unwrap(), size, "complete");
+        // Bytes that do not hash to the name are refused and the upload starts over.
+        let wrong = Sha256Digest::of(b"something else");
+        assert!(store.upload_append(&wrong, 3, 0, b"abc").is_err());
+        assert!(!store.contains(&wrong));
+        assert_eq!(store.upload_offset(&wrong, 3).unwrap(), 0);
     }
 }

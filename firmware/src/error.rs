@@ -117,6 +117,16 @@ pub enum BlobError {
     /// No blob with this digest is stored.
     #[error("blob sha256:{0} is not in the store")]
     Missing(Sha256Digest),
+    /// An upload chunk that does not continue the partial upload where it stands.
+    #[error("upload of sha256:{digest} is at byte {have}, not {offset}")]
+    UploadOffset {
+        /// The blob.
+        digest: Sha256Digest,
+        /// Where the chunk wanted to start.
+        offset: u64,
+        /// Where the upload stands.
+        have: u64,
+    },
 }
 
 impl BlobError {

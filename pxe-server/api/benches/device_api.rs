@@ -22,7 +22,8 @@ use tugboot_api::client::ApiClient;
 use tugboot_api::server::{ApiConfig, ApiParts, ApiServer, system_clock};
 use tugboot_api::tokens::OperatorToken;
 use tugboot_firmware::{BlobStore, SecretKey, Signed, Timestamp, TrustRoot, TrustedRoot};
-use tugboot_store::{AnyStore, DeviceCert, MacAddr, MachineSighting, MachineState, Store};
+use tugboot_fleet::observe::observed;
+use tugboot_store::{AnyStore, DeviceCert, Mac, MachineState, Sighting, Store};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -88,23 +89,21 @@ async fn run(label: &str, url: &str, devices: usize, concurrency: usize) -> Stri
             tasks.push(tokio::spawn(async move {
                 let _p = sem.acquire().await.unwrap();
                 let n = u32::try_from(i).unwrap().to_be_bytes();
-                let m = store
-                    .record_sighting(
-                        &MachineSighting {
-                            mac: MacAddr([2, 0xbe, n[0], n[1], n[2], n[3]]),
-                            smbios_uuid: None,
-                            serial: None,
-                            board: None,
-                        },
+                let id = store
+                    .observe(
+                        &[Sighting {
+                            mac: Mac([2, 0xbe, n[0], n[1], n[2], n[3]]),
+                            facts: observed(tugboot_fleet::Observer::Dhcp, t0, &[]),
+                        }],
                         t0,
                     )
                     .await
-                    .unwrap();
+                    .unwrap()[0];
                 store
-                    .set_machine_state(m.id, MachineState::Approved)
+                    .set_machine_state(id, MachineState::Approved)
                     .await
                     .unwrap();
-                m.id.0
+                id.0
             }));
         }
         for (i, t) in tasks.into_iter().enumerate() {
@@ -173,6 +172,7 @@ async fn run(label: &str, url: &str, devices: usize, concurrency: usize) -> Stri
     )
     .unwrap();
     let api = ApiServer::new(ApiParts {
+        live: Arc::new(tugboot_fleet::Live::new(tugboot_fleet::Fleet::default())),
         store: store.clone(),
         ca: CertAuthority::load(&dir.path().join("ca")).unwrap(),
         state_dir: dir.path().join("state"),

@@ -4,7 +4,6 @@
 //!
 //! - [`ca`]: the CA (ECDSA P-256, rcgen): `ca init`, device certificates from CSRs, the server
 //!   certificate, identity extraction from a verified peer certificate.
-//! - [`rollout`]: sans-IO rollout decisions (`Rollout::evaluate(now, &facts) -> Decision`).
 //! - [`server`]: axum on rustls/tokio-rustls; the identity of a request is taken only from the
 //!   verified client certificate.
 //! - [`wire`]: the JSON shapes (shared with the agent), parsed with size caps.
@@ -16,11 +15,9 @@
 pub mod ca;
 pub mod client;
 pub mod metrics;
-pub mod rollout;
 pub mod server;
 pub mod tokens;
 pub mod wire;
 
 pub use ca::{CaError, CertAuthority, IssuedCert, PeerIdentity, ServerCert};
-pub use rollout::{Decision, Facts, Rollout};
 pub use server::{ApiConfig, ApiError, ApiParts, ApiServer, ApiState, ServerHandle};

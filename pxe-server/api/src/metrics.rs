@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use crate::rollout::StageSummary;
+use tugboot_fleet::rollout::StageSummary;
 
 /// Counters and gauges of the device API.
 #[derive(Debug, Default)]

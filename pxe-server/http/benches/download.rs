@@ -21,7 +21,8 @@ use std::time::Duration;
 use tugboot_firmware::{
     Artifact, BlobStore, Manifest, Role, SecretKey, Signed, Timestamp, TrustRoot, TrustedRoot,
 };
-use tugboot_http::{BlobCheck, BootServer, HttpConfig, ProfileSet};
+use tugboot_fleet::{Fleet, Live};
+use tugboot_http::{BootServer, HttpConfig};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -222,10 +223,14 @@ fn main() {
         chunk_size: usize::try_from(chunk_kib << 10).unwrap_or(usize::MAX),
         ..HttpConfig::default()
     };
-    let server = BootServer::new(store.clone(), ProfileSet::default(), config);
-    server
-        .publish(&manifest.to_bytes(), &root, now, BlobCheck::Size)
-        .expect("publish");
+    let (verified, cmdline) =
+        tugboot_store::prepare_image(&manifest.to_bytes(), &store, &root, now).expect("publish");
+    let mut fleet = Fleet::default();
+    fleet
+        .catalogue
+        .insert(verified, cmdline)
+        .expect("catalogue");
+    let server = BootServer::new(store.clone(), std::sync::Arc::new(Live::new(fleet)), config);
 
     // tugboot on its own runtime thread (2 workers: the machine's core count here).
     let tport = free_port();

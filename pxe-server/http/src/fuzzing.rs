@@ -1,41 +1,31 @@
 //! Entry points shared by the fuzz targets (`pxe-server/http/fuzz`) and the seed-corpus test.
 //! Each must return normally on every input: a panic is a bug.
 
-use crate::profiles::{Facts, ProfileSet, RawFacts};
+use crate::query::{RawQuery, parse};
 use crate::range::{RangeDecision, decide_range, if_none_match, if_range_matches};
 
-/// Parses arbitrary bytes as a profiles file; on success, resolves a few requests against it
-/// and renders their command lines.
-pub fn profiles(data: &[u8]) {
+/// Splits arbitrary bytes on `&` into `key=value` pairs of an iPXE script query and parses it.
+pub fn query(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(set) = ProfileSet::from_toml(text) else {
-        return;
-    };
-    let requests = [
-        RawFacts::default(),
-        RawFacts {
-            mac: Some("52:54:00:00:00:01".into()),
-            arch: Some("x86_64".into()),
-            ..RawFacts::default()
-        },
-        RawFacts {
-            uuid: Some("8a3b1c2d-0000-4000-8000-000000000002".into()),
-            serial: Some("SN-0003".into()),
-            hostname: Some("h".into()),
-            arch: Some("arm64".into()),
-            board: Some("raspberrypi-4".into()),
-            ..RawFacts::default()
-        },
-    ];
-    for raw in &requests {
-        let Ok(facts) = Facts::try_from(raw) else {
-            continue;
-        };
-        if let Some(res) = set.resolve(&facts) {
-            let _ = res.cmdline(&facts);
+    let mut raw = RawQuery::default();
+    for pair in text.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = Some(v.to_owned());
+        match k {
+            "mac" => raw.mac = v,
+            "uuid" => raw.uuid = v,
+            "serial" => raw.serial = v,
+            "arch" => raw.arch = v,
+            "platform" => raw.platform = v,
+            "board" => raw.board = v,
+            "hostname" => raw.hostname = v,
+            _ => {}
         }
+    }
+    if let Ok(q) = parse(&raw, 0) {
+        assert!(q.facts.iter().all(|(_, f)| !f.source.is_authenticated()));
     }
 }
 
@@ -66,7 +56,7 @@ mod tests {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/http");
         let mut seen = 0;
         for (dir, entry) in [
-            ("profiles", super::profiles as fn(&[u8])),
+            ("query", super::query as fn(&[u8])),
             ("range", super::range as fn(&[u8])),
         ] {
             let dir = format!("{root}/{dir}");

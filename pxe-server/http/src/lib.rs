@@ -1,14 +1,14 @@
-//! tugboot's HTTP(S) boot server: per-machine iPXE scripts and the artifacts of verified,
-//! published images. Endpoints, the profiles schema and the script format are in `docs/http.md`.
+//! tugboot's HTTP(S) front end: per-machine iPXE scripts, loader files for UEFI HTTP boot and
+//! the artifacts of published images, rendered from the fleet core (`tugboot-fleet`).
+//! Endpoints and the script format are in `docs/http.md`.
 //!
-//! The parts that decide are pure and tested with byte fixtures: [`profiles`] (who boots what),
-//! [`ipxe`] (script text, safe against iPXE syntax injection), [`range`] (HTTP ranges and
-//! conditional requests) and [`published`] (which artifacts may be served at all). [`server`] is
-//! the axum shell around them and [`tls`] the rustls listener.
+//! The parts that decide are pure and tested with byte fixtures: [`query`] (what a request
+//! says about the machine) and [`range`] (HTTP ranges and conditional requests); what a machine
+//! boots is the fleet's. [`server`] is the axum shell, `files` the streaming of artifacts, and
+//! [`tls`] the rustls listener.
 
-pub mod ipxe;
-pub mod profiles;
-pub mod published;
+mod files;
+pub mod query;
 pub mod range;
 pub mod server;
 pub mod tls;
@@ -17,12 +17,10 @@ pub mod tls;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use ipxe::{BaseUrl, ErrorAction, KernelCmdline, RenderError};
-pub use profiles::{FactError, Facts, ProfileError, ProfileSet, RawFacts, Resolution, Via};
-pub use published::{BlobCheck, PublishError, Published, PublishedImage, publish};
 pub use range::{RangeDecision, decide_range};
 pub use server::{
-    BootObserver, BootRecord, BootServer, Counters, CountersSnapshot, HttpConfig, MetricsSource,
-    Scheme, serve, serve_tls,
+    BootObserver, BootServer, Clock, Counters, CountersSnapshot, HttpConfig, MetricsSource, Scheme,
+    serve, serve_tls, system_clock,
 };
 pub use tls::{TlsError, TlsListener, server_config};
+pub use tugboot_fleet::render::ipxe::{BaseUrl, ErrorAction};

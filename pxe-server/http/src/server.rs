@@ -1,36 +1,41 @@
-//! The HTTP(S) shell: an axum router over the pure parts (profiles, scripts, ranges) and the
-//! blob store.
+//! The HTTP(S) front end: an axum router that renders the fleet's answers.
 //!
 //! Endpoints (see `docs/http.md`):
 //! - `GET /boot.ipxe`: bootstrap script that chains to `/ipxe` with iPXE's own facts;
-//! - `GET /ipxe?mac=&uuid=&serial=&arch=&board=&hostname=`: the per-machine script;
+//! - `GET /ipxe?mac=&uuid=&serial=&arch=&platform=&hostname=&board=`: the per-machine script
+//!   (what the request says is recorded as facts *observed by HTTP*: it can never change what
+//!   the operator declared or the device attested);
 //! - `GET|HEAD /artifacts/sha256/<hex>`: an artifact of a published image (Range, ETag);
-//! - `GET|HEAD /boot/<name>`: a file of the boot-files directory (iPXE binaries);
+//! - `GET|HEAD /boot/<name>`: a file of the boot-files directory (iPXE binaries, GRUB);
+//! - loader files for loaders started by UEFI HTTP boot (`/grub/grub.cfg`, per-MAC GRUB and
+//!   PXELINUX configurations, `/boot.scr.uimg`), the same answers TFTP gives
+//!   (`tugboot_fleet::netboot`);
 //! - `GET /metrics`: counters in the Prometheus text format.
+//!
+//! This shell decides nothing: the plan comes from [`tugboot_fleet::Fleet::plan`], the text
+//! from `tugboot_fleet::render`.
 
-use std::fs::File;
 use std::future::Future;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tugboot_boards::Catalog;
-use tugboot_firmware::{BlobStore, Role, Sha256Digest, Timestamp, TrustedRoot};
+use tugboot_firmware::{BlobStore, Sha256Digest};
+use tugboot_fleet::netboot::{self, Answer};
+use tugboot_fleet::render::ipxe::{self, BaseUrl, ErrorAction};
+use tugboot_fleet::{BootPlan, Live, NoBoot};
 
-use crate::ipxe::{self, BaseUrl, BootScript, ErrorAction, KernelCmdline};
-use crate::profiles::{Facts, ProfileSet, RawFacts, Resolution, Template, Via};
-use crate::published::{self, BlobCheck, PublishError, Published, PublishedImage};
-use crate::range::{self, RangeDecision};
+use crate::files::{self, FileRequest, Streaming, not_found, plain};
+use crate::query::{self, RawQuery};
 use crate::tls::TlsListener;
 
 /// Default size of one file read while streaming (one body frame).
@@ -48,7 +53,7 @@ pub struct HttpConfig {
     /// Prefix of every URL written into scripts. `None`: built from the request's `Host` header
     /// and the listener's scheme.
     pub base_url: Option<BaseUrl>,
-    /// Directory served under `/boot/` (iPXE binaries). `None`: `/boot/` answers 404.
+    /// Directory served under `/boot/` (iPXE binaries, GRUB images). `None`: `/boot/` is 404.
     pub boot_dir: Option<PathBuf>,
     /// Bytes per file read and body frame; clamped to [`MIN_CHUNK`]..=[`MAX_CHUNK`].
     pub chunk_size: usize,
@@ -73,15 +78,16 @@ impl Default for HttpConfig {
 /// Request and byte counters (monotonic, relaxed atomics).
 #[derive(Debug, Default)]
 pub struct Counters {
-    requests: AtomicU64,
-    scripts: AtomicU64,
-    error_scripts: AtomicU64,
-    artifact_requests: AtomicU64,
-    boot_file_requests: AtomicU64,
-    not_found: AtomicU64,
-    not_modified: AtomicU64,
-    partial: AtomicU64,
-    body_bytes: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) scripts: AtomicU64,
+    pub(crate) error_scripts: AtomicU64,
+    pub(crate) loader_files: AtomicU64,
+    pub(crate) artifact_requests: AtomicU64,
+    pub(crate) boot_file_requests: AtomicU64,
+    pub(crate) not_found: AtomicU64,
+    pub(crate) not_modified: AtomicU64,
+    pub(crate) partial: AtomicU64,
+    pub(crate) body_bytes: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -90,6 +96,7 @@ pub struct CountersSnapshot {
     pub requests: u64,
     pub scripts: u64,
     pub error_scripts: u64,
+    pub loader_files: u64,
     pub artifact_requests: u64,
     pub boot_file_requests: u64,
     pub not_found: u64,
@@ -99,7 +106,7 @@ pub struct CountersSnapshot {
     pub body_bytes: u64,
 }
 
-fn inc(c: &AtomicU64) {
+pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -110,6 +117,7 @@ impl Counters {
             requests: g(&self.requests),
             scripts: g(&self.scripts),
             error_scripts: g(&self.error_scripts),
+            loader_files: g(&self.loader_files),
             artifact_requests: g(&self.artifact_requests),
             boot_file_requests: g(&self.boot_file_requests),
             not_found: g(&self.not_found),
@@ -120,57 +128,63 @@ impl Counters {
     }
 }
 
-/// Shared state of the boot server: blob store, published images, profiles, counters.
-#[derive(Debug)]
-pub struct BootServer {
-    /// Other parts of the process (DHCP, TFTP) that append their metrics to `/metrics`.
-    extra_metrics: ExtraMetrics,
-    boot_observers: BootObservers,
-    store: BlobStore,
-    published: RwLock<Published>,
-    profiles: RwLock<Arc<ProfileSet>>,
-    catalog: Option<Catalog>,
-    config: HttpConfig,
-    counters: Arc<Counters>,
-    buffers: Arc<BufPool>,
-}
-
 /// Appends Prometheus text-format lines (with their `# HELP` / `# TYPE`) to `/metrics`.
 pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
-/// A machine was handed a boot script: who, and what it will boot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BootRecord {
-    pub mac: Option<crate::profiles::Mac>,
-    pub uuid: Option<String>,
-    pub serial: Option<String>,
-    pub board: Option<String>,
-    pub profile: String,
-    /// `name@version` of the image, or `local` for a boot from the local disk.
-    pub image: String,
+/// Told about every boot decided here (a script or a loader configuration served), e.g. to
+/// record "who booted what, when" in the store. Called on the request path: it must not block
+/// (hand the plan to a channel).
+pub type BootObserver = Arc<dyn Fn(&BootPlan) + Send + Sync>;
+
+/// Unix-seconds clock (tests pass their own).
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+#[must_use]
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    })
 }
 
-/// Told about every boot script served (e.g. to record "who booted what, when" in the store).
-/// Called on the request path: it must not block (hand the record to a channel).
-pub type BootObserver = Arc<dyn Fn(BootRecord) + Send + Sync>;
-
 #[derive(Default)]
-struct ExtraMetrics(RwLock<Vec<MetricsSource>>);
+struct Hooks {
+    metrics: RwLock<Vec<MetricsSource>>,
+    boots: RwLock<Vec<BootObserver>>,
+}
 
-#[derive(Default)]
-struct BootObservers(RwLock<Vec<BootObserver>>);
-
-impl std::fmt::Debug for BootObservers {
+impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.read().map_or(0, |v| v.len());
-        write!(f, "BootObservers({n})")
+        fn n<T>(v: &RwLock<Vec<T>>) -> usize {
+            v.read().map_or(0, |v| v.len())
+        }
+        write!(
+            f,
+            "Hooks(metrics {}, boots {})",
+            n(&self.metrics),
+            n(&self.boots)
+        )
     }
 }
 
-impl std::fmt::Debug for ExtraMetrics {
+/// Shared state of the boot server: the blob store, the live fleet, counters.
+pub struct BootServer {
+    hooks: Hooks,
+    blobs: BlobStore,
+    live: Arc<Live>,
+    config: HttpConfig,
+    clock: Clock,
+    streaming: Streaming,
+}
+
+impl std::fmt::Debug for BootServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.read().map_or(0, |v| v.len());
-        write!(f, "ExtraMetrics({n} sources)")
+        f.debug_struct("BootServer")
+            .field("config", &self.config)
+            .field("live", &self.live)
+            .finish_non_exhaustive()
     }
 }
 
@@ -182,107 +196,78 @@ pub enum Scheme {
 }
 
 impl BootServer {
+    /// A server over `blobs` answering from `live`.
+    #[must_use]
+    pub fn new(blobs: BlobStore, live: Arc<Live>, config: HttpConfig) -> Arc<Self> {
+        Self::with_clock(blobs, live, config, system_clock())
+    }
+
+    /// [`BootServer::new`] with a clock of the caller's.
+    #[must_use]
+    pub fn with_clock(
+        blobs: BlobStore,
+        live: Arc<Live>,
+        config: HttpConfig,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let chunk = config.chunk_size.clamp(MIN_CHUNK, MAX_CHUNK);
+        Arc::new(BootServer {
+            hooks: Hooks::default(),
+            blobs,
+            live,
+            config,
+            clock,
+            streaming: Streaming {
+                chunk,
+                counters: Arc::default(),
+                buffers: Arc::default(),
+            },
+        })
+    }
+
     /// Adds a source of metrics served by `/metrics` after this server's own: one scrape
     /// target for everything the process runs.
     pub fn add_metrics(&self, source: MetricsSource) {
-        self.extra_metrics
-            .0
+        self.hooks
+            .metrics
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .push(source);
     }
 
-    /// Adds an observer of served boot scripts.
+    /// Adds an observer of boots decided here.
     pub fn on_boot(&self, observer: BootObserver) {
-        self.boot_observers
-            .0
+        self.hooks
+            .boots
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .push(observer);
     }
 
-    fn notify_boot(&self, record: &BootRecord) {
+    fn notify_boot(&self, plan: &BootPlan) {
         for o in self
-            .boot_observers
-            .0
+            .hooks
+            .boots
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
         {
-            o(record.clone());
+            o(plan);
         }
     }
 
-    pub fn new(store: BlobStore, profiles: ProfileSet, config: HttpConfig) -> Arc<Self> {
-        Arc::new(BootServer {
-            extra_metrics: ExtraMetrics::default(),
-            boot_observers: BootObservers::default(),
-            store,
-            published: RwLock::new(Published::new()),
-            profiles: RwLock::new(Arc::new(profiles)),
-            catalog: None,
-            config,
-            counters: Arc::default(),
-            buffers: Arc::default(),
-        })
-    }
-
-    /// Like [`BootServer::new`], with a board catalog: a machine's board then adds its console
-    /// arguments and board command line to the kernel command line.
-    pub fn with_catalog(
-        store: BlobStore,
-        profiles: ProfileSet,
-        catalog: Catalog,
-        config: HttpConfig,
-    ) -> Arc<Self> {
-        Arc::new(BootServer {
-            extra_metrics: ExtraMetrics::default(),
-            boot_observers: BootObservers::default(),
-            store,
-            published: RwLock::new(Published::new()),
-            profiles: RwLock::new(Arc::new(profiles)),
-            catalog: Some(catalog),
-            config,
-            counters: Arc::default(),
-            buffers: Arc::default(),
-        })
-    }
-
-    /// Verifies and publishes an image (see [`published::publish`]). Hashing happens before the
-    /// published set is locked, so serving goes on meanwhile. Blocking (it reads the blobs):
-    /// call it from `tokio::task::spawn_blocking` inside a runtime.
-    pub fn publish(
-        &self,
-        envelope: &[u8],
-        root: &TrustedRoot,
-        now: Timestamp,
-        check: BlobCheck,
-    ) -> Result<Arc<PublishedImage>, PublishError> {
-        let (manifest, cmdline) = published::prepare(&self.store, envelope, root, now, check)?;
-        let image = self
-            .published
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(manifest, cmdline)?;
-        tracing::info!(
-            image = %image.manifest.name,
-            version = image.manifest.version,
-            manifest = %image.digest,
-            "published"
-        );
-        Ok(image)
-    }
-
-    /// Replaces the profiles (e.g. after the file changed). Requests in flight keep the old set.
-    pub fn set_profiles(&self, profiles: ProfileSet) {
-        *self
-            .profiles
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(profiles);
-    }
-
     pub fn counters(&self) -> CountersSnapshot {
-        self.counters.snapshot()
+        self.streaming.counters.snapshot()
+    }
+
+    /// The live fleet this server answers from.
+    #[must_use]
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    fn counter(&self) -> &Counters {
+        &self.streaming.counters
     }
 
     /// The router (plain HTTP scheme for `Host`-derived base URLs).
@@ -297,7 +282,7 @@ impl BootServer {
             .route("/artifacts/sha256/{digest}", get(artifact))
             .route("/boot/{name}", get(boot_file))
             .route("/metrics", get(metrics))
-            .fallback(not_found)
+            .fallback(loader_file)
             .layer(middleware::from_fn_with_state(
                 Arc::clone(self),
                 count_requests,
@@ -327,10 +312,57 @@ impl BootServer {
         BaseUrl::parse(&format!("{scheme}://{host}")).ok()
     }
 
-    fn retry(&self) -> ErrorAction {
-        ErrorAction::Retry {
-            after_secs: self.config.retry_secs,
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+}
+
+/// The client's address, for loader files asked for by address (stock GRUB's `grub.cfg`).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NodelayListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, NodelayListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// A TCP listener that turns Nagle off on every connection (scripts are small writes).
+#[derive(Debug)]
+pub struct NodelayListener(pub TcpListener);
+
+impl axum::serve::Listener for NodelayListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((tcp, addr)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return (tcp, addr);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
         }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
     }
 }
 
@@ -341,12 +373,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let router = server.router_for(Scheme::Http);
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let listener = NodelayListener(listener);
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Serves HTTPS with `tls` until `shutdown` completes, then lets requests in flight finish.
@@ -358,37 +391,27 @@ pub async fn serve_tls(
 ) -> io::Result<()> {
     let router = server.router_for(Scheme::Https);
     let listener = TlsListener::new(listener, tls)?;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn count_requests(State(s): State<Arc<BootServer>>, req: Request, next: Next) -> Response {
-    inc(&s.counters.requests);
+    inc(&s.counter().requests);
     let resp = next.run(req).await;
     match resp.status() {
-        StatusCode::NOT_FOUND => inc(&s.counters.not_found),
-        StatusCode::NOT_MODIFIED => inc(&s.counters.not_modified),
-        StatusCode::PARTIAL_CONTENT => inc(&s.counters.partial),
+        StatusCode::NOT_FOUND => inc(&s.counter().not_found),
+        StatusCode::NOT_MODIFIED => inc(&s.counter().not_modified),
+        StatusCode::PARTIAL_CONTENT => inc(&s.counter().partial),
         _ => {}
     }
     resp
 }
 
-async fn not_found() -> Response {
-    plain(StatusCode::NOT_FOUND, "not found\n")
-}
-
-fn plain(status: StatusCode, body: &'static str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
-}
-
-fn script_response(status: StatusCode, text: String) -> Response {
+fn text_response(status: StatusCode, text: String) -> Response {
     (
         status,
         [
@@ -405,9 +428,9 @@ async fn bootstrap(
     Extension(scheme): Extension<Scheme>,
     headers: HeaderMap,
 ) -> Response {
-    inc(&s.counters.scripts);
+    inc(&s.counter().scripts);
     match s.base_url(&headers, scheme) {
-        Some(base) => script_response(
+        Some(base) => text_response(
             StatusCode::OK,
             ipxe::render_chain(&base, s.config.retry_secs),
         ),
@@ -415,175 +438,53 @@ async fn bootstrap(
     }
 }
 
+/// The per-machine script. Problems the machine's console should show (no profile, image not
+/// published) are 200 with an error script, which iPXE runs; malformed facts are 400 (iPXE does
+/// not run the body then, but logs and curl show it).
 async fn script(
     State(s): State<Arc<BootServer>>,
     Extension(scheme): Extension<Scheme>,
     headers: HeaderMap,
-    Query(raw): Query<RawFacts>,
+    Query(raw): Query<RawQuery>,
 ) -> Response {
-    inc(&s.counters.scripts);
+    inc(&s.counter().scripts);
     let Some(base) = s.base_url(&headers, scheme) else {
         return plain(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
     };
-    let (status, text, outcome) = machine_script(&s, &base, &raw);
-    if outcome == Outcome::Error {
-        inc(&s.counters.error_scripts);
-    }
-    script_response(status, text)
-}
-
-/// The script for one request and the status to send it with. Problems that the machine's
-/// console should show (no profile, image not published) are 200 with an error script, which
-/// iPXE runs; malformed facts are 400 (iPXE does not run the body then, but logs and curl do).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Boot,
-    Error,
-}
-
-fn machine_script(s: &BootServer, base: &BaseUrl, raw: &RawFacts) -> (StatusCode, String, Outcome) {
-    let facts = match Facts::try_from(raw) {
-        Ok(f) => f,
+    let now = s.now();
+    let req = match query::parse(&raw, now) {
+        Ok(r) => r,
         Err(e) => {
             tracing::info!(error = %e, "bad facts in script request");
-            return (
+            inc(&s.counter().error_scripts);
+            return text_response(
                 StatusCode::BAD_REQUEST,
-                ipxe::render_error(base, &e.to_string(), ErrorAction::Exit),
-                Outcome::Error,
+                ipxe::render_error(&base, &e.to_string(), ErrorAction::Exit),
             );
         }
     };
-    let profiles = Arc::clone(&s.profiles.read().unwrap_or_else(PoisonError::into_inner));
-    let who = describe(&facts);
-    let Some(res) = profiles.resolve(&facts) else {
-        tracing::info!(machine = %who, "no profile");
-        return (
-            StatusCode::OK,
-            ipxe::render_error(
-                base,
-                &format!("no profile for this machine ({who})"),
-                s.config.unknown_machine,
-            ),
-            Outcome::Error,
-        );
-    };
-    let name = res.machine.map_or(who, |m| m.display_name());
-    let via = match res.via {
-        Via::Machine => String::from("machine"),
-        Via::Group(g) => format!("group {g}"),
-        Via::Default => String::from("default"),
-    };
-    let record = |image: String| BootRecord {
-        mac: facts.mac,
-        uuid: facts.uuid.map(|u| u.to_string()),
-        serial: facts.serial.clone(),
-        board: res.board.map(str::to_owned),
-        profile: res.profile.name.clone(),
-        image,
-    };
-    match res.profile.template {
-        Template::Local => {
-            tracing::info!(machine = %name, profile = %res.profile.name, %via, "local boot");
-            s.notify_boot(&record(String::from("local")));
-            (
-                StatusCode::OK,
-                ipxe::render_local(&format!("machine {name} profile {}", res.profile.name)),
-                Outcome::Boot,
-            )
-        }
-        Template::Linux => match linux_script(s, base, &res, &facts, &name) {
-            Ok((text, image)) => {
-                tracing::info!(machine = %name, profile = %res.profile.name, %via, %image, "boot script");
-                s.notify_boot(&record(image));
-                (StatusCode::OK, text, Outcome::Boot)
-            }
-            Err(reason) => {
-                tracing::warn!(machine = %name, profile = %res.profile.name, %reason, "cannot boot");
-                (
-                    StatusCode::OK,
-                    ipxe::render_error(base, &reason, s.retry()),
-                    Outcome::Error,
-                )
-            }
-        },
+    if let Some(mac) = req.mac {
+        s.live.observe(mac, &req.facts, now);
     }
+    let plan = s
+        .live
+        .plan(req.mac, req.uuid, req.serial.as_deref(), &req.facts, now);
+    log_plan(&plan, "ipxe");
+    match &plan {
+        Ok(p) => s.notify_boot(p),
+        Err(_) => inc(&s.counter().error_scripts),
+    }
+    text_response(
+        StatusCode::OK,
+        ipxe::render_plan(&base, &plan, s.config.retry_secs, s.config.unknown_machine),
+    )
 }
 
-fn describe(f: &Facts) -> String {
-    let mut parts = Vec::new();
-    if let Some(m) = f.mac {
-        parts.push(format!("mac {m}"));
+fn log_plan(plan: &Result<BootPlan, NoBoot>, what: &'static str) {
+    match plan {
+        Ok(p) => tracing::info!(what, plan = %p.comment(), via = ?p.via, "boot"),
+        Err(e) => tracing::warn!(what, reason = %e, "cannot boot"),
     }
-    if let Some(u) = f.uuid {
-        parts.push(format!("uuid {u}"));
-    }
-    if let Some(s) = &f.serial {
-        parts.push(format!("serial {s}"));
-    }
-    if parts.is_empty() {
-        parts.push(String::from("no identifiers"));
-    }
-    parts.join(" ")
-}
-
-fn linux_script(
-    s: &BootServer,
-    base: &BaseUrl,
-    res: &Resolution<'_>,
-    facts: &Facts,
-    name: &str,
-) -> Result<(String, String), String> {
-    let Some(image_ref) = &res.profile.image else {
-        return Err(format!("profile {} names no image", res.profile.name));
-    };
-    let image = s
-        .published
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .image(image_ref)
-        .cloned()
-        .ok_or_else(|| format!("image {image_ref} is not published"))?;
-    let m = &image.manifest;
-    let kernel = image
-        .artifact_digest(Role::Kernel)
-        .ok_or_else(|| format!("image {} v{} has no kernel", m.name, m.version))?;
-    let mut cmdline = KernelCmdline::default();
-    if let Some(board) = res
-        .board
-        .and_then(|b| s.catalog.as_ref().and_then(|c| c.get(b)))
-    {
-        cmdline
-            .append(&board.kernel.console_args())
-            .map_err(|e| format!("board {} console: {e}", board.name))?;
-        if let Some(extra) = &board.kernel.cmdline {
-            cmdline
-                .append(extra)
-                .map_err(|e| format!("board {} cmdline: {e}", board.name))?;
-        }
-    }
-    cmdline
-        .append(image.cmdline.as_str())
-        .map_err(|e| format!("image cmdline: {e}"))?;
-    let profile_part = res
-        .cmdline(facts)
-        .map_err(|e| format!("profile {} cmdline: {e}", res.profile.name))?;
-    cmdline
-        .append(profile_part.as_str())
-        .map_err(|e| format!("profile {} cmdline: {e}", res.profile.name))?;
-    let text = ipxe::render_boot(
-        base,
-        &BootScript {
-            kernel,
-            initrd: image.artifact_digest(Role::Initrd),
-            cmdline: &cmdline,
-            comment: &format!(
-                "machine {name} profile {} image {} v{}",
-                res.profile.name, m.name, m.version
-            ),
-            retry_secs: s.config.retry_secs,
-        },
-    );
-    Ok((text, format!("{}@{}", m.name, m.version)))
 }
 
 async fn artifact(
@@ -592,26 +493,31 @@ async fn artifact(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    inc(&s.counters.artifact_requests);
+    inc(&s.counter().artifact_requests);
     let Ok(digest) = digest.parse::<Sha256Digest>() else {
-        return not_found().await;
+        return not_found();
     };
-    let size = s
-        .published
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .artifact_size(&digest);
-    let Some(size) = size else {
+    let Some(size) = s.live.snapshot().catalogue.artifact_size(&digest) else {
         tracing::debug!(%digest, "artifact not published");
-        return not_found().await;
+        return not_found();
     };
+    serve_artifact(&s, digest, size, &method, &headers).await
+}
+
+async fn serve_artifact(
+    s: &BootServer,
+    digest: Sha256Digest,
+    size: u64,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
     let file = FileRequest {
-        path: s.store.path(&digest),
+        path: s.blobs.path(&digest),
         expected_len: Some(size),
         etag: Some(digest.to_hex()),
         immutable: true,
     };
-    serve_file(&s, file, &method, &headers).await
+    files::serve_file(&s.streaming, file, method, headers).await
 }
 
 /// Boot file names: one path component of `[A-Za-z0-9._-]`, not starting with a dot.
@@ -630,13 +536,13 @@ async fn boot_file(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    inc(&s.counters.boot_file_requests);
+    inc(&s.counter().boot_file_requests);
     let Some(dir) = &s.config.boot_dir else {
-        return not_found().await;
+        return not_found();
     };
     if !boot_name_ok(&name) {
         tracing::debug!(name = %name.escape_debug(), "refused boot file name");
-        return not_found().await;
+        return not_found();
     }
     let file = FileRequest {
         path: dir.join(&name),
@@ -644,16 +550,70 @@ async fn boot_file(
         etag: None,
         immutable: false,
     };
-    serve_file(&s, file, &method, &headers).await
+    files::serve_file(&s.streaming, file, &method, &headers).await
+}
+
+/// GRUB, PXELINUX and U-Boot files for loaders that came over HTTP (UEFI HTTP boot): the same
+/// answers as over TFTP. A Raspberry Pi's firmware files are TFTP only.
+async fn loader_file(State(s): State<Arc<BootServer>>, req: Request) -> Response {
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        return not_found();
+    }
+    let Some(file) = netboot::classify(req.uri().path()) else {
+        return not_found();
+    };
+    let headers = req.headers().clone();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|ConnectInfo(PeerAddr(a))| *a);
+    inc(&s.counter().loader_files);
+    let fleet = s.live.snapshot();
+    let now = s.now();
+    let peer = peer.and_then(|a| match a.ip() {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    });
+    let (answer, plan) = s.live.with_observations_read(|observations| {
+        netboot::answer(
+            &fleet,
+            &netboot::Context {
+                observations,
+                peer,
+                now,
+                retry_secs: s.config.retry_secs,
+            },
+            &file,
+        )
+    });
+    if let Some(plan) = &plan {
+        log_plan(plan, "loader file over http");
+        if let Ok(p) = plan {
+            s.notify_boot(p);
+        }
+    }
+    match answer {
+        Answer::Text(text) => text_response(StatusCode::OK, text),
+        Answer::Bytes(bytes) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Answer::Artifact { digest, size } => {
+            serve_artifact(&s, digest, size, &method, &headers).await
+        }
+        Answer::Firmware(_) | Answer::NotFound => not_found(),
+    }
 }
 
 async fn metrics(State(s): State<Arc<BootServer>>) -> Response {
-    let c = s.counters.snapshot();
-    let published = s
-        .published
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .len();
+    let c = s.counters();
+    let fleet = s.live.snapshot();
     let mut out = String::new();
     for (name, help, v) in [
         ("requests", "HTTP requests", c.requests),
@@ -662,6 +622,11 @@ async fn metrics(State(s): State<Arc<BootServer>>) -> Response {
             "error_scripts",
             "iPXE error scripts rendered",
             c.error_scripts,
+        ),
+        (
+            "loader_files",
+            "GRUB/PXELINUX/U-Boot files requested over HTTP",
+            c.loader_files,
         ),
         (
             "artifact_requests",
@@ -682,12 +647,21 @@ async fn metrics(State(s): State<Arc<BootServer>>) -> Response {
             "# HELP tugboot_http_{name}_total {help}\n# TYPE tugboot_http_{name}_total counter\ntugboot_http_{name}_total {v}\n"
         ));
     }
-    out.push_str(&format!(
-        "# HELP tugboot_http_published_images published images\n# TYPE tugboot_http_published_images gauge\ntugboot_http_published_images {published}\n"
-    ));
+    for (name, help, v) in [
+        (
+            "published_images",
+            "images in the catalogue",
+            fleet.catalogue.len(),
+        ),
+        ("machines", "machines in the registry", fleet.registry.len()),
+    ] {
+        out.push_str(&format!(
+            "# HELP tugboot_fleet_{name} {help}\n# TYPE tugboot_fleet_{name} gauge\ntugboot_fleet_{name} {v}\n"
+        ));
+    }
     for source in s
-        .extra_metrics
-        .0
+        .hooks
+        .metrics
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
@@ -697,295 +671,9 @@ async fn metrics(State(s): State<Arc<BootServer>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-struct FileRequest {
-    path: PathBuf,
-    /// The size the file must have (published artifacts); a mismatch is a 500, never served.
-    expected_len: Option<u64>,
-    /// Strong entity tag (opaque part, no quotes).
-    etag: Option<String>,
-    /// Content-addressed: cacheable forever.
-    immutable: bool,
-}
-
-fn open_at(path: PathBuf) -> io::Result<(File, u64)> {
-    let file = File::open(&path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "not a regular file",
-        ));
-    }
-    Ok((file, meta.len()))
-}
-
-async fn serve_file(
-    s: &BootServer,
-    req: FileRequest,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Response {
-    let path = req.path.clone();
-    let opened = tokio::task::spawn_blocking(move || open_at(path)).await;
-    let (file, len) = match opened {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => return not_found().await,
-        Ok(Err(e)) => {
-            tracing::error!(path = %req.path.display(), error = %e, "cannot open");
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot read file\n");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "open task failed");
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
-        }
-    };
-    if let Some(expected) = req.expected_len
-        && expected != len
-    {
-        tracing::error!(
-            path = %req.path.display(),
-            expected,
-            actual = len,
-            "stored blob does not have its published size; not serving it"
-        );
-        return plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "stored blob is damaged\n",
-        );
-    }
-
-    let mut builder = Response::builder()
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(
-            header::CACHE_CONTROL,
-            if req.immutable {
-                "public, max-age=31536000, immutable"
-            } else {
-                "no-cache"
-            },
-        );
-    if let Some(tag) = &req.etag {
-        builder = builder.header(header::ETAG, format!("\"{tag}\""));
-        if let Some(inm) = headers.get(header::IF_NONE_MATCH)
-            && range::if_none_match(inm.as_bytes(), tag)
-        {
-            return finish(builder.status(StatusCode::NOT_MODIFIED), Body::empty());
-        }
-    }
-    let honour_range = match headers.get(header::IF_RANGE) {
-        None => true,
-        Some(v) => req
-            .etag
-            .as_deref()
-            .is_some_and(|tag| range::if_range_matches(v.as_bytes(), tag)),
-    };
-    let range_header = headers
-        .get(header::RANGE)
-        .filter(|_| honour_range)
-        .map(HeaderValue::as_bytes);
-    let decision = range::decide_range(range_header, len);
-    let (status, start) = match decision {
-        RangeDecision::Full => (StatusCode::OK, 0),
-        RangeDecision::Partial { start, end } => {
-            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
-            (StatusCode::PARTIAL_CONTENT, start)
-        }
-        RangeDecision::Unsatisfiable => {
-            return finish(
-                builder
-                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{len}")),
-                Body::empty(),
-            );
-        }
-    };
-    let body_len = decision.body_len(len);
-    let builder = builder
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, body_len);
-    if method == Method::HEAD || body_len == 0 {
-        return finish(builder, Body::empty());
-    }
-    let chunk = s.config.chunk_size.clamp(MIN_CHUNK, MAX_CHUNK);
-    let body = file_body(
-        file,
-        start,
-        body_len,
-        chunk,
-        Arc::clone(&s.counters),
-        Arc::clone(&s.buffers),
-    );
-    finish(builder, body)
-}
-
-fn finish(builder: axum::http::response::Builder, body: Body) -> Response {
-    builder.body(body).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "building response");
-        plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-    })
-}
-
-/// Read buffers handed back once the HTTP layer has written them. Reusing the most recently
-/// freed buffer keeps it warm in the CPU cache and spares the page faults and zeroing of fresh
-/// memory; measured in `docs/benchmarks.md`.
-#[derive(Debug, Default)]
-struct BufPool {
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-/// Most buffers kept for reuse (the rest are freed).
-const POOLED_BUFFERS: usize = 64;
-
-impl BufPool {
-    fn take(&self, cap: usize) -> Vec<u8> {
-        let reused = self
-            .free
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let mut buf = reused.unwrap_or_default();
-        buf.clear();
-        buf.reserve_exact(cap);
-        buf
-    }
-
-    fn give(&self, buf: Vec<u8>) {
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        if free.len() < POOLED_BUFFERS {
-            free.push(buf);
-        }
-    }
-}
-
-/// The owner of a body frame's memory: returns the buffer to the pool when hyper drops the frame.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: Arc<BufPool>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.buf));
-    }
-}
-
-type ReadJob = JoinHandle<(File, io::Result<Vec<u8>>)>;
-
-/// Starts reading the next `n` bytes of `file` (at its current position) on the blocking pool.
-fn read_next(file: File, n: u64, seek_to: Option<u64>, pool: &Arc<BufPool>) -> ReadJob {
-    let pool = Arc::clone(pool);
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let result = (|| {
-            if let Some(pos) = seek_to {
-                file.seek(SeekFrom::Start(pos))?;
-            }
-            let mut buf = pool.take(usize::try_from(n).unwrap_or(usize::MAX));
-            // File reads straight into the spare capacity: no zeroing pass.
-            (&mut file).take(n).read_to_end(&mut buf)?;
-            Ok(buf)
-        })();
-        (file, result)
-    })
-}
-
-/// Streams `len` bytes from `start`, in `chunk`-sized frames, always one read ahead of the
-/// network so disk and socket work overlap. A file that turns out shorter than expected ends the
-/// body with an error, which aborts the connection: the client never mistakes it for the end.
-fn file_body(
-    file: File,
-    start: u64,
-    len: u64,
-    chunk: usize,
-    counters: Arc<Counters>,
-    pool: Arc<BufPool>,
-) -> Body {
-    let chunk = u64::try_from(chunk).unwrap_or(u64::MAX);
-    struct St {
-        job: Option<ReadJob>,
-        remaining: u64,
-        chunk: u64,
-        counters: Arc<Counters>,
-        pool: Arc<BufPool>,
-    }
-    let first = len.min(chunk);
-    let st = St {
-        job: Some(read_next(file, first, Some(start), &pool)),
-        remaining: len,
-        chunk,
-        counters,
-        pool,
-    };
-    let stream = futures_util::stream::unfold(st, |mut st| async move {
-        let job = st.job.take()?;
-        let want = st.remaining.min(st.chunk);
-        let (file, result) = match job.await {
-            Ok(x) => x,
-            Err(e) => return Some((Err(io::Error::other(e)), st)),
-        };
-        let buf = match result {
-            Ok(buf) if buf.len() as u64 == want => buf,
-            Ok(buf) => {
-                let e = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("file ended early: read {} of {want} bytes", buf.len()),
-                );
-                tracing::error!(error = %e, "streaming file");
-                return Some((Err(e), st));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "streaming file");
-                return Some((Err(e), st));
-            }
-        };
-        st.remaining -= want;
-        if st.remaining > 0 {
-            st.job = Some(read_next(file, st.remaining.min(st.chunk), None, &st.pool));
-        }
-        st.counters.body_bytes.fetch_add(want, Ordering::Relaxed);
-        let frame = Bytes::from_owner(Pooled {
-            buf,
-            pool: Arc::clone(&st.pool),
-        });
-        Some((Ok::<Bytes, io::Error>(frame), st))
-    });
-    Body::from_stream(stream)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frame_buffers_return_to_the_pool() {
-        let pool = Arc::new(BufPool::default());
-        let mut buf = pool.take(1000);
-        buf.extend_from_slice(b"abc");
-        let ptr = buf.as_ptr();
-        let frame = Bytes::from_owner(Pooled {
-            buf,
-            pool: Arc::clone(&pool),
-        });
-        let copy = frame.clone();
-        drop(frame);
-        assert_eq!(&copy[..], b"abc", "still owned by the other handle");
-        assert!(pool.free.lock().unwrap().is_empty());
-        drop(copy);
-        let again = pool.take(10);
-        assert_eq!(again.as_ptr(), ptr, "the freed buffer is reused");
-        assert!(again.is_empty() && again.capacity() >= 1000);
-        for _ in 0..POOLED_BUFFERS + 10 {
-            pool.give(Vec::with_capacity(1));
-        }
-        assert_eq!(pool.free.lock().unwrap().len(), POOLED_BUFFERS);
-    }
 
     #[test]
     fn boot_names() {

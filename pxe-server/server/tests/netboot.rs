@@ -918,7 +918,7 @@ fn arm64_boot_files_are_served_over_tftp_from_the_published_image() {
     let other = "grub/grub.cfg-01-02-00-00-00-00-09";
     let err = String::from_utf8(tftp_get(tftp, other).expect("error config")).expect("utf-8");
     assert!(
-        err.contains("echo 'tugboot: no profile for this machine (mac 02:00:00:00:00:09)'"),
+        err.contains("echo 'tugboot: no profile for machine 02:00:00:00:00:09'"),
         "{err}"
     );
     assert!(err.contains("reboot\n"), "{err}");

@@ -51,6 +51,7 @@ struct Serve {
     log: mpsc::Receiver<String>,
     lines: Vec<String>,
     api: SocketAddr,
+    http: SocketAddr,
 }
 
 impl Serve {
@@ -61,15 +62,18 @@ impl Serve {
             lines,
             ready,
         } = common::start_serve(config);
-        let api = ready["fields"]["api"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no api address in {ready}"));
+        let addr = |what: &str| -> SocketAddr {
+            ready["fields"][what]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no {what} address in {ready}"))
+        };
         Serve {
+            api: addr("api"),
+            http: addr("http"),
             child,
             log,
             lines,
-            api,
         }
     }
 
@@ -436,5 +440,336 @@ ca_dir = "ca"
 
     let log = serve.stop();
     assert!(log.contains("machine revoked by operator"), "{log}");
+    assert!(log.contains("tugboot serve: stopped"), "{log}");
+}
+
+/// One HTTP/1.1 GET on loopback; returns the status and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, raw[split + 4..].to_vec())
+}
+
+/// One catalogue, one registry: an image pushed and published only through the operator API is
+/// what netboot serves and what a rollout installs; a machine labelled through the CLI joins a
+/// label netboot group and a label rollout; a forged `/ipxe` query changes neither its board
+/// nor its serial, and cannot put it into a rollout.
+#[test]
+fn pushed_image_and_cli_labels_drive_netboot_and_rollouts_but_forged_queries_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |name: &str| -> PathBuf { dir.path().join(name) };
+    let s = |name: &str| -> String { p(name).display().to_string() };
+    fs::create_dir_all(p("staging")).expect("mkdir");
+    ok(&["keys", "generate", "--out", &s("signer")]);
+    ok(&[
+        "keys",
+        "root",
+        "init",
+        "--key",
+        &s("signer.pub"),
+        "--sign",
+        &s("signer.key"),
+        "--out",
+        &s("root.json"),
+    ]);
+    // Built into a local blob store the server does not share: it must be pushed.
+    let kernel: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(p("staging/kernel"), &kernel).expect("kernel");
+    ok(&[
+        "image",
+        "build",
+        "--kernel",
+        &s("staging/kernel"),
+        "--cmdline",
+        "quiet",
+        "--name",
+        "demo",
+        "--version",
+        "3",
+        "--board",
+        "x86_64-uefi",
+        "--sign",
+        &s("signer.key"),
+        "--store",
+        &s("local-blobs"),
+        "--out",
+        &s("staging/demo.json"),
+        "--quiet",
+    ]);
+    ok(&["ca", "init", "--dir", &s("ca")]);
+    fs::write(
+        p("profiles.toml"),
+        r#"
+default_profile = "plain"
+[profiles.plain]
+image = "demo"
+cmdline = "role=plain"
+[profiles.lab]
+image = "demo"
+cmdline = "role=lab"
+[[groups]]
+name = "lab"
+profile = "lab"
+selector = "site=lab"
+"#,
+    )
+    .expect("profiles");
+    fs::write(
+        p("serve.toml"),
+        r#"
+data_dir = "data"
+trust_root = "root.json"
+profiles = "profiles.toml"
+[network]
+address = "127.0.0.1"
+[http]
+listen = "127.0.0.1:0"
+[api]
+listen = "127.0.0.1:0"
+ca_dir = "ca"
+"#,
+    )
+    .expect("config");
+    let serve = Serve::start(&p("serve.toml"));
+    let http = serve.http;
+    let url = format!("https://{}", serve.api);
+    let token_file = s("data/api/operator-token");
+    let ca_pem = s("ca/ca.pem");
+    let env = [
+        ("TUGBOOT_SERVER", url.as_str()),
+        ("TUGBOOT_TOKEN_FILE", token_file.as_str()),
+        ("TUGBOOT_CA_CERT", ca_pem.as_str()),
+    ];
+    let net = Net {
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+        addr: serve.api,
+        ca_pem: fs::read_to_string(p("ca/ca.pem")).expect("ca.pem"),
+    };
+
+    // Nothing published yet: the machine is told why.
+    let (st, script) = http_get(http, "/ipxe?mac=02-00-00-0a-0b-0c&arch=x86_64&platform=efi");
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&script).contains("is not published"));
+
+    // Push, interrupted after the first chunk: the first PATCH by hand, then `images push`
+    // continues from where the server stands.
+    let manifest = fs::read(p("staging/demo.json")).expect("manifest");
+    let kd = tugboot_firmware::Sha256Digest::of(&kernel).to_hex();
+    let auth = format!(
+        "Bearer {}",
+        fs::read_to_string(&token_file).expect("token").trim()
+    );
+    let first = net
+        .rt
+        .block_on(net.client(None).request(
+            "PATCH",
+            &format!("/api/v1/admin/blobs/{kd}?size={}&offset=0", kernel.len()),
+            &[("Authorization", &auth)],
+            &kernel[..1_000_000],
+        ))
+        .expect("first chunk");
+    assert_eq!(first.status, 200, "{}", body(&first));
+    let pushed = json_of(&ok_env(
+        &[
+            "images",
+            "push",
+            &s("staging/demo.json"),
+            "--store",
+            &s("local-blobs"),
+            "--json",
+        ],
+        &env,
+    ));
+    assert_eq!(pushed["name"], "demo");
+    assert_eq!(
+        pushed["uploaded_bytes"],
+        u64::try_from(kernel.len() - 1_000_000).expect("size") + 5,
+        "resumed, not restarted (+ the cmdline artifact `quiet`): {pushed}"
+    );
+    // Pushing again uploads nothing.
+    let again = json_of(&ok_env(
+        &[
+            "images",
+            "push",
+            &s("staging/demo.json"),
+            "--store",
+            &s("local-blobs"),
+            "--json",
+        ],
+        &env,
+    ));
+    assert_eq!(again["uploaded_bytes"], 0, "{again}");
+    let listed = ok_env(&["images", "list"], &env);
+    assert!(
+        listed.contains("demo") && listed.contains("published"),
+        "{listed}"
+    );
+    let shown = ok_env(&["images", "show", "demo", "3"], &env);
+    assert!(
+        shown.contains("x86_64-uefi") && shown.contains(&kd),
+        "{shown}"
+    );
+
+    // Netboot serves the pushed image: the script and the artifact, byte for byte.
+    let (_, script) = http_get(http, "/ipxe?mac=02-00-00-0a-0b-0c&arch=x86_64&platform=efi");
+    let script = String::from_utf8_lossy(&script).into_owned();
+    assert!(
+        script.contains(&format!("/artifacts/sha256/{kd}")),
+        "{script}"
+    );
+    assert!(script.contains("role=plain"), "{script}");
+    let (st, bytes) = http_get(http, &format!("/artifacts/sha256/{kd}"));
+    assert_eq!(st, 200);
+    assert!(bytes == kernel, "artifact differs");
+
+    // Two devices enroll with tokens; the operator labels one of them through the CLI.
+    let tokens = json_of(&ok_env(
+        &["enroll", "token", "create", "--count", "2", "--json"],
+        &env,
+    ));
+    let mut lab = Device::new();
+    let mut other = Device::new();
+    other.mac = "02:00:00:0d:0e:0f".into();
+    for (d, t) in [(&mut lab, 0), (&mut other, 1)] {
+        let body = json!({"csr": d.csr_pem, "mac": d.mac, "token": tokens["tokens"][t]});
+        let r = net
+            .rt
+            .block_on(net.client(None).post_json("/api/v1/enroll", &body))
+            .expect("enroll");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json().expect("json");
+        d.id = v["device_id"].as_i64().expect("id");
+        d.cert_pem = v["certificate"].as_str().map(str::to_owned);
+    }
+    let labelled = json_of(&ok_env(
+        &["machines", "label", &lab.mac, "site=lab", "--json"],
+        &env,
+    ));
+    assert_eq!(labelled["labels"]["site"], "lab", "{labelled}");
+    assert_eq!(
+        labelled["facts"]["label.site"]["source"],
+        "declared:operator"
+    );
+
+    // The label netboot group takes it at once.
+    let (_, script) = http_get(http, "/ipxe?mac=02-00-00-0a-0b-0c&arch=x86_64&platform=efi");
+    assert!(String::from_utf8_lossy(&script).contains("role=lab"));
+    let (_, script) = http_get(http, "/ipxe?mac=02-00-00-0d-0e-0f&arch=x86_64&platform=efi");
+    assert!(String::from_utf8_lossy(&script).contains("role=plain"));
+
+    // A forged query for the other device: a board and serial that would match a rollout.
+    let (st, _) = http_get(
+        http,
+        "/ipxe?mac=02-00-00-0d-0e-0f&board=raspberrypi-4&serial=EVIL&hostname=evil",
+    );
+    assert_eq!(st, 200);
+
+    // The label rollout admits the labelled device only; a board rollout nobody.
+    let create = |selector: &str| {
+        json_of(&ok_env(
+            &[
+                "rollout",
+                "create",
+                "--image",
+                "demo",
+                "--version",
+                "3",
+                "--selector",
+                selector,
+                "--stage",
+                "100",
+                "--max-failure-permille",
+                "0",
+                "--json",
+            ],
+            &env,
+        ))
+    };
+    let by_label = create("site=lab");
+    assert_eq!(by_label["devices"]["group"], 1, "{by_label}");
+    let r = net.get(&lab, "/api/v1/device/assignment");
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let assignment = r.json().expect("json");
+    assert!(
+        assignment["artifacts"]
+            .as_object()
+            .is_some_and(|a| a.contains_key(&kd)),
+        "the assignment names the pushed artifact: {assignment}"
+    );
+    let r = net.get(&lab, &format!("/api/v1/device/artifacts/{kd}"));
+    assert_eq!(r.status, 200);
+    assert!(r.body == kernel);
+    assert_eq!(net.get(&other, "/api/v1/device/assignment").status, 204);
+    let by_board = create("board=raspberrypi-4");
+    assert_eq!(
+        by_board["devices"]["group"], 0,
+        "a forged board joins no rollout: {by_board}"
+    );
+
+    // What the registry says about the other device: the forged claims are observed facts,
+    // its identity is untouched. (Observations reach the store in batches: wait for them.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let shown = json_of(&ok_env(&["machines", "show", &other.mac, "--json"], &env));
+        if shown["machine"]["facts"]["serial"].is_object() {
+            break shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "observations never recorded: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let m = &shown["machine"];
+    assert_eq!(m["serial"], Value::Null, "{m}");
+    assert_eq!(m["facts"]["board"]["source"], "observed:http", "{m}");
+    assert_eq!(m["facts"]["serial"]["source"], "observed:http", "{m}");
+    // The operator declares the board: a forged query cannot change it back.
+    ok_env(
+        &["machines", "assign", &other.mac, "--board", "x86_64-uefi"],
+        &env,
+    );
+    http_get(http, "/ipxe?mac=02-00-00-0d-0e-0f&board=raspberrypi-4");
+    let shown = json_of(&ok_env(&["machines", "show", &other.mac, "--json"], &env));
+    assert_eq!(shown["machine"]["board"], "x86_64-uefi");
+    assert_eq!(
+        shown["machine"]["facts"]["board"]["source"],
+        "declared:operator"
+    );
+
+    // Yanked: no netboot, no artifact, no assignment.
+    ok_env(&["images", "yank", "demo", "3"], &env);
+    let (_, script) = http_get(http, "/ipxe?mac=02-00-00-0a-0b-0c");
+    assert!(String::from_utf8_lossy(&script).contains("is not published"));
+    assert_eq!(http_get(http, &format!("/artifacts/sha256/{kd}")).0, 404);
+    assert_eq!(net.get(&lab, "/api/v1/device/assignment").status, 204);
+    assert_eq!(
+        net.get(&lab, &format!("/api/v1/device/artifacts/{kd}"))
+            .status,
+        404
+    );
+    let log = serve.stop();
     assert!(log.contains("tugboot serve: stopped"), "{log}");
 }

@@ -1,10 +1,11 @@
-//! Store write benchmark: health reports (and DHCP lease allocations) inserted by many
-//! concurrent tasks into SQLite and PostgreSQL, with each write durable before it returns.
+//! Store write benchmark: health reports inserted by many concurrent tasks, and batches of
+//! machine sightings (what a boot storm's DHCP/HTTP observations become), into SQLite and
+//! PostgreSQL, with each write durable before it returns.
 //!
 //! ```text
 //! eval "$(tests/postgres)"   # optional: adds the PostgreSQL rows
 //! cargo run --release -p tugboot-store --example store_bench -- [--reports 10000] [--tasks 64]
-//!     [--leases 4000] [--sqlite PATH] [--pg URL]
+//!     [--sightings 10000] [--batch 256] [--sqlite PATH] [--pg URL]
 //! ```
 //!
 //! Prints a Markdown table: operations per second over the whole run and per-call latency
@@ -18,16 +19,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::json;
 use sqlx::Connection as _;
-use tugboot_store::{
-    LeaseClient, LeasePool, LeaseRequest, LeaseState, MacAddr, MachineId, MachineSighting, PgStore,
-    Report, Slot, SqliteStore, Store,
-};
+use tugboot_fleet::facts::Observer;
+use tugboot_fleet::observe::observed;
+use tugboot_store::{Mac, MachineId, PgStore, Report, Sighting, Slot, SqliteStore, Store};
 
 #[derive(Debug)]
 struct Args {
     reports: u32,
     tasks: u32,
-    leases: u32,
+    sightings: u32,
+    batch: u32,
     sqlite: Option<String>,
     pg: Option<String>,
 }
@@ -36,7 +37,8 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         reports: 10_000,
         tasks: 64,
-        leases: 4_000,
+        sightings: 10_000,
+        batch: 256,
         sqlite: None,
         pg: std::env::var("TUGBOOT_TEST_PG_URL").ok(),
     };
@@ -46,14 +48,15 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--reports" => args.reports = value()?.parse()?,
             "--tasks" => args.tasks = value()?.parse()?,
-            "--leases" => args.leases = value()?.parse()?,
+            "--sightings" => args.sightings = value()?.parse()?,
+            "--batch" => args.batch = value()?.parse()?,
             "--sqlite" => args.sqlite = Some(value()?),
             "--pg" => args.pg = Some(value()?),
             other => bail!("unknown argument {other} (see the file's doc comment)"),
         }
     }
-    if args.tasks == 0 || args.reports < args.tasks || args.leases > 65_536 {
-        bail!("need --tasks >= 1, --reports >= --tasks and --leases <= 65536");
+    if args.tasks == 0 || args.reports < args.tasks || args.batch == 0 || args.batch > 4096 {
+        bail!("need --tasks >= 1, --reports >= --tasks and --batch 1..=4096");
     }
     Ok(args)
 }
@@ -66,9 +69,9 @@ struct Row {
     latencies: Vec<Duration>,
 }
 
-fn mac(n: u32) -> MacAddr {
+fn mac(n: u32) -> Mac {
     let [a, b, c, d] = n.to_be_bytes();
-    MacAddr([0x02, 0x01, a, b, c, d])
+    Mac([0x02, 0x01, a, b, c, d])
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
@@ -123,13 +126,11 @@ async fn bench<S: Store + 'static>(
     let store = Arc::new(store);
     let mut devices = Vec::new();
     for t in 0..args.tasks {
-        let sighting = MachineSighting {
+        let sighting = Sighting {
             mac: mac(t),
-            smbios_uuid: None,
-            serial: None,
-            board: None,
+            facts: observed(Observer::Dhcp, 1, &[]),
         };
-        devices.push(store.record_sighting(&sighting, 1).await?.id);
+        devices.push(store.observe(&[sighting], 1).await?[0]);
     }
     let devices: Arc<[MachineId]> = devices.into();
     let before = store.count_reports().await?;
@@ -141,11 +142,12 @@ async fn bench<S: Store + 'static>(
                 device,
                 report_id: format!("bench-{t}-{i}"),
                 boot_id: "0b5e55ed-boot".into(),
-                slot: Slot::A,
+                slot: Some(Slot::A),
                 image_version: 42,
                 checks: json!({"disk": "ok", "net": {"ok": true, "rtt_ms": 2}, "watchdog": "ok"}),
                 uptime_secs: u64::from(i) * 30,
                 last_error: None,
+                outcome: None,
                 received_at: 1_700_000_000 + i64::from(i),
             };
             s.insert_report(&report).await?;
@@ -168,52 +170,35 @@ async fn bench<S: Store + 'static>(
         latencies,
     }];
 
-    if args.leases > 0 {
-        let first = std::net::Ipv4Addr::new(10, 200, 0, 0);
-        let last = std::net::Ipv4Addr::from(u32::from(first) + args.leases - 1);
-        let pool = format!("bench-{}", std::process::id());
-        store
-            .add_pool(
-                &LeasePool {
-                    name: pool.clone(),
-                    first,
-                    last,
-                },
-                0,
-            )
-            .await?;
-        let pool: Arc<str> = pool.into();
-        let tasks = args.tasks;
+    if args.sightings > 0 {
+        // One writer, as the server's observation recorder is: batches of sightings with the
+        // facts a PXE DHCP request yields, each batch one transaction.
+        let batch = args.batch;
+        let rounds = args.sightings.div_ceil(batch);
         let (elapsed, latencies) =
-            run_concurrent(store.clone(), args.tasks, args.leases, move |s, t, i| {
-                let pool = pool.clone();
-                async move {
-                    let n = i * tasks + t;
-                    let m = mac(0x0100_0000 + n);
-                    let request = LeaseRequest {
-                        pool: pool.to_string(),
-                        client: LeaseClient {
-                            client_id: m.0.to_vec(),
-                            mac: m,
-                            hostname: None,
-                        },
-                        requested: None,
-                        state: LeaseState::Bound,
-                        expires_at: 10_000,
-                    };
-                    s.allocate_lease(&request, 100)
-                        .await?
-                        .context("pool exhausted")?;
-                    Ok(())
-                }
+            run_concurrent(store.clone(), 1, rounds, move |s, _, i| async move {
+                let list: Vec<Sighting> = (0..batch)
+                    .map(|k| Sighting {
+                        mac: mac(0x0100_0000 + i * batch + k),
+                        facts: observed(
+                            Observer::Dhcp,
+                            100,
+                            &[
+                                ("arch", "x86_64"),
+                                ("firmware", "uefi"),
+                                ("netboot", "pxe"),
+                                ("vendor_class", "PXEClient:Arch:00007:UNDI:003016"),
+                            ],
+                        ),
+                    })
+                    .collect();
+                s.observe(&list, 100).await?;
+                Ok(())
             })
             .await?;
         rows.push(Row {
             backend,
-            operation: format!(
-                "allocate_lease ({} tasks, {}-address pool)",
-                args.tasks, args.leases
-            ),
+            operation: format!("observe ({batch} machines per batch, 4 facts each; ops = batches)"),
             ops: latencies.len(),
             elapsed,
             latencies,

@@ -1,12 +1,12 @@
 //! Picking the backend at run time from a store location.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use tugboot_fleet::facts::{FactKey, Source};
+use tugboot_fleet::profiles::DeclaredMachine;
 
 use crate::{
-    DeviceCert, Image, Lease, LeaseClient, LeasePool, LeaseRequest, LeaseState, MacAddr, Machine,
-    MachineId, MachineSighting, MachineState, NewRollout, PgStore, Report, Rollout, RolloutId,
-    RolloutTransition, SqliteStore, Store, StoreError, WriteOutcome,
+    DeclareSummary, DeviceCert, DeviceVerdict, Image, Mac, Machine, MachineId, MachineState,
+    NewRollout, PgStore, Report, RolloutId, RolloutRecord, RolloutTransition, Sighting,
+    SqliteStore, Store, StoreError, WriteOutcome,
 };
 
 /// Either backend, chosen from configuration ([`AnyStore::open`]). Implements [`Store`] by
@@ -60,17 +60,41 @@ macro_rules! dispatch {
 }
 
 impl Store for AnyStore {
-    async fn record_sighting(
+    async fn observe(
         &self,
-        sighting: &MachineSighting,
+        sightings: &[Sighting],
+        now: i64,
+    ) -> Result<Vec<MachineId>, StoreError> {
+        dispatch!(self.observe(sightings, now))
+    }
+    async fn declare_machines(
+        &self,
+        machines: &[DeclaredMachine],
+        now: i64,
+    ) -> Result<DeclareSummary, StoreError> {
+        dispatch!(self.declare_machines(machines, now))
+    }
+    async fn set_facts(
+        &self,
+        id: MachineId,
+        facts: &[(FactKey, String)],
+        source: Source,
         now: i64,
     ) -> Result<Machine, StoreError> {
-        dispatch!(self.record_sighting(sighting, now))
+        dispatch!(self.set_facts(id, facts, source, now))
+    }
+    async fn withdraw_facts(
+        &self,
+        id: MachineId,
+        keys: &[FactKey],
+        source: Source,
+    ) -> Result<Machine, StoreError> {
+        dispatch!(self.withdraw_facts(id, keys, source))
     }
     async fn get_machine(&self, id: MachineId) -> Result<Option<Machine>, StoreError> {
         dispatch!(self.get_machine(id))
     }
-    async fn find_machine_by_mac(&self, mac: MacAddr) -> Result<Option<Machine>, StoreError> {
+    async fn find_machine_by_mac(&self, mac: Mac) -> Result<Option<Machine>, StoreError> {
         dispatch!(self.find_machine_by_mac(mac))
     }
     async fn find_machine_by_serial(&self, serial: &str) -> Result<Option<Machine>, StoreError> {
@@ -86,15 +110,6 @@ impl Store for AnyStore {
     ) -> Result<Machine, StoreError> {
         dispatch!(self.set_machine_state(id, state))
     }
-    async fn assign_machine(
-        &self,
-        id: MachineId,
-        board: Option<&str>,
-        profile: Option<&str>,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<Machine, StoreError> {
-        dispatch!(self.assign_machine(id, board, profile, labels))
-    }
     async fn record_boot(
         &self,
         id: MachineId,
@@ -106,59 +121,13 @@ impl Store for AnyStore {
     async fn delete_machine(&self, id: MachineId) -> Result<bool, StoreError> {
         dispatch!(self.delete_machine(id))
     }
-    async fn add_pool(&self, pool: &LeasePool, now: i64) -> Result<u64, StoreError> {
-        dispatch!(self.add_pool(pool, now))
-    }
-    async fn allocate_lease(
-        &self,
-        request: &LeaseRequest,
-        now: i64,
-    ) -> Result<Option<Lease>, StoreError> {
-        dispatch!(self.allocate_lease(request, now))
-    }
-    async fn claim_lease(
-        &self,
-        pool: &str,
-        addr: Ipv4Addr,
-        client: &LeaseClient,
-        state: LeaseState,
-        expires_at: i64,
-        now: i64,
-    ) -> Result<Option<Lease>, StoreError> {
-        dispatch!(self.claim_lease(pool, addr, client, state, expires_at, now))
-    }
-    async fn release_lease(
-        &self,
-        pool: &str,
-        addr: Ipv4Addr,
-        client_id: &[u8],
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self.release_lease(pool, addr, client_id, now))
-    }
-    async fn decline_lease(
-        &self,
-        pool: &str,
-        addr: Ipv4Addr,
-        client_id: &[u8],
-        until: i64,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self.decline_lease(pool, addr, client_id, until, now))
-    }
-    async fn get_lease(&self, pool: &str, addr: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
-        dispatch!(self.get_lease(pool, addr))
-    }
-    async fn list_active_leases(&self, pool: &str, now: i64) -> Result<Vec<Lease>, StoreError> {
-        dispatch!(self.list_active_leases(pool, now))
-    }
     async fn put_image(&self, image: &Image) -> Result<WriteOutcome, StoreError> {
         dispatch!(self.put_image(image))
     }
     async fn get_image(&self, name: &str, version: u64) -> Result<Option<Image>, StoreError> {
         dispatch!(self.get_image(name, version))
     }
-    async fn list_images(&self, name: &str) -> Result<Vec<Image>, StoreError> {
+    async fn list_images(&self, name: Option<&str>) -> Result<Vec<Image>, StoreError> {
         dispatch!(self.list_images(name))
     }
     async fn set_image_published(
@@ -169,20 +138,24 @@ impl Store for AnyStore {
     ) -> Result<bool, StoreError> {
         dispatch!(self.set_image_published(name, version, published))
     }
-    async fn create_rollout(&self, rollout: &NewRollout, now: i64) -> Result<Rollout, StoreError> {
+    async fn create_rollout(
+        &self,
+        rollout: &NewRollout,
+        now: i64,
+    ) -> Result<RolloutRecord, StoreError> {
         dispatch!(self.create_rollout(rollout, now))
     }
-    async fn get_rollout(&self, id: RolloutId) -> Result<Option<Rollout>, StoreError> {
+    async fn get_rollout(&self, id: RolloutId) -> Result<Option<RolloutRecord>, StoreError> {
         dispatch!(self.get_rollout(id))
     }
-    async fn list_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+    async fn list_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
         dispatch!(self.list_rollouts())
     }
     async fn transition_rollout(
         &self,
         transition: &RolloutTransition,
         now: i64,
-    ) -> Result<Option<Rollout>, StoreError> {
+    ) -> Result<Option<RolloutRecord>, StoreError> {
         dispatch!(self.transition_rollout(transition, now))
     }
     async fn insert_report(&self, report: &Report) -> Result<WriteOutcome, StoreError> {
@@ -200,6 +173,13 @@ impl Store for AnyStore {
     }
     async fn count_reports(&self) -> Result<u64, StoreError> {
         dispatch!(self.count_reports())
+    }
+    async fn image_outcomes(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Vec<DeviceVerdict>, StoreError> {
+        dispatch!(self.image_outcomes(name, version))
     }
     async fn insert_device_cert(&self, cert: &DeviceCert) -> Result<(), StoreError> {
         dispatch!(self.insert_device_cert(cert))

@@ -73,13 +73,6 @@ pub enum StoreError {
         /// Image version.
         version: u64,
     },
-    /// Lease allocation kept colliding with concurrent writers for the same client; the
-    /// caller may retry (or drop the DHCP packet: the client will retransmit).
-    #[error("lease allocation for pool {pool} lost too many races; retry")]
-    LeaseContention {
-        /// Pool name.
-        pool: String,
-    },
 }
 
 impl StoreError {

@@ -1,5 +1,5 @@
-//! tugboot's fleet store: machines, DHCP leases, images, rollouts, health reports and device
-//! certificates, behind one [`Store`] trait with two backends:
+//! tugboot's fleet store: machines and their facts, images (the catalogue), rollouts, health
+//! reports and device certificates, behind one [`Store`] trait with two backends:
 //!
 //! - [`SqliteStore`]: the embedded default, one file, zero set-up;
 //! - [`PgStore`]: PostgreSQL, for several tugboot servers (one per rack or L2 segment) sharing
@@ -21,18 +21,28 @@ mod migrations;
 pub mod model;
 mod postgres;
 mod rows;
+mod snapshot;
 mod sqlite;
 mod store;
 
 pub use any::AnyStore;
 pub use error::StoreError;
 pub use model::{
-    DeviceCert, Image, Lease, LeaseClient, LeasePool, LeaseRequest, LeaseState, MAX_CHECKS_BYTES,
-    MAX_CLIENT_ID_LEN, MAX_ERROR_LEN, MAX_LABELS_BYTES, MAX_MANIFEST_BYTES, MAX_NAME_LEN,
-    MAX_POOL_SIZE, MAX_ROLLOUT_STAGES, MacAddr, MacParseError, Machine, MachineId, MachineSighting,
-    MachineState, NewRollout, Report, Rollout, RolloutId, RolloutStage, RolloutState,
-    RolloutThresholds, RolloutTransition, Slot, WriteOutcome,
+    DeclareSummary, DeviceCert, DeviceVerdict, Image, MAX_CHECKS_BYTES, MAX_ERROR_LEN,
+    MAX_MANIFEST_BYTES, MAX_NAME_LEN, MAX_SIGHTINGS_PER_BATCH, OutcomeKind, Report, ReportOutcome,
+    Sighting, Slot, WriteOutcome,
 };
 pub use postgres::{DEFAULT_PG_CONNECTIONS, PgStore};
+pub use snapshot::{
+    CatalogueProblem, PublishError, load_catalogue, load_fleet, prepare as prepare_image,
+    refresh_live,
+};
 pub use sqlite::SqliteStore;
 pub use store::Store;
+// The fleet's domain types, persisted here.
+pub use tugboot_fleet::rollout::{
+    NewRollout, RolloutId, RolloutRecord, RolloutStage, RolloutState, RolloutThresholds,
+    RolloutTransition,
+};
+pub use tugboot_fleet::{Machine, MachineId, MachineState};
+pub use tugboot_wire::Mac;

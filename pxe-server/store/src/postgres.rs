@@ -14,8 +14,8 @@ pub const DEFAULT_PG_CONNECTIONS: u32 = 16;
 /// `synchronous_commit` off for a tugboot database.
 ///
 /// Several servers may share one database: every write is a single statement or transaction,
-/// lease allocation claims rows with `FOR UPDATE SKIP LOCKED` (two servers never take the same
-/// address), rollout transitions are compare-and-set, and reports and images are idempotent.
+/// facts obey their authority rule inside the upsert itself, batches lock machine rows in MAC
+/// order, rollout transitions are compare-and-set, and reports and images are idempotent.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -66,5 +66,5 @@ impl PgStore {
 impl_store!(
     PgStore,
     row = sqlx::postgres::PgRow,
-    lock = "FOR UPDATE SKIP LOCKED"
+    conn = sqlx::PgConnection
 );

@@ -7,11 +7,12 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
-use crate::model::{addr_from_db, labels_from_db, mac_from_db, u64_from_db};
-use crate::{
-    DeviceCert, Image, Lease, LeaseState, Machine, MachineId, MachineState, Report, Rollout,
-    RolloutId, RolloutState, Slot, StoreError,
-};
+use tugboot_fleet::facts::{Fact, FactKey, Facts, Source};
+use tugboot_fleet::rollout::{RolloutId, RolloutRecord, RolloutState};
+use tugboot_fleet::{Machine, MachineId, MachineState};
+
+use crate::model::{mac_from_db, u64_from_db};
+use crate::{DeviceCert, Image, OutcomeKind, Report, ReportOutcome, Slot, StoreError};
 
 pub(crate) trait RowExt {
     fn int(&self, col: &'static str) -> Result<i64, StoreError>;
@@ -19,7 +20,6 @@ pub(crate) trait RowExt {
     fn text(&self, col: &'static str) -> Result<String, StoreError>;
     fn opt_text(&self, col: &'static str) -> Result<Option<String>, StoreError>;
     fn bytes(&self, col: &'static str) -> Result<Vec<u8>, StoreError>;
-    fn opt_bytes(&self, col: &'static str) -> Result<Option<Vec<u8>>, StoreError>;
     fn boolean(&self, col: &'static str) -> Result<bool, StoreError>;
 }
 
@@ -41,9 +41,6 @@ macro_rules! impl_row_ext {
             fn bytes(&self, col: &'static str) -> Result<Vec<u8>, StoreError> {
                 self.try_get(col).map_err(StoreError::backend("decode"))
             }
-            fn opt_bytes(&self, col: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
-                self.try_get(col).map_err(StoreError::backend("decode"))
-            }
             fn boolean(&self, col: &'static str) -> Result<bool, StoreError> {
                 self.try_get(col).map_err(StoreError::backend("decode"))
             }
@@ -59,36 +56,51 @@ fn u32_from_db(table: &'static str, column: &'static str, value: i64) -> Result<
         .map_err(|_| StoreError::corrupt(table, column, format!("{value} out of range")))
 }
 
-pub(crate) fn machine(r: &impl RowExt) -> Result<Machine, StoreError> {
+pub(crate) fn machine(r: &impl RowExt, facts: Facts) -> Result<Machine, StoreError> {
     Ok(Machine {
         id: MachineId(r.int("id")?),
-        mac: mac_from_db("machines", &r.text("mac")?)?,
-        smbios_uuid: r.opt_text("smbios_uuid")?,
+        name: r.opt_text("name")?,
+        mac: r
+            .opt_text("mac")?
+            .map(|m| mac_from_db("machines", &m))
+            .transpose()?,
+        uuid: r
+            .opt_text("smbios_uuid")?
+            .map(|u| {
+                u.parse()
+                    .map_err(|_| StoreError::corrupt("machines", "smbios_uuid", format!("{u:?}")))
+            })
+            .transpose()?,
         serial: r.opt_text("serial")?,
-        board: r.opt_text("board")?,
-        profile: r.opt_text("profile")?,
-        labels: labels_from_db(&r.text("labels")?)?,
-        state: MachineState::from_db(&r.text("state")?)?,
+        state: r
+            .text("state")?
+            .parse::<MachineState>()
+            .map_err(|e| StoreError::corrupt("machines", "state", e))?,
+        facts,
         first_seen: r.int("first_seen")?,
         last_seen: r.int("last_seen")?,
         last_booted_image: r.opt_text("last_booted_image")?,
     })
 }
 
-pub(crate) fn lease(r: &impl RowExt) -> Result<Lease, StoreError> {
-    Ok(Lease {
-        pool: r.text("pool")?,
-        addr: addr_from_db(r.int("addr")?)?,
-        client_id: r.opt_bytes("client_id")?,
-        mac: r
-            .opt_text("mac")?
-            .map(|m| mac_from_db("leases", &m))
-            .transpose()?,
-        hostname: r.opt_text("hostname")?,
-        state: LeaseState::from_db(&r.text("state")?)?,
-        expires_at: r.int("expires_at")?,
-        updated_at: r.int("updated_at")?,
-    })
+/// One row of `machine_facts`: the machine, the name and the fact.
+pub(crate) fn fact(r: &impl RowExt) -> Result<(i64, FactKey, Fact), StoreError> {
+    let key = r.text("key")?;
+    let key = FactKey::new(&key)
+        .map_err(|e| StoreError::corrupt("machine_facts", "key", e.to_string()))?;
+    let source = r
+        .text("source")?
+        .parse::<Source>()
+        .map_err(|e| StoreError::corrupt("machine_facts", "source", e.to_string()))?;
+    Ok((
+        r.int("machine_id")?,
+        key,
+        Fact {
+            value: r.text("value")?,
+            source,
+            at: r.int("at")?,
+        },
+    ))
 }
 
 pub(crate) fn image(r: &impl RowExt) -> Result<Image, StoreError> {
@@ -102,8 +114,8 @@ pub(crate) fn image(r: &impl RowExt) -> Result<Image, StoreError> {
     })
 }
 
-pub(crate) fn rollout(r: &impl RowExt) -> Result<Rollout, StoreError> {
-    Ok(Rollout {
+pub(crate) fn rollout(r: &impl RowExt) -> Result<RolloutRecord, StoreError> {
+    Ok(RolloutRecord {
         id: RolloutId(r.int("id")?),
         image_name: r.text("image_name")?,
         image_version: u64_from_db("rollouts", "image_version", r.int("image_version")?)?,
@@ -112,7 +124,10 @@ pub(crate) fn rollout(r: &impl RowExt) -> Result<Rollout, StoreError> {
             .map_err(|e| StoreError::corrupt("rollouts", "stages", e.to_string()))?,
         thresholds: serde_json::from_str(&r.text("thresholds")?)
             .map_err(|e| StoreError::corrupt("rollouts", "thresholds", e.to_string()))?,
-        state: RolloutState::from_db(&r.text("state")?)?,
+        state: r
+            .text("state")?
+            .parse::<RolloutState>()
+            .map_err(|e| StoreError::corrupt("rollouts", "state", e))?,
         current_stage: u32_from_db("rollouts", "current_stage", r.int("current_stage")?)?,
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,
@@ -124,12 +139,24 @@ pub(crate) fn report(r: &impl RowExt) -> Result<Report, StoreError> {
         device: MachineId(r.int("device_id")?),
         report_id: r.text("report_id")?,
         boot_id: r.text("boot_id")?,
-        slot: Slot::from_db(&r.text("slot")?)?,
+        slot: r.opt_text("slot")?.map(|s| Slot::from_db(&s)).transpose()?,
         image_version: u64_from_db("reports", "image_version", r.int("image_version")?)?,
         checks: serde_json::from_str(&r.text("checks")?)
             .map_err(|e| StoreError::corrupt("reports", "checks", e.to_string()))?,
         uptime_secs: u64_from_db("reports", "uptime_secs", r.int("uptime_secs")?)?,
         last_error: r.opt_text("last_error")?,
+        outcome: match (
+            r.opt_text("outcome")?,
+            r.opt_text("outcome_name")?,
+            r.opt_int("outcome_version")?,
+        ) {
+            (Some(kind), Some(image_name), Some(version)) => Some(ReportOutcome {
+                kind: OutcomeKind::from_db(&kind)?,
+                image_name,
+                image_version: u64_from_db("reports", "outcome_version", version)?,
+            }),
+            _ => None,
+        },
         received_at: r.int("received_at")?,
     })
 }

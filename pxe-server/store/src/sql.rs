@@ -1,18 +1,17 @@
 //! SQL shared by both backends and the macro that implements [`crate::Store`] on top of it.
 //!
-//! SQLite and PostgreSQL both accept `$n` placeholders, `INSERT ... ON CONFLICT`,
-//! `UPDATE ... RETURNING` and recursive CTEs, so every statement but one is the same text for
-//! both. The exception is taking a free lease, where PostgreSQL adds `FOR UPDATE SKIP LOCKED`
-//! (SQLite has a single writer and needs no row locks); each backend passes its own statement.
+//! SQLite and PostgreSQL both accept `$n` placeholders, `INSERT ... ON CONFLICT ... DO UPDATE
+//! ... WHERE`, `UPDATE ... RETURNING` and correlated subqueries, so every statement is the same
+//! text for both.
 
 macro_rules! machine_cols {
     () => {
-        "id, mac, smbios_uuid, serial, board, profile, labels, state, first_seen, last_seen, last_booted_image"
+        "id, name, mac, smbios_uuid, serial, state, first_seen, last_seen, last_booted_image"
     };
 }
-macro_rules! lease_cols {
+macro_rules! fact_cols {
     () => {
-        "pool, addr, client_id, mac, hostname, state, expires_at, updated_at"
+        "machine_id, key, value, source, at"
     };
 }
 macro_rules! image_cols {
@@ -27,7 +26,7 @@ macro_rules! rollout_cols {
 }
 macro_rules! report_cols {
     () => {
-        "device_id, report_id, boot_id, slot, image_version, checks, uptime_secs, last_error, received_at"
+        "device_id, report_id, boot_id, slot, image_version, checks, uptime_secs, last_error, received_at, outcome, outcome_name, outcome_version"
     };
 }
 macro_rules! cert_cols {
@@ -36,209 +35,382 @@ macro_rules! cert_cols {
     };
 }
 
-/// An address may be taken by a new client when it is free or released, or when whatever hold
-/// it had (offer, lease, decline quarantine) has expired. `$n` is the `now` parameter.
-macro_rules! claimable {
-    ($now:literal) => {
-        concat!(
-            "(state IN ('free', 'released') OR expires_at <= ",
-            $now,
-            ")"
-        )
-    };
-}
-
-/// Takes the best free address of pool `$1` for client `$2` (mac `$3`, hostname `$4`) in state
-/// `$5` until `$6`, at `now` = `$7`. The inner SELECT picks addresses nobody had before, then
-/// the longest-expired; the outer WHERE re-checks the condition on the row actually updated.
-/// `$lock` is empty for SQLite and `FOR UPDATE SKIP LOCKED` for PostgreSQL.
-macro_rules! claim_any_sql {
-    ($lock:literal) => {
-        concat!(
-            "UPDATE leases SET client_id = $2, mac = $3, hostname = $4, state = $5, expires_at = $6, updated_at = $7 ",
-            "WHERE pool = $1 AND ",
-            claimable!("$7"),
-            " AND addr = (SELECT addr FROM leases WHERE pool = $1 AND ",
-            claimable!("$7"),
-            " ORDER BY (client_id IS NOT NULL), expires_at, addr LIMIT 1 ",
-            $lock,
-            ") RETURNING ",
-            lease_cols!()
-        )
-    };
-}
-
-/// Takes the lowest never-used address (the partial index `leases_unused`), same parameters as
-/// [`claim_any_sql`]. Tried first: while a pool has never-used addresses this is one index
-/// probe, where [`claim_any_sql`] sorts every candidate row of the pool.
-macro_rules! claim_unused_sql {
-    ($lock:literal) => {
-        concat!(
-            "UPDATE leases SET client_id = $2, mac = $3, hostname = $4, state = $5, expires_at = $6, updated_at = $7 ",
-            "WHERE pool = $1 AND state = 'free' AND client_id IS NULL AND addr = (SELECT addr FROM leases ",
-            "WHERE pool = $1 AND state = 'free' AND client_id IS NULL ORDER BY addr LIMIT 1 ",
-            $lock,
-            ") RETURNING ",
-            lease_cols!()
-        )
-    };
-}
+/// Offers one fact: `$1` machine, `$2` key, `$3` value, `$4` source, `$5` rank, `$6` at. The
+/// authority rule of `tugboot_fleet::facts` in SQL: the stored fact is replaced only by one of
+/// higher rank, or of equal rank stated no earlier. Several servers writing at once keep it.
+pub(crate) const OFFER_FACT: &str = concat!(
+    "INSERT INTO machine_facts (machine_id, key, value, source, rank, at) VALUES ($1, $2, $3, $4, $5, $6) ",
+    "ON CONFLICT (machine_id, key) DO UPDATE SET value = excluded.value, source = excluded.source, ",
+    "rank = excluded.rank, at = excluded.at ",
+    "WHERE excluded.rank > machine_facts.rank OR ",
+    "(excluded.rank = machine_facts.rank AND excluded.at >= machine_facts.at)"
+);
 
 /// Implements [`crate::Store`] for a backend type that has `reader()` and `writer()` returning
-/// its sqlx pools, given its row type and the row-lock clause of its lease-claiming statements
-/// (see [`claim_any_sql`]).
+/// its sqlx pools, given its row and connection types.
 macro_rules! impl_store {
-    ($ty:ty, row = $row:ty, lock = $lock:literal) => {
+    ($ty:ty, row = $row:ty, conn = $conn:ty) => {
+        impl $ty {
+            /// The facts of the machines `ids` (all machines when `None`), by machine.
+            async fn facts_of(
+                conn: &mut $conn,
+                ids: Option<&[i64]>,
+            ) -> Result<std::collections::HashMap<i64, tugboot_fleet::Facts>, $crate::StoreError> {
+                let rows = match ids {
+                    Some([id]) => sqlx::query(concat!("SELECT ", fact_cols!(), " FROM machine_facts WHERE machine_id = $1"))
+                        .bind(*id)
+                        .fetch_all(&mut *conn)
+                        .await,
+                    _ => sqlx::query(concat!("SELECT ", fact_cols!(), " FROM machine_facts ORDER BY machine_id"))
+                        .fetch_all(&mut *conn)
+                        .await,
+                }
+                .map_err($crate::StoreError::backend("machine facts"))?;
+                let mut out: std::collections::HashMap<i64, tugboot_fleet::Facts> = std::collections::HashMap::new();
+                for r in &rows {
+                    let (id, key, fact) = $crate::rows::fact(r)?;
+                    if ids.is_none_or(|ids| ids.contains(&id)) {
+                        out.entry(id).or_default().offer(key, fact);
+                    }
+                }
+                Ok(out)
+            }
+
+            /// One machine with its facts.
+            async fn machine_on(conn: &mut $conn, id: i64) -> Result<Option<tugboot_fleet::Machine>, $crate::StoreError> {
+                let row = sqlx::query(concat!("SELECT ", machine_cols!(), " FROM machines WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err($crate::StoreError::backend("get_machine"))?;
+                let Some(row) = row else { return Ok(None) };
+                let mut facts = Self::facts_of(conn, Some(&[id])).await?;
+                $crate::rows::machine(&row, facts.remove(&id).unwrap_or_default()).map(Some)
+            }
+
+            /// The machine found by `sql` (one `$1` parameter), with its facts.
+            async fn machine_where(&self, sql: &'static str, key: String) -> Result<Option<tugboot_fleet::Machine>, $crate::StoreError> {
+                let mut conn = self.reader().acquire().await.map_err($crate::StoreError::backend("acquire"))?;
+                let id: Option<(i64,)> = sqlx::query_as(sql)
+                    .bind(key)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err($crate::StoreError::backend("find_machine"))?;
+                match id {
+                    Some((id,)) => Self::machine_on(&mut conn, id).await,
+                    None => Ok(None),
+                }
+            }
+
+            async fn offer_fact(
+                conn: &mut $conn,
+                id: i64,
+                key: &tugboot_fleet::FactKey,
+                fact: &tugboot_fleet::Fact,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query($crate::sql::OFFER_FACT)
+                    .bind(id)
+                    .bind(key.as_str())
+                    .bind(&fact.value)
+                    .bind(fact.source.as_str())
+                    .bind(i64::from(fact.source.rank()))
+                    .bind(fact.at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err($crate::StoreError::backend("offer_fact"))?;
+                Ok(())
+            }
+
+            /// The id of the machine a declaration names: by MAC, UUID, serial, then name.
+            async fn declared_id(
+                conn: &mut $conn,
+                d: &tugboot_fleet::profiles::DeclaredMachine,
+            ) -> Result<Option<i64>, $crate::StoreError> {
+                let lookups: [(&'static str, Option<String>); 4] = [
+                    ("SELECT id FROM machines WHERE mac = $1", d.mac.map(|m| m.to_string())),
+                    ("SELECT id FROM machines WHERE smbios_uuid = $1 ORDER BY id LIMIT 1", d.uuid.map(|u| u.to_string())),
+                    ("SELECT id FROM machines WHERE serial = $1 ORDER BY id LIMIT 1", d.serial.clone()),
+                    ("SELECT id FROM machines WHERE name = $1", d.name.clone()),
+                ];
+                for (sql, key) in lookups {
+                    let Some(key) = key else { continue };
+                    let id: Option<(i64,)> = sqlx::query_as(sql)
+                        .bind(key)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err($crate::StoreError::backend("declare_machines"))?;
+                    if let Some((id,)) = id {
+                        return Ok(Some(id));
+                    }
+                }
+                Ok(None)
+            }
+        }
+
         impl $crate::Store for $ty {
-            async fn record_sighting(
+            async fn observe(
                 &self,
-                sighting: &$crate::MachineSighting,
+                sightings: &[$crate::Sighting],
                 now: i64,
-            ) -> Result<$crate::Machine, $crate::StoreError> {
-                sighting.validate()?;
-                let row = sqlx::query(concat!(
-                    "INSERT INTO machines (mac, smbios_uuid, serial, board, state, first_seen, last_seen) ",
-                    "VALUES ($1, $2, $3, $4, 'unknown', $5, $5) ",
-                    "ON CONFLICT (mac) DO UPDATE SET ",
-                    "smbios_uuid = COALESCE(excluded.smbios_uuid, machines.smbios_uuid), ",
-                    "serial = COALESCE(excluded.serial, machines.serial), ",
-                    "board = COALESCE(excluded.board, machines.board), ",
-                    "last_seen = CASE WHEN excluded.last_seen > machines.last_seen ",
-                    "THEN excluded.last_seen ELSE machines.last_seen END ",
-                    "RETURNING ",
-                    machine_cols!()
-                ))
-                .bind(sighting.mac.to_string())
-                .bind(sighting.smbios_uuid.as_deref())
-                .bind(sighting.serial.as_deref())
-                .bind(sighting.board.as_deref())
-                .bind(now)
-                .fetch_one(self.writer())
-                .await
-                .map_err($crate::StoreError::backend("record_sighting"))?;
-                $crate::rows::machine(&row)
+            ) -> Result<Vec<tugboot_fleet::MachineId>, $crate::StoreError> {
+                if sightings.len() > $crate::model::MAX_SIGHTINGS_PER_BATCH {
+                    return Err($crate::StoreError::invalid("sightings", "batch too large"));
+                }
+                for s in sightings {
+                    s.validate()?;
+                }
+                // Rows are locked in MAC order: two servers writing overlapping batches never
+                // wait on each other in a cycle.
+                let mut order: Vec<usize> = (0..sightings.len()).collect();
+                order.sort_by_key(|&i| sightings[i].mac);
+                let mut ids = vec![tugboot_fleet::MachineId(0); sightings.len()];
+                let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("observe"))?;
+                for i in order {
+                    let s = &sightings[i];
+                    let (id,): (i64,) = sqlx::query_as(concat!(
+                        "INSERT INTO machines (mac, state, first_seen, last_seen) VALUES ($1, 'unknown', $2, $2) ",
+                        "ON CONFLICT (mac) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > machines.last_seen ",
+                        "THEN excluded.last_seen ELSE machines.last_seen END RETURNING id"
+                    ))
+                    .bind(s.mac.to_string())
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::StoreError::backend("observe"))?;
+                    for (key, fact) in s.facts.iter() {
+                        Self::offer_fact(&mut tx, id, key, fact).await?;
+                    }
+                    ids[i] = tugboot_fleet::MachineId(id);
+                }
+                tx.commit().await.map_err($crate::StoreError::backend("observe"))?;
+                Ok(ids)
             }
 
-            async fn get_machine(
+            async fn declare_machines(
                 &self,
-                id: $crate::MachineId,
-            ) -> Result<Option<$crate::Machine>, $crate::StoreError> {
-                sqlx::query(concat!("SELECT ", machine_cols!(), " FROM machines WHERE id = $1"))
+                machines: &[tugboot_fleet::profiles::DeclaredMachine],
+                now: i64,
+            ) -> Result<$crate::DeclareSummary, $crate::StoreError> {
+                use std::collections::HashMap;
+                let mut summary = $crate::DeclareSummary::default();
+                let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("declare_machines"))?;
+                let mut wanted: HashMap<(i64, String), (tugboot_fleet::FactKey, tugboot_fleet::Fact)> = HashMap::new();
+                for d in machines {
+                    $crate::model::check_opt_len("name", d.name.as_deref(), $crate::MAX_NAME_LEN)?;
+                    $crate::model::check_opt_len("serial", d.serial.as_deref(), $crate::MAX_NAME_LEN)?;
+                    let found = Self::declared_id(&mut tx, d).await?;
+                    if let Some(name) = &d.name {
+                        // The file moved the name to this machine: take it from any other.
+                        sqlx::query("UPDATE machines SET name = NULL WHERE name = $1 AND id <> $2")
+                            .bind(name)
+                            .bind(found.unwrap_or(-1))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::StoreError::backend("declare_machines"))?;
+                    }
+                    let (mac, uuid) = (d.mac.map(|m| m.to_string()), d.uuid.map(|u| u.to_string()));
+                    let id = match found {
+                        Some(id) => {
+                            sqlx::query(concat!(
+                                "UPDATE machines SET name = COALESCE($2, name), smbios_uuid = COALESCE($3, smbios_uuid), ",
+                                "serial = COALESCE($4, serial), mac = COALESCE(mac, $5) WHERE id = $1"
+                            ))
+                            .bind(id)
+                            .bind(d.name.as_deref())
+                            .bind(uuid)
+                            .bind(d.serial.as_deref())
+                            .bind(mac)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::StoreError::backend("declare_machines"))?;
+                            id
+                        }
+                        None => {
+                            summary.created += 1;
+                            let (id,): (i64,) = sqlx::query_as(concat!(
+                                "INSERT INTO machines (name, mac, smbios_uuid, serial, state, first_seen, last_seen) ",
+                                "VALUES ($1, $2, $3, $4, 'adopted', $5, $5) RETURNING id"
+                            ))
+                            .bind(d.name.as_deref())
+                            .bind(mac)
+                            .bind(uuid)
+                            .bind(d.serial.as_deref())
+                            .bind(now)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err($crate::StoreError::backend("declare_machines"))?;
+                            id
+                        }
+                    };
+                    for (key, fact) in d.facts(now).iter() {
+                        wanted.insert((id, key.as_str().to_owned()), (key.clone(), fact.clone()));
+                    }
+                }
+                let existing: Vec<(i64, String, String)> =
+                    sqlx::query_as("SELECT machine_id, key, value FROM machine_facts WHERE source = 'declared:file'")
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err($crate::StoreError::backend("declare_machines"))?;
+                let mut unchanged = std::collections::HashSet::new();
+                for (id, key, value) in existing {
+                    match wanted.get(&(id, key.clone())) {
+                        Some((_, f)) if f.value == value => {
+                            unchanged.insert((id, key));
+                        }
+                        Some(_) => {}
+                        None => {
+                            sqlx::query("DELETE FROM machine_facts WHERE machine_id = $1 AND key = $2 AND source = 'declared:file'")
+                                .bind(id)
+                                .bind(&key)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err($crate::StoreError::backend("declare_machines"))?;
+                            summary.facts_withdrawn += 1;
+                        }
+                    }
+                }
+                let mut todo: Vec<_> = wanted.into_iter().filter(|(k, _)| !unchanged.contains(k)).collect();
+                todo.sort_by(|a, b| a.0.cmp(&b.0));
+                for ((id, _), (key, fact)) in todo {
+                    Self::offer_fact(&mut tx, id, &key, &fact).await?;
+                    summary.facts_written += 1;
+                }
+                tx.commit().await.map_err($crate::StoreError::backend("declare_machines"))?;
+                Ok(summary)
+            }
+
+            async fn set_facts(
+                &self,
+                id: tugboot_fleet::MachineId,
+                facts: &[(tugboot_fleet::FactKey, String)],
+                source: tugboot_fleet::Source,
+                now: i64,
+            ) -> Result<tugboot_fleet::Machine, $crate::StoreError> {
+                if !source.is_authenticated() {
+                    return Err($crate::StoreError::invalid("source", "observations are recorded with observe"));
+                }
+                if facts.len() > tugboot_fleet::facts::MAX_FACTS {
+                    return Err($crate::StoreError::invalid("facts", "too many"));
+                }
+                for (key, value) in facts {
+                    tugboot_fleet::facts::check_value(value)
+                        .map_err(|e| $crate::StoreError::invalid("fact value", format!("{key}: {e}")))?;
+                }
+                let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("set_facts"))?;
+                let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM machines WHERE id = $1")
                     .bind(id.0)
-                    .fetch_optional(self.reader())
+                    .fetch_optional(&mut *tx)
                     .await
-                    .map_err($crate::StoreError::backend("get_machine"))?
-                    .map(|r| $crate::rows::machine(&r))
-                    .transpose()
+                    .map_err($crate::StoreError::backend("set_facts"))?;
+                if exists.is_none() {
+                    return Err($crate::StoreError::NotFound { entity: "machine", key: id.to_string() });
+                }
+                for (key, value) in facts {
+                    let fact = tugboot_fleet::Fact { value: value.clone(), source, at: now };
+                    Self::offer_fact(&mut tx, id.0, key, &fact).await?;
+                }
+                let m = Self::machine_on(&mut tx, id.0).await?;
+                tx.commit().await.map_err($crate::StoreError::backend("set_facts"))?;
+                m.ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })
             }
 
-            async fn find_machine_by_mac(
+            async fn withdraw_facts(
                 &self,
-                mac: $crate::MacAddr,
-            ) -> Result<Option<$crate::Machine>, $crate::StoreError> {
-                sqlx::query(concat!("SELECT ", machine_cols!(), " FROM machines WHERE mac = $1"))
-                    .bind(mac.to_string())
-                    .fetch_optional(self.reader())
-                    .await
-                    .map_err($crate::StoreError::backend("find_machine_by_mac"))?
-                    .map(|r| $crate::rows::machine(&r))
-                    .transpose()
+                id: tugboot_fleet::MachineId,
+                keys: &[tugboot_fleet::FactKey],
+                source: tugboot_fleet::Source,
+            ) -> Result<tugboot_fleet::Machine, $crate::StoreError> {
+                let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("withdraw_facts"))?;
+                for key in keys {
+                    sqlx::query("DELETE FROM machine_facts WHERE machine_id = $1 AND key = $2 AND source = $3")
+                        .bind(id.0)
+                        .bind(key.as_str())
+                        .bind(source.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::StoreError::backend("withdraw_facts"))?;
+                }
+                let m = Self::machine_on(&mut tx, id.0).await?;
+                tx.commit().await.map_err($crate::StoreError::backend("withdraw_facts"))?;
+                m.ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })
             }
 
-            async fn find_machine_by_serial(
-                &self,
-                serial: &str,
-            ) -> Result<Option<$crate::Machine>, $crate::StoreError> {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    machine_cols!(),
-                    " FROM machines WHERE serial = $1 ORDER BY id LIMIT 1"
-                ))
-                .bind(serial)
-                .fetch_optional(self.reader())
-                .await
-                .map_err($crate::StoreError::backend("find_machine_by_serial"))?
-                .map(|r| $crate::rows::machine(&r))
-                .transpose()
+            async fn get_machine(&self, id: tugboot_fleet::MachineId) -> Result<Option<tugboot_fleet::Machine>, $crate::StoreError> {
+                let mut conn = self.reader().acquire().await.map_err($crate::StoreError::backend("acquire"))?;
+                Self::machine_on(&mut conn, id.0).await
             }
 
-            async fn list_machines(&self) -> Result<Vec<$crate::Machine>, $crate::StoreError> {
-                sqlx::query(concat!("SELECT ", machine_cols!(), " FROM machines ORDER BY id"))
-                    .fetch_all(self.reader())
+            async fn find_machine_by_mac(&self, mac: tugboot_wire::Mac) -> Result<Option<tugboot_fleet::Machine>, $crate::StoreError> {
+                self.machine_where("SELECT id FROM machines WHERE mac = $1", mac.to_string()).await
+            }
+
+            async fn find_machine_by_serial(&self, serial: &str) -> Result<Option<tugboot_fleet::Machine>, $crate::StoreError> {
+                self.machine_where("SELECT id FROM machines WHERE serial = $1 ORDER BY id LIMIT 1", serial.to_owned())
                     .await
-                    .map_err($crate::StoreError::backend("list_machines"))?
-                    .iter()
-                    .map($crate::rows::machine)
+            }
+
+            async fn list_machines(&self) -> Result<Vec<tugboot_fleet::Machine>, $crate::StoreError> {
+                let mut conn = self.reader().acquire().await.map_err($crate::StoreError::backend("acquire"))?;
+                let rows = sqlx::query(concat!("SELECT ", machine_cols!(), " FROM machines ORDER BY id"))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err($crate::StoreError::backend("list_machines"))?;
+                let mut facts = Self::facts_of(&mut conn, None).await?;
+                rows.iter()
+                    .map(|r| {
+                        let id = $crate::rows::RowExt::int(r, "id")?;
+                        $crate::rows::machine(r, facts.remove(&id).unwrap_or_default())
+                    })
                     .collect()
             }
 
             async fn set_machine_state(
                 &self,
-                id: $crate::MachineId,
-                state: $crate::MachineState,
-            ) -> Result<$crate::Machine, $crate::StoreError> {
-                let row = sqlx::query(concat!(
-                    "UPDATE machines SET state = $2 WHERE id = $1 RETURNING ",
-                    machine_cols!()
-                ))
-                .bind(id.0)
-                .bind(state.as_str())
-                .fetch_optional(self.writer())
-                .await
-                .map_err($crate::StoreError::backend("set_machine_state"))?;
-                let row = row.ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })?;
-                $crate::rows::machine(&row)
-            }
-
-            async fn assign_machine(
-                &self,
-                id: $crate::MachineId,
-                board: Option<&str>,
-                profile: Option<&str>,
-                labels: &std::collections::BTreeMap<String, String>,
-            ) -> Result<$crate::Machine, $crate::StoreError> {
-                $crate::model::check_opt_len("board", board, $crate::MAX_NAME_LEN)?;
-                $crate::model::check_opt_len("profile", profile, $crate::MAX_NAME_LEN)?;
-                let labels = $crate::model::labels_to_db(labels)?;
-                let row = sqlx::query(concat!(
-                    "UPDATE machines SET board = $2, profile = $3, labels = $4 WHERE id = $1 RETURNING ",
-                    machine_cols!()
-                ))
-                .bind(id.0)
-                .bind(board)
-                .bind(profile)
-                .bind(labels)
-                .fetch_optional(self.writer())
-                .await
-                .map_err($crate::StoreError::backend("assign_machine"))?;
-                let row = row.ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })?;
-                $crate::rows::machine(&row)
+                id: tugboot_fleet::MachineId,
+                state: tugboot_fleet::MachineState,
+            ) -> Result<tugboot_fleet::Machine, $crate::StoreError> {
+                let mut conn = self.writer().acquire().await.map_err($crate::StoreError::backend("acquire"))?;
+                let done = sqlx::query("UPDATE machines SET state = $2 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(state.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err($crate::StoreError::backend("set_machine_state"))?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound { entity: "machine", key: id.to_string() });
+                }
+                Self::machine_on(&mut conn, id.0)
+                    .await?
+                    .ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })
             }
 
             async fn record_boot(
                 &self,
-                id: $crate::MachineId,
+                id: tugboot_fleet::MachineId,
                 image: &str,
                 now: i64,
-            ) -> Result<$crate::Machine, $crate::StoreError> {
+            ) -> Result<tugboot_fleet::Machine, $crate::StoreError> {
                 $crate::model::check_len("image", image, 2 * $crate::MAX_NAME_LEN)?;
-                let row = sqlx::query(concat!(
+                let mut conn = self.writer().acquire().await.map_err($crate::StoreError::backend("acquire"))?;
+                let done = sqlx::query(concat!(
                     "UPDATE machines SET last_booted_image = $2, ",
-                    "last_seen = CASE WHEN $3 > last_seen THEN $3 ELSE last_seen END ",
-                    "WHERE id = $1 RETURNING ",
-                    machine_cols!()
+                    "last_seen = CASE WHEN $3 > last_seen THEN $3 ELSE last_seen END WHERE id = $1"
                 ))
                 .bind(id.0)
                 .bind(image)
                 .bind(now)
-                .fetch_optional(self.writer())
+                .execute(&mut *conn)
                 .await
                 .map_err($crate::StoreError::backend("record_boot"))?;
-                let row = row.ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })?;
-                $crate::rows::machine(&row)
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound { entity: "machine", key: id.to_string() });
+                }
+                Self::machine_on(&mut conn, id.0)
+                    .await?
+                    .ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })
             }
 
-            async fn delete_machine(&self, id: $crate::MachineId) -> Result<bool, $crate::StoreError> {
+            async fn delete_machine(&self, id: tugboot_fleet::MachineId) -> Result<bool, $crate::StoreError> {
                 let done = sqlx::query("DELETE FROM machines WHERE id = $1")
                     .bind(id.0)
                     .execute(self.writer())
@@ -247,230 +419,28 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn add_pool(&self, pool: &$crate::LeasePool, now: i64) -> Result<u64, $crate::StoreError> {
-                pool.validated_size()?;
-                let (first, last) = ($crate::model::addr_to_db(pool.first), $crate::model::addr_to_db(pool.last));
-                let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("add_pool"))?;
-                sqlx::query(
-                    "INSERT INTO lease_pools (name, first_addr, last_addr) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-                )
-                .bind(&pool.name)
-                .bind(first)
-                .bind(last)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::StoreError::backend("add_pool"))?;
-                let (have_first, have_last): (i64, i64) =
-                    sqlx::query_as("SELECT first_addr, last_addr FROM lease_pools WHERE name = $1")
-                        .bind(&pool.name)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err($crate::StoreError::backend("add_pool"))?;
-                if (have_first, have_last) != (first, last) {
-                    return Err($crate::StoreError::AlreadyExists {
-                        entity: "lease pool with another range",
-                        key: pool.name.clone(),
-                    });
-                }
-                let added = sqlx::query(concat!(
-                    "WITH RECURSIVE r(a) AS (SELECT CAST($2 AS BIGINT) UNION ALL SELECT a + 1 FROM r WHERE a < $3) ",
-                    "INSERT INTO leases (pool, addr, state, expires_at, updated_at) ",
-                    "SELECT $1, a, 'free', 0, $4 FROM r WHERE true ON CONFLICT (pool, addr) DO NOTHING"
+            async fn image_outcomes(&self, name: &str, version: u64) -> Result<Vec<$crate::DeviceVerdict>, $crate::StoreError> {
+                let Ok(version) = i64::try_from(version) else { return Ok(Vec::new()) };
+                let rows: Vec<(i64, String, i64)> = sqlx::query_as(concat!(
+                    "SELECT r.device_id, r.outcome, r.received_at FROM reports r ",
+                    "WHERE r.outcome_name = $1 AND r.outcome_version = $2 AND r.outcome IS NOT NULL AND r.seq = ",
+                    "(SELECT MAX(r2.seq) FROM reports r2 WHERE r2.device_id = r.device_id AND r2.outcome_name = $1 ",
+                    "AND r2.outcome_version = $2 AND r2.outcome IS NOT NULL) ORDER BY r.device_id"
                 ))
-                .bind(&pool.name)
-                .bind(first)
-                .bind(last)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::StoreError::backend("add_pool"))?
-                .rows_affected();
-                tx.commit().await.map_err($crate::StoreError::backend("add_pool"))?;
-                Ok(added)
-            }
-
-            async fn allocate_lease(
-                &self,
-                request: &$crate::LeaseRequest,
-                now: i64,
-            ) -> Result<Option<$crate::Lease>, $crate::StoreError> {
-                request.validate()?;
-                let client = &request.client;
-                let mac = client.mac.to_string();
-                // Each step is one atomic statement. A unique violation on (pool, client_id)
-                // means the same client won an address concurrently (another server, a
-                // retransmission): start over, and step 1 will find that address.
-                for _ in 0..4 {
-                    // 1. The client's own address.
-                    let row = sqlx::query(concat!(
-                        "UPDATE leases SET mac = $3, hostname = $4, state = $5, expires_at = $6, updated_at = $7 ",
-                        "WHERE pool = $1 AND client_id = $2 RETURNING ",
-                        lease_cols!()
-                    ))
-                    .bind(&request.pool)
-                    .bind(&client.client_id)
-                    .bind(&mac)
-                    .bind(client.hostname.as_deref())
-                    .bind(request.state.as_str())
-                    .bind(request.expires_at)
-                    .bind(now)
-                    .fetch_optional(self.writer())
-                    .await
-                    .map_err($crate::StoreError::backend("allocate_lease"))?;
-                    if let Some(row) = row {
-                        return $crate::rows::lease(&row).map(Some);
-                    }
-                    // 2. The address the client asked for, if it can be taken.
-                    if let Some(addr) = request.requested {
-                        match self.claim_specific(&request.pool, addr, client, &mac, request.state, request.expires_at, now).await {
-                            Ok(Some(row)) => return $crate::rows::lease(&row).map(Some),
-                            Ok(None) => {}
-                            Err(e) if $crate::error::is_unique_violation(&e) => continue,
-                            Err(e) => return Err($crate::StoreError::Backend { op: "allocate_lease", source: e }),
-                        }
-                    }
-                    // 3. A never-used address, else the best other free one.
-                    let mut raced = false;
-                    for sql in [claim_unused_sql!($lock), claim_any_sql!($lock)] {
-                        let taken = sqlx::query(sql)
-                            .bind(&request.pool)
-                            .bind(&client.client_id)
-                            .bind(&mac)
-                            .bind(client.hostname.as_deref())
-                            .bind(request.state.as_str())
-                            .bind(request.expires_at)
-                            .bind(now)
-                            .fetch_optional(self.writer())
-                            .await;
-                        match taken {
-                            Ok(Some(row)) => return $crate::rows::lease(&row).map(Some),
-                            Ok(None) => {}
-                            Err(e) if $crate::error::is_unique_violation(&e) => {
-                                raced = true;
-                                break;
-                            }
-                            Err(e) => return Err($crate::StoreError::Backend { op: "allocate_lease", source: e }),
-                        }
-                    }
-                    if !raced {
-                        return Ok(None);
-                    }
-                }
-                Err($crate::StoreError::LeaseContention { pool: request.pool.clone() })
-            }
-
-            async fn claim_lease(
-                &self,
-                pool: &str,
-                addr: std::net::Ipv4Addr,
-                client: &$crate::LeaseClient,
-                state: $crate::LeaseState,
-                expires_at: i64,
-                now: i64,
-            ) -> Result<Option<$crate::Lease>, $crate::StoreError> {
-                $crate::model::check_len("pool name", pool, $crate::MAX_NAME_LEN)?;
-                client.validate()?;
-                if !matches!(state, $crate::LeaseState::Offered | $crate::LeaseState::Bound) {
-                    return Err($crate::StoreError::invalid("lease state", format!("cannot claim as {state}")));
-                }
-                let mac = client.mac.to_string();
-                match self.claim_specific(pool, addr, client, &mac, state, expires_at, now).await {
-                    Ok(row) => return row.map(|r| $crate::rows::lease(&r)).transpose(),
-                    Err(e) if $crate::error::is_unique_violation(&e) => {}
-                    Err(e) => return Err($crate::StoreError::Backend { op: "claim_lease", source: e }),
-                }
-                // The client holds another address of this pool and asks for this one: give
-                // the other back, then try once more.
-                sqlx::query(concat!(
-                    "UPDATE leases SET client_id = NULL, mac = NULL, hostname = NULL, state = 'free', ",
-                    "expires_at = 0, updated_at = $3 WHERE pool = $1 AND client_id = $2"
-                ))
-                .bind(pool)
-                .bind(&client.client_id)
-                .bind(now)
-                .execute(self.writer())
-                .await
-                .map_err($crate::StoreError::backend("claim_lease"))?;
-                self.claim_specific(pool, addr, client, &mac, state, expires_at, now)
-                    .await
-                    .map_err(|source| $crate::StoreError::Backend { op: "claim_lease", source })?
-                    .map(|r| $crate::rows::lease(&r))
-                    .transpose()
-            }
-
-            async fn release_lease(
-                &self,
-                pool: &str,
-                addr: std::net::Ipv4Addr,
-                client_id: &[u8],
-                now: i64,
-            ) -> Result<bool, $crate::StoreError> {
-                let done = sqlx::query(concat!(
-                    "UPDATE leases SET state = 'released', expires_at = $4, updated_at = $4 ",
-                    "WHERE pool = $1 AND addr = $2 AND client_id = $3 AND state IN ('offered', 'bound')"
-                ))
-                .bind(pool)
-                .bind($crate::model::addr_to_db(addr))
-                .bind(client_id)
-                .bind(now)
-                .execute(self.writer())
-                .await
-                .map_err($crate::StoreError::backend("release_lease"))?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            async fn decline_lease(
-                &self,
-                pool: &str,
-                addr: std::net::Ipv4Addr,
-                client_id: &[u8],
-                until: i64,
-                now: i64,
-            ) -> Result<bool, $crate::StoreError> {
-                let done = sqlx::query(concat!(
-                    "UPDATE leases SET state = 'declined', client_id = NULL, mac = NULL, hostname = NULL, ",
-                    "expires_at = $4, updated_at = $5 WHERE pool = $1 AND addr = $2 AND client_id = $3"
-                ))
-                .bind(pool)
-                .bind($crate::model::addr_to_db(addr))
-                .bind(client_id)
-                .bind(until)
-                .bind(now)
-                .execute(self.writer())
-                .await
-                .map_err($crate::StoreError::backend("decline_lease"))?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            async fn get_lease(
-                &self,
-                pool: &str,
-                addr: std::net::Ipv4Addr,
-            ) -> Result<Option<$crate::Lease>, $crate::StoreError> {
-                sqlx::query(concat!("SELECT ", lease_cols!(), " FROM leases WHERE pool = $1 AND addr = $2"))
-                    .bind(pool)
-                    .bind($crate::model::addr_to_db(addr))
-                    .fetch_optional(self.reader())
-                    .await
-                    .map_err($crate::StoreError::backend("get_lease"))?
-                    .map(|r| $crate::rows::lease(&r))
-                    .transpose()
-            }
-
-            async fn list_active_leases(&self, pool: &str, now: i64) -> Result<Vec<$crate::Lease>, $crate::StoreError> {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    lease_cols!(),
-                    " FROM leases WHERE pool = $1 AND state IN ('offered', 'bound') AND expires_at > $2 ORDER BY addr"
-                ))
-                .bind(pool)
-                .bind(now)
+                .bind(name)
+                .bind(version)
                 .fetch_all(self.reader())
                 .await
-                .map_err($crate::StoreError::backend("list_active_leases"))?
-                .iter()
-                .map($crate::rows::lease)
-                .collect()
+                .map_err($crate::StoreError::backend("image_outcomes"))?;
+                rows.into_iter()
+                    .map(|(device, kind, at)| {
+                        Ok($crate::DeviceVerdict {
+                            device: tugboot_fleet::MachineId(device),
+                            kind: $crate::OutcomeKind::from_db(&kind)?,
+                            at,
+                        })
+                    })
+                    .collect()
             }
 
             async fn put_image(&self, image: &$crate::Image) -> Result<$crate::WriteOutcome, $crate::StoreError> {
@@ -520,8 +490,8 @@ macro_rules! impl_store {
                     .transpose()
             }
 
-            async fn list_images(&self, name: &str) -> Result<Vec<$crate::Image>, $crate::StoreError> {
-                sqlx::query(concat!("SELECT ", image_cols!(), " FROM images WHERE name = $1 ORDER BY version"))
+            async fn list_images(&self, name: Option<&str>) -> Result<Vec<$crate::Image>, $crate::StoreError> {
+                sqlx::query(concat!("SELECT ", image_cols!(), " FROM images WHERE ($1 IS NULL OR name = $1) ORDER BY name, version"))
                     .bind(name)
                     .fetch_all(self.reader())
                     .await
@@ -543,8 +513,11 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn create_rollout(&self, rollout: &$crate::NewRollout, now: i64) -> Result<$crate::Rollout, $crate::StoreError> {
-                rollout.validate()?;
+            async fn create_rollout(&self, rollout: &tugboot_fleet::rollout::NewRollout, now: i64) -> Result<tugboot_fleet::rollout::RolloutRecord, $crate::StoreError> {
+                rollout
+                    .validate()
+                    .map_err(|e| $crate::StoreError::invalid(e.field, e.reason))?;
+                $crate::model::check_len("image name", &rollout.image_name, $crate::MAX_NAME_LEN)?;
                 let stages = serde_json::to_string(&rollout.stages).map_err(|e| $crate::StoreError::invalid("stages", e.to_string()))?;
                 let thresholds =
                     serde_json::to_string(&rollout.thresholds).map_err(|e| $crate::StoreError::invalid("thresholds", e.to_string()))?;
@@ -575,7 +548,7 @@ macro_rules! impl_store {
                 $crate::rows::rollout(&row)
             }
 
-            async fn get_rollout(&self, id: $crate::RolloutId) -> Result<Option<$crate::Rollout>, $crate::StoreError> {
+            async fn get_rollout(&self, id: tugboot_fleet::rollout::RolloutId) -> Result<Option<tugboot_fleet::rollout::RolloutRecord>, $crate::StoreError> {
                 sqlx::query(concat!("SELECT ", rollout_cols!(), " FROM rollouts WHERE id = $1"))
                     .bind(id.0)
                     .fetch_optional(self.reader())
@@ -585,7 +558,7 @@ macro_rules! impl_store {
                     .transpose()
             }
 
-            async fn list_rollouts(&self) -> Result<Vec<$crate::Rollout>, $crate::StoreError> {
+            async fn list_rollouts(&self) -> Result<Vec<tugboot_fleet::rollout::RolloutRecord>, $crate::StoreError> {
                 sqlx::query(concat!("SELECT ", rollout_cols!(), " FROM rollouts ORDER BY id"))
                     .fetch_all(self.reader())
                     .await
@@ -597,9 +570,9 @@ macro_rules! impl_store {
 
             async fn transition_rollout(
                 &self,
-                t: &$crate::RolloutTransition,
+                t: &tugboot_fleet::rollout::RolloutTransition,
                 now: i64,
-            ) -> Result<Option<$crate::Rollout>, $crate::StoreError> {
+            ) -> Result<Option<tugboot_fleet::rollout::RolloutRecord>, $crate::StoreError> {
                 let current = $crate::Store::get_rollout(self, t.id)
                     .await?
                     .ok_or_else(|| $crate::StoreError::NotFound { entity: "rollout", key: t.id.to_string() })?;
@@ -631,17 +604,20 @@ macro_rules! impl_store {
                 let done = sqlx::query(concat!(
                     "INSERT INTO reports (",
                     report_cols!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (device_id, report_id) DO NOTHING"
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (device_id, report_id) DO NOTHING"
                 ))
                 .bind(report.device.0)
                 .bind(&report.report_id)
                 .bind(&report.boot_id)
-                .bind(report.slot.as_str())
+                .bind(report.slot.map($crate::Slot::as_str))
                 .bind($crate::model::u64_to_db("image_version", report.image_version)?)
                 .bind(checks)
                 .bind($crate::model::u64_to_db("uptime_secs", report.uptime_secs)?)
                 .bind(report.last_error.as_deref())
                 .bind(report.received_at)
+                .bind(report.outcome.as_ref().map(|o| o.kind.as_str()))
+                .bind(report.outcome.as_ref().map(|o| o.image_name.as_str()))
+                .bind(report.outcome.as_ref().map(|o| $crate::model::u64_to_db("outcome_version", o.image_version)).transpose()?)
                 .execute(self.writer())
                 .await
                 .map_err(|e| {
@@ -660,7 +636,7 @@ macro_rules! impl_store {
 
             async fn get_report(
                 &self,
-                device: $crate::MachineId,
+                device: tugboot_fleet::MachineId,
                 report_id: &str,
             ) -> Result<Option<$crate::Report>, $crate::StoreError> {
                 sqlx::query(concat!("SELECT ", report_cols!(), " FROM reports WHERE device_id = $1 AND report_id = $2"))
@@ -673,11 +649,11 @@ macro_rules! impl_store {
                     .transpose()
             }
 
-            async fn list_reports(&self, device: $crate::MachineId, limit: u32) -> Result<Vec<$crate::Report>, $crate::StoreError> {
+            async fn list_reports(&self, device: tugboot_fleet::MachineId, limit: u32) -> Result<Vec<$crate::Report>, $crate::StoreError> {
                 sqlx::query(concat!(
                     "SELECT ",
                     report_cols!(),
-                    " FROM reports WHERE device_id = $1 ORDER BY received_at DESC, report_id DESC LIMIT $2"
+                    " FROM reports WHERE device_id = $1 ORDER BY seq DESC LIMIT $2"
                 ))
                 .bind(device.0)
                 .bind(i64::from(limit))
@@ -729,7 +705,7 @@ macro_rules! impl_store {
                     .transpose()
             }
 
-            async fn list_device_certs(&self, device: $crate::MachineId) -> Result<Vec<$crate::DeviceCert>, $crate::StoreError> {
+            async fn list_device_certs(&self, device: tugboot_fleet::MachineId) -> Result<Vec<$crate::DeviceCert>, $crate::StoreError> {
                 sqlx::query(concat!(
                     "SELECT ",
                     cert_cols!(),
@@ -756,41 +732,6 @@ macro_rules! impl_store {
                 .map_err($crate::StoreError::backend("revoke_device_cert"))?;
                 let row = row.ok_or_else(|| $crate::StoreError::NotFound { entity: "device certificate", key: serial.to_owned() })?;
                 $crate::rows::cert(&row)
-            }
-        }
-
-        impl $ty {
-            /// Holds `addr` for `client` if it is the client's or can be taken, returning the
-            /// updated row. Returns the raw driver error so callers can recognise a unique
-            /// violation on the client.
-            #[allow(clippy::too_many_arguments)]
-            async fn claim_specific(
-                &self,
-                pool: &str,
-                addr: std::net::Ipv4Addr,
-                client: &$crate::LeaseClient,
-                mac: &str,
-                state: $crate::LeaseState,
-                expires_at: i64,
-                now: i64,
-            ) -> Result<Option<$row>, sqlx::Error> {
-                sqlx::query(concat!(
-                    "UPDATE leases SET client_id = $3, mac = $4, hostname = $5, state = $6, expires_at = $7, updated_at = $8 ",
-                    "WHERE pool = $1 AND addr = $2 AND (client_id = $3 OR ",
-                    claimable!("$8"),
-                    ") RETURNING ",
-                    lease_cols!()
-                ))
-                .bind(pool)
-                .bind($crate::model::addr_to_db(addr))
-                .bind(&client.client_id)
-                .bind(mac)
-                .bind(client.hostname.as_deref())
-                .bind(state.as_str())
-                .bind(expires_at)
-                .bind(now)
-                .fetch_optional(self.writer())
-                .await
             }
         }
     };

@@ -74,4 +74,8 @@ impl SqliteStore {
     }
 }
 
-impl_store!(SqliteStore, row = sqlx::sqlite::SqliteRow, lock = "");
+impl_store!(
+    SqliteStore,
+    row = sqlx::sqlite::SqliteRow,
+    conn = sqlx::SqliteConnection
+);

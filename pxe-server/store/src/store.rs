@@ -1,17 +1,19 @@
 //! The `Store` trait: everything the server and fleet logic persist.
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::Ipv4Addr;
+
+use tugboot_fleet::facts::{FactKey, Source};
+use tugboot_fleet::profiles::DeclaredMachine;
+use tugboot_fleet::rollout::{NewRollout, RolloutId, RolloutRecord, RolloutTransition};
+use tugboot_fleet::{Machine, MachineId, MachineState};
+use tugboot_wire::Mac;
 
 use crate::{
-    DeviceCert, Image, Lease, LeaseClient, LeasePool, LeaseRequest, LeaseState, MacAddr, Machine,
-    MachineId, MachineSighting, MachineState, NewRollout, Report, Rollout, RolloutId,
-    RolloutTransition, StoreError, WriteOutcome,
+    DeclareSummary, DeviceCert, DeviceVerdict, Image, Report, Sighting, StoreError, WriteOutcome,
 };
 
-/// Persistent fleet state, shared by the DHCP, HTTP and device-API shells of one server, and on
-/// PostgreSQL by several servers.
+/// Persistent fleet state, shared by the DHCP, TFTP, HTTP and device-API shells of one server,
+/// and on PostgreSQL by several servers.
 ///
 /// # Shape
 ///
@@ -22,11 +24,13 @@ use crate::{
 ///
 /// # Guarantees (both backends)
 ///
-/// - A write has reached durable storage when its future returns `Ok`: an acknowledged lease or
-///   report survives a crash of the server process (and, with the documented settings, of the
-///   machine). Callers send the DHCPACK / HTTP response only after that.
-/// - Every write statement is atomic; the multi-step lease operations are ordered so that any
-///   interleaving with other writers (other tasks, other servers) leaves a consistent state.
+/// - A write has reached durable storage when its future returns `Ok`: an acknowledged report
+///   survives a crash of the server process (and, with the documented settings, of the
+///   machine). Callers answer only after that.
+/// - Every write is atomic (one statement or one transaction).
+/// - Facts keep their provenance and the authority rule of `tugboot_fleet::facts`: a fact is
+///   replaced only by one of equal or higher rank, enforced in the SQL itself, so it holds with
+///   several writers.
 /// - Inputs are checked against size caps before anything is sent to the database
 ///   ([`StoreError::InvalidInput`]), and rows that do not decode are reported as
 ///   [`StoreError::CorruptRow`], never a panic.
@@ -34,13 +38,44 @@ use crate::{
 pub trait Store: Send + Sync {
     // ---- machines ----
 
-    /// Records that a machine was seen on the network: creates it in state
-    /// [`MachineState::Unknown`] on first sight, otherwise refreshes `last_seen` and fills in
-    /// identifiers this sighting adds (absent ones keep the stored value).
-    fn record_sighting(
+    /// Records what the network saw (one transaction for the whole batch, at most
+    /// `MAX_SIGHTINGS_PER_BATCH`): each machine is created in state `unknown` on first sight
+    /// (keyed by MAC), `last_seen` is raised to `now`, and its observed facts are offered under
+    /// the authority rule. Returns the machine ids, in input order.
+    fn observe(
         &self,
-        sighting: &MachineSighting,
+        sightings: &[Sighting],
         now: i64,
+    ) -> impl Future<Output = Result<Vec<MachineId>, StoreError>> + Send;
+
+    /// Syncs the machines of a profiles file: each is found by MAC, else UUID, else serial,
+    /// else name, or created (state `adopted`); its identity (name, UUID, serial, and the MAC
+    /// if it had none) is set as declared; its facts `declared:file` become exactly what the
+    /// file states (file facts of machines or keys the file no longer names are withdrawn).
+    /// Facts the operator declared through the API rank higher and are left alone.
+    fn declare_machines(
+        &self,
+        machines: &[DeclaredMachine],
+        now: i64,
+    ) -> impl Future<Output = Result<DeclareSummary, StoreError>> + Send;
+
+    /// Offers facts from one authenticated or declaring `source` (attested by the device,
+    /// declared by the operator) under the authority rule. [`StoreError::NotFound`] if the
+    /// machine does not exist.
+    fn set_facts(
+        &self,
+        id: MachineId,
+        facts: &[(FactKey, String)],
+        source: Source,
+        now: i64,
+    ) -> impl Future<Output = Result<Machine, StoreError>> + Send;
+
+    /// Withdraws facts that `source` stated (a fact stated by anyone else stays).
+    fn withdraw_facts(
+        &self,
+        id: MachineId,
+        keys: &[FactKey],
+        source: Source,
     ) -> impl Future<Output = Result<Machine, StoreError>> + Send;
 
     /// The machine with this id.
@@ -52,16 +87,16 @@ pub trait Store: Send + Sync {
     /// The machine with this boot MAC.
     fn find_machine_by_mac(
         &self,
-        mac: MacAddr,
+        mac: Mac,
     ) -> impl Future<Output = Result<Option<Machine>, StoreError>> + Send;
 
-    /// The (oldest) machine with this serial number.
+    /// The (oldest) machine with this declared or attested serial number.
     fn find_machine_by_serial(
         &self,
         serial: &str,
     ) -> impl Future<Output = Result<Option<Machine>, StoreError>> + Send;
 
-    /// All machines, by id.
+    /// All machines with their facts, by id.
     fn list_machines(&self) -> impl Future<Output = Result<Vec<Machine>, StoreError>> + Send;
 
     /// Sets the operator state. [`StoreError::NotFound`] if the machine does not exist.
@@ -69,15 +104,6 @@ pub trait Store: Send + Sync {
         &self,
         id: MachineId,
         state: MachineState,
-    ) -> impl Future<Output = Result<Machine, StoreError>> + Send;
-
-    /// Sets board, profile and labels (replacing the label set).
-    fn assign_machine(
-        &self,
-        id: MachineId,
-        board: Option<&str>,
-        profile: Option<&str>,
-        labels: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<Machine, StoreError>> + Send;
 
     /// Records the image a machine booted (and that it was seen at `now`).
@@ -88,83 +114,13 @@ pub trait Store: Send + Sync {
         now: i64,
     ) -> impl Future<Output = Result<Machine, StoreError>> + Send;
 
-    /// Deletes a machine with its reports and certificates. False if it did not exist.
+    /// Deletes a machine with its facts, reports and certificates. False if it did not exist.
     fn delete_machine(
         &self,
         id: MachineId,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    // ---- DHCP leases ----
-
-    /// Creates a pool (one row per address). Idempotent for the same range; returns how many
-    /// addresses were added. A different range under an existing name is
-    /// [`StoreError::AlreadyExists`].
-    fn add_pool(
-        &self,
-        pool: &LeasePool,
-        now: i64,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// Finds an address for a client and holds it, atomically even across servers sharing
-    /// PostgreSQL: the client's current address if it has one, else the requested address if
-    /// it can be taken, else a free one (never-used first, then the longest-expired).
-    /// `Ok(None)` when the pool is exhausted. Two callers never get the same address.
-    fn allocate_lease(
-        &self,
-        request: &LeaseRequest,
-        now: i64,
-    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
-
-    /// Holds one specific address for a client (DHCPREQUEST / renewal). `Ok(None)` when the
-    /// address is held by someone else or not in the pool: answer DHCPNAK. A client that holds
-    /// another address of the pool gives that one up first (one address per client and pool),
-    /// even if the requested one then turns out to be taken.
-    fn claim_lease(
-        &self,
-        pool: &str,
-        addr: Ipv4Addr,
-        client: &LeaseClient,
-        state: LeaseState,
-        expires_at: i64,
-        now: i64,
-    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
-
-    /// DHCPRELEASE: the address becomes reusable (the client keeps its affinity to it).
-    /// False when the client did not hold it.
-    fn release_lease(
-        &self,
-        pool: &str,
-        addr: Ipv4Addr,
-        client_id: &[u8],
-        now: i64,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// DHCPDECLINE: the address is in use by someone unknown; quarantine it until `until`.
-    /// False when the client did not hold it.
-    fn decline_lease(
-        &self,
-        pool: &str,
-        addr: Ipv4Addr,
-        client_id: &[u8],
-        until: i64,
-        now: i64,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// One address of a pool, whatever its state.
-    fn get_lease(
-        &self,
-        pool: &str,
-        addr: Ipv4Addr,
-    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
-
-    /// Addresses held (offered or bound, unexpired) at `now`, by address.
-    fn list_active_leases(
-        &self,
-        pool: &str,
-        now: i64,
-    ) -> impl Future<Output = Result<Vec<Lease>, StoreError>> + Send;
-
-    // ---- images ----
+    // ---- images: the catalogue ----
 
     /// Stores an image. Storing the identical image again is [`WriteOutcome::AlreadyPresent`];
     /// the same name and version with another manifest is [`StoreError::ImageImmutable`].
@@ -181,13 +137,13 @@ pub trait Store: Send + Sync {
         version: u64,
     ) -> impl Future<Output = Result<Option<Image>, StoreError>> + Send;
 
-    /// All versions of an image, oldest first.
+    /// Images by name then version (oldest first); all names when `name` is `None`.
     fn list_images(
         &self,
-        name: &str,
+        name: Option<&str>,
     ) -> impl Future<Output = Result<Vec<Image>, StoreError>> + Send;
 
-    /// Publishes or withdraws an image. False if it does not exist.
+    /// Publishes or withdraws (yanks) an image. False if it does not exist.
     fn set_image_published(
         &self,
         name: &str,
@@ -203,16 +159,16 @@ pub trait Store: Send + Sync {
         &self,
         rollout: &NewRollout,
         now: i64,
-    ) -> impl Future<Output = Result<Rollout, StoreError>> + Send;
+    ) -> impl Future<Output = Result<RolloutRecord, StoreError>> + Send;
 
     /// One rollout.
     fn get_rollout(
         &self,
         id: RolloutId,
-    ) -> impl Future<Output = Result<Option<Rollout>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<RolloutRecord>, StoreError>> + Send;
 
     /// All rollouts, by id.
-    fn list_rollouts(&self) -> impl Future<Output = Result<Vec<Rollout>, StoreError>> + Send;
+    fn list_rollouts(&self) -> impl Future<Output = Result<Vec<RolloutRecord>, StoreError>> + Send;
 
     /// Compare-and-set transition: `Ok(None)` if the rollout is no longer in the expected
     /// state and stage (another server moved it first).
@@ -220,11 +176,11 @@ pub trait Store: Send + Sync {
         &self,
         transition: &RolloutTransition,
         now: i64,
-    ) -> impl Future<Output = Result<Option<Rollout>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<RolloutRecord>, StoreError>> + Send;
 
     // ---- reports ----
 
-    /// Stores a health report, idempotently by `(device, report_id)`: a retried report is
+    /// Stores a report, idempotently by `(device, report_id)`: a retried report is
     /// [`WriteOutcome::AlreadyPresent`] and the first copy is kept.
     /// [`StoreError::NotFound`] if the device is unknown.
     fn insert_report(
@@ -248,6 +204,14 @@ pub trait Store: Send + Sync {
 
     /// Number of stored reports (all devices).
     fn count_reports(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The latest update outcome of every device that reported one for `name@version`: what a
+    /// rollout of that image needs, in one query.
+    fn image_outcomes(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> impl Future<Output = Result<Vec<DeviceVerdict>, StoreError>> + Send;
 
     // ---- device certificates ----
 

@@ -584,7 +584,7 @@ pub async fn silent_devices_time_out(url: &str) {
         .unwrap();
     assert_eq!(v["state"], "running", "{v}");
     assert_eq!(v["devices"]["pending"], 1, "{v}");
-    f.advance(i64::try_from(tugboot_api::rollout::DEFAULT_REPORT_TIMEOUT_SECS).unwrap());
+    f.advance(i64::try_from(tugboot_api::server::DEFAULT_OUTCOME_TIMEOUT).unwrap());
     f.state.evaluate_rollouts().await.unwrap();
     let v = f
         .op("GET", &format!("/api/v1/admin/rollouts/{id}"), b"")

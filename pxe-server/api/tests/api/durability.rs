@@ -11,7 +11,9 @@ use tugboot_api::client::ApiClient;
 use tugboot_api::server::{ApiConfig, ApiParts, ApiServer, system_clock};
 use tugboot_api::tokens::OperatorToken;
 use tugboot_firmware::BlobStore;
-use tugboot_store::{AnyStore, DeviceCert, MachineSighting, MachineState, Store};
+use tugboot_fleet::facts::Observer;
+use tugboot_fleet::observe::observed;
+use tugboot_store::{AnyStore, DeviceCert, MachineState, Sighting, Store};
 
 use crate::harness::{Device, OPERATOR_TOKEN, SERVER_NAME, real_now, status_report, test_root};
 
@@ -29,20 +31,18 @@ pub async fn kill9_during_report_burst(url: &str) {
     let mut devices = Vec::new();
     for n in 0..DEVICES {
         let mut d = Device::new(n + 1);
-        let m = store
-            .record_sighting(
-                &MachineSighting {
+        let id = store
+            .observe(
+                &[Sighting {
                     mac: d.mac.parse().unwrap(),
-                    smbios_uuid: None,
-                    serial: None,
-                    board: None,
-                },
+                    facts: observed(Observer::Dhcp, now, &[]),
+                }],
                 now,
             )
             .await
-            .unwrap();
-        store
-            .set_machine_state(m.id, MachineState::Approved)
+            .unwrap()[0];
+        let m = store
+            .set_machine_state(id, MachineState::Approved)
             .await
             .unwrap();
         let cert = ca.issue_device(&d.csr_pem, m.id, now, 86_400).unwrap();
@@ -160,6 +160,7 @@ pub fn child_main() {
         let (_, trusted_root) = test_root(now);
         let api = ApiServer::new(ApiParts {
             store: AnyStore::open(&url).await.unwrap(),
+            live: std::sync::Arc::new(tugboot_fleet::Live::new(tugboot_fleet::Fleet::default())),
             ca,
             state_dir: dir.join("state"),
             operator: OperatorToken::new(OPERATOR_TOKEN).unwrap(),

@@ -197,6 +197,7 @@ impl Fleet {
         let c = clock.clone();
         let api = ApiServer::new(ApiParts {
             store: store.clone(),
+            live: Arc::new(tugboot_fleet::Live::new(tugboot_fleet::Fleet::default())),
             ca: CertAuthority::load(&ca_dir).unwrap(),
             state_dir: dir.path().join("state"),
             operator: OperatorToken::new(OPERATOR_TOKEN).unwrap(),

@@ -8,7 +8,9 @@ use tugboot_firmware::{
     Artifact, BlobStore, Manifest, Role, SecretKey, Sha256Digest, Signed, Timestamp, TrustRoot,
     TrustedRoot,
 };
-use tugboot_http::{BaseUrl, BlobCheck, BootServer, HttpConfig, ProfileSet};
+use tugboot_fleet::plan::declared_registry;
+use tugboot_fleet::{Fleet, Live, ProfileSet};
+use tugboot_http::{BaseUrl, BootServer, HttpConfig};
 
 pub const NOW: Timestamp = Timestamp::from_unix(1_800_000_000);
 
@@ -162,15 +164,41 @@ impl Fixture {
             chunk_size: 64 << 10,
             ..HttpConfig::default()
         };
-        let server = BootServer::with_catalog(
-            self.store.clone(),
-            ProfileSet::from_toml(PROFILES).unwrap(),
-            Catalog::builtin(),
-            config,
-        );
+        let profiles = ProfileSet::from_toml(PROFILES).unwrap();
+        let live = Arc::new(Live::new(Fleet {
+            registry: declared_registry(&profiles, 1),
+            profiles,
+            boards: Catalog::builtin(),
+            ..Fleet::default()
+        }));
+        let now = i64::try_from(NOW.unix()).unwrap();
+        let server =
+            BootServer::with_clock(self.store.clone(), live, config, Arc::new(move || now));
+        self.publish(&server, &self.envelope(42), NOW).unwrap();
         server
-            .publish(&self.envelope(42), &self.root, NOW, BlobCheck::Rehash)
-            .unwrap();
-        server
+    }
+
+    /// Publishes like `serve` builds its catalogue: verified against the root at `now`, every
+    /// artifact in the blob store with its size, the cmdline artifact read and checked.
+    pub fn publish(
+        &self,
+        server: &BootServer,
+        envelope: &[u8],
+        now: Timestamp,
+    ) -> Result<(), String> {
+        let (manifest, cmdline) =
+            tugboot_store::prepare_image(envelope, &self.store, &self.root, now)
+                .map_err(|e| e.to_string())?;
+        let mut result = Ok(());
+        server.live().update(|fleet| {
+            let mut next = fleet.clone();
+            result = next
+                .catalogue
+                .insert(manifest, cmdline)
+                .map(drop)
+                .map_err(|e| e.to_string());
+            next
+        });
+        result
     }
 }

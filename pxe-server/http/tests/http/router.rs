@@ -4,7 +4,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use tower::ServiceExt as _;
 use tugboot_firmware::{Role, SecretKey, Sha256Digest};
-use tugboot_http::{BlobCheck, PublishError};
 
 use crate::common::{Fixture, NOW, artifact, manifest};
 
@@ -72,7 +71,7 @@ async fn machine_script_is_exact() {
     assert_eq!(r.header(header::CACHE_CONTROL), "no-store");
     let base = "http://192.0.2.1:8080";
     let chain = format!(
-        "{base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&serial=${{serial:uristring}}&arch=${{buildarch}}"
+        "{base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&serial=${{serial:uristring}}&arch=${{buildarch}}&platform=${{platform}}"
     );
     let expected = format!(
         "#!ipxe\n\
@@ -108,7 +107,7 @@ async fn bootstrap_uses_host_when_no_base_url() {
             .starts_with("#!ipxe\nisset ${ip} || dhcp || goto failed\n")
     );
     assert!(r.text().contains(
-        "chain --autofree --replace http://10.0.0.5:8080/ipxe?mac=${mac:hexhyp}&uuid=${uuid}&serial=${serial:uristring}&arch=${buildarch} || goto failed\n"
+        "chain --autofree --replace http://10.0.0.5:8080/ipxe?mac=${mac:hexhyp}&uuid=${uuid}&serial=${serial:uristring}&arch=${buildarch}&platform=${platform} || goto failed\n"
     ));
     // A Host header that would smuggle script syntax is refused.
     for host in ["evil.example/${x}", "a b", "x;y"] {
@@ -127,14 +126,14 @@ async fn scripts_explain_why_a_machine_cannot_boot() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(
         r.text()
-            .contains("echo tugboot: no profile for this machine (mac 02:00:00:00:00:09)\n")
+            .contains("echo tugboot: no profile for machine 02:00:00:00:00:09\n")
     );
     assert!(r.text().contains("sleep 60\n"), "{}", r.text());
     // Profile whose image is not published.
     let r = get(&router, "/ipxe?mac=52:54:00:00:00:02").await;
     assert!(
         r.text()
-            .contains("echo tugboot: image never-published (latest) is not published\n"),
+            .contains("image never-published (latest) of profile ghost is not published\n"),
         "{}",
         r.text()
     );
@@ -142,11 +141,11 @@ async fn scripts_explain_why_a_machine_cannot_boot() {
     // Malformed facts.
     let r = get(&router, "/ipxe?mac=52:54:00:00:00").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.text().contains("invalid MAC address"), "{}", r.text());
+    assert!(r.text().contains("is not a MAC address"), "{}", r.text());
     // A serial that would inject iPXE commands through the cmdline placeholder.
     let r = get(&router, "/ipxe?arch=arm64&serial=%3B").await;
     assert!(!r.text().contains("\nboot"), "{}", r.text());
-    assert!(r.text().contains("cmdline"), "{}", r.text());
+    assert!(r.text().contains("command line"), "{}", r.text());
     let r = get(&router, "/ipxe?arch=arm64&serial=SN1").await;
     assert!(
         r.text().contains(" sn=SN1 SN1 || goto failed\n"),
@@ -338,19 +337,15 @@ async fn publishing_rules() {
     let f = Fixture::new(1000);
     let server = f.server();
     // Same manifest again: fine. Same name and version, other content: refused.
-    server
-        .publish(&f.envelope(42), &f.root, NOW, BlobCheck::Size)
-        .unwrap();
+    f.publish(&server, &f.envelope(42), NOW).unwrap();
     let other = manifest(
         "edge-gw",
         42,
         vec![artifact(Role::Kernel, "vmlinuz", b"not published")],
         &f.key,
     );
-    assert!(matches!(
-        server.publish(&other, &f.root, NOW, BlobCheck::Size),
-        Err(PublishError::Conflict { .. })
-    ));
+    let e = f.publish(&server, &other, NOW).unwrap_err();
+    assert!(e.contains("already published with another manifest"), "{e}");
     // Signed by a key the root does not know.
     let rogue = SecretKey::from_seed(&[9; 32]);
     let forged = manifest(
@@ -359,10 +354,8 @@ async fn publishing_rules() {
         vec![artifact(Role::Kernel, "vmlinuz", b"not published")],
         &rogue,
     );
-    assert!(matches!(
-        server.publish(&forged, &f.root, NOW, BlobCheck::Size),
-        Err(PublishError::Verify { .. })
-    ));
+    let e = f.publish(&server, &forged, NOW).unwrap_err();
+    assert!(e.contains("manifest not trusted"), "{e}");
     let router = server.router();
     let r = get(&router, &format!("/artifacts/sha256/{}", f.stray_digest)).await;
     assert_eq!(
@@ -372,11 +365,7 @@ async fn publishing_rules() {
     );
     // Expired at publish time.
     let late = tugboot_firmware::Timestamp::from_unix(1_860_000_000);
-    assert!(
-        server
-            .publish(&f.envelope(44), &f.root, late, BlobCheck::Size)
-            .is_err()
-    );
+    assert!(f.publish(&server, &f.envelope(44), late).is_err());
     // An artifact missing from the store.
     let missing = manifest(
         "edge-gw",
@@ -384,10 +373,8 @@ async fn publishing_rules() {
         vec![artifact(Role::Kernel, "vmlinuz", b"nowhere")],
         &f.key,
     );
-    assert!(matches!(
-        server.publish(&missing, &f.root, NOW, BlobCheck::Size),
-        Err(PublishError::Blob { .. })
-    ));
+    let e = f.publish(&server, &missing, NOW).unwrap_err();
+    assert!(e.contains("artifact \"vmlinuz\""), "{e}");
     // A cmdline artifact with iPXE syntax in it.
     let evil = b"quiet\nshell\n";
     f.store.put(&evil[..], None).unwrap();
@@ -400,10 +387,8 @@ async fn publishing_rules() {
         ],
         &f.key,
     );
-    assert!(matches!(
-        server.publish(&bad, &f.root, NOW, BlobCheck::Rehash),
-        Err(PublishError::Cmdline { .. })
-    ));
+    let e = f.publish(&server, &bad, NOW).unwrap_err();
+    assert!(e.contains("cmdline artifact"), "{e}");
     // Latest version wins for `image = "edge-gw"` without a version.
     f.store.put(&b"kernel v47"[..], None).unwrap();
     let v47 = manifest(
@@ -412,9 +397,7 @@ async fn publishing_rules() {
         vec![artifact(Role::Kernel, "vmlinuz", b"kernel v47")],
         &f.key,
     );
-    server
-        .publish(&v47, &f.root, NOW, BlobCheck::Rehash)
-        .unwrap();
+    f.publish(&server, &v47, NOW).unwrap();
     let r = get(&router, "/ipxe?mac=52:54:00:00:00:01").await;
     assert!(
         r.text().contains(&Sha256Digest::of(b"kernel v47").to_hex()),
@@ -438,5 +421,5 @@ async fn metrics_text() {
         r.text()
     );
     assert!(r.text().contains("tugboot_http_not_found_total 1\n"));
-    assert!(r.text().contains("tugboot_http_published_images 1\n"));
+    assert!(r.text().contains("tugboot_fleet_published_images 1\n"));
 }

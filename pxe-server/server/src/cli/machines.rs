@@ -1,6 +1,7 @@
 //! `tugboot machines ...` and `tugboot enroll token create`: the fleet's machines and their
 //! enrollment, through the server's operator API.
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
@@ -18,14 +19,42 @@ pub struct MachinesArgs {
 
 #[derive(Debug, Subcommand)]
 enum MachinesCommand {
-    /// Every machine the server knows (sighted by DHCP or enrolled).
+    /// Every machine the server knows (seen on the network, declared, or enrolled).
     List,
-    /// One machine: its certificates and last reports.
-    Show { id: i64 },
+    /// One machine: its facts with who stated them, its certificates and last reports.
+    Show { machine: String },
     /// Let a pending machine enroll and take part in rollouts.
-    Approve { id: i64 },
+    Approve { machine: String },
     /// Refuse the machine from now on and revoke all its certificates.
-    Revoke { id: i64 },
+    Revoke { machine: String },
+    /// Set labels (KEY=VALUE) or remove them (KEY=) as the operator: what netboot groups and
+    /// rollout selectors match on. Nothing observed or attested overrides them.
+    Label {
+        machine: String,
+        /// KEY=VALUE to set, KEY= to remove (repeatable).
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+    /// Declare what a machine boots or is: its profile, board, host name.
+    Assign {
+        machine: String,
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        board: Option<String>,
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// Withdraw what `assign` declared (the profiles file's or the network's value shows again).
+    Unassign {
+        machine: String,
+        #[arg(long)]
+        profile: bool,
+        #[arg(long)]
+        board: bool,
+        #[arg(long)]
+        hostname: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +82,50 @@ enum TokenCommand {
     },
 }
 
+/// A machine named by its id, MAC or name.
+fn machine_id(remote: &Remote, text: &str) -> anyhow::Result<i64> {
+    if let Ok(id) = text.parse::<i64>() {
+        return Ok(id);
+    }
+    let mac = text
+        .parse::<tugboot_wire::Mac>()
+        .ok()
+        .map(|m| m.to_string());
+    let list = remote.call("GET", "/api/v1/admin/machines", None)?;
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| {
+            m["name"].as_str() == Some(text)
+                || mac
+                    .as_deref()
+                    .is_some_and(|mac| m["mac"].as_str() == Some(mac))
+        })
+        .and_then(|m| m["id"].as_i64())
+        .ok_or_else(|| anyhow::anyhow!("no machine with id, MAC or name {text:?}"))
+}
+
+fn change_facts(
+    remote: &Remote,
+    machine: &str,
+    set: &serde_json::Map<String, Value>,
+    withdraw: &[String],
+    global: Global,
+) -> anyhow::Result<()> {
+    let id = machine_id(remote, machine)?;
+    let body = serde_json::to_vec(&serde_json::json!({"set": set, "withdraw": withdraw}))?;
+    let m = remote.call(
+        "POST",
+        &format!("/api/v1/admin/machines/{id}/facts"),
+        Some(&body),
+    )?;
+    if global.json {
+        return print_json(&m);
+    }
+    print_table(&MACHINE_HEADERS, &[machine_row(&m)]);
+    Ok(())
+}
+
 fn machine_row(m: &Value) -> Vec<String> {
     let labels = m["labels"]
         .as_object()
@@ -66,9 +139,11 @@ fn machine_row(m: &Value) -> Vec<String> {
         .unwrap_or_else(|| "-".into());
     vec![
         cell(&m["id"]),
+        cell(&m["name"]),
         cell(&m["mac"]),
         cell(&m["state"]),
         cell(&m["board"]),
+        cell(&m["facts"]["arch"]["value"]),
         cell(&m["profile"]),
         labels,
         cell(&m["last_booted_image"]),
@@ -76,11 +151,13 @@ fn machine_row(m: &Value) -> Vec<String> {
     ]
 }
 
-const MACHINE_HEADERS: [&str; 8] = [
+const MACHINE_HEADERS: [&str; 10] = [
     "ID",
+    "NAME",
     "MAC",
     "STATE",
     "BOARD",
+    "ARCH",
     "PROFILE",
     "LABELS",
     "LAST BOOTED",
@@ -101,12 +178,30 @@ pub fn run(args: MachinesArgs, global: Global) -> anyhow::Result<()> {
                 .unwrap_or_default();
             print_table(&MACHINE_HEADERS, &rows);
         }
-        MachinesCommand::Show { id } => {
+        MachinesCommand::Show { machine } => {
+            let id = machine_id(&remote, &machine)?;
             let doc = remote.call("GET", &format!("/api/v1/admin/machines/{id}"), None)?;
             if global.json {
                 return print_json(&doc);
             }
             print_table(&MACHINE_HEADERS, &[machine_row(&doc["machine"])]);
+            let facts: Vec<Vec<String>> = doc["machine"]["facts"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, f)| {
+                            vec![
+                                k.clone(),
+                                cell(&f["value"]),
+                                cell(&f["source"]),
+                                time_cell(&f["at"]),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!();
+            print_table(&["FACT", "VALUE", "SOURCE", "SINCE"], &facts);
             let certs: Vec<Vec<String>> = doc["certificates"]
                 .as_array()
                 .map(|a| {
@@ -150,7 +245,8 @@ pub fn run(args: MachinesArgs, global: Global) -> anyhow::Result<()> {
             println!();
             print_table(&["REPORT", "RECEIVED", "OUTCOME"], &reports);
         }
-        MachinesCommand::Approve { id } => {
+        MachinesCommand::Approve { machine } => {
+            let id = machine_id(&remote, &machine)?;
             let m = remote.call(
                 "POST",
                 &format!("/api/v1/admin/machines/{id}/approve"),
@@ -166,7 +262,8 @@ pub fn run(args: MachinesArgs, global: Global) -> anyhow::Result<()> {
                 cell(&m["state"])
             );
         }
-        MachinesCommand::Revoke { id } => {
+        MachinesCommand::Revoke { machine } => {
+            let id = machine_id(&remote, &machine)?;
             let doc = remote.call(
                 "POST",
                 &format!("/api/v1/admin/machines/{id}/revoke"),
@@ -182,6 +279,69 @@ pub fn run(args: MachinesArgs, global: Global) -> anyhow::Result<()> {
                 cell(&doc["machine"]["mac"]),
                 cell(&doc["machine"]["state"])
             );
+        }
+        MachinesCommand::Label { machine, labels } => {
+            let mut set = serde_json::Map::new();
+            let mut withdraw = Vec::new();
+            for l in &labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .with_context(|| format!("{l:?}: expected KEY=VALUE (or KEY= to remove)"))?;
+                let key = format!("label.{}", k.strip_prefix("label.").unwrap_or(k));
+                if v.is_empty() {
+                    withdraw.push(key);
+                } else {
+                    set.insert(key, Value::from(v));
+                }
+            }
+            change_facts(&remote, &machine, &set, &withdraw, global)?;
+        }
+        MachinesCommand::Assign {
+            machine,
+            profile,
+            board,
+            hostname,
+        } => {
+            let mut set = serde_json::Map::new();
+            for (k, v) in [
+                ("profile", profile),
+                ("board", board),
+                ("hostname", hostname),
+            ] {
+                if let Some(v) = v {
+                    set.insert(k.into(), Value::from(v));
+                }
+            }
+            if set.is_empty() {
+                anyhow::bail!("say what to assign: --profile, --board and/or --hostname");
+            }
+            change_facts(&remote, &machine, &set, &[], global)?;
+        }
+        MachinesCommand::Unassign {
+            machine,
+            profile,
+            board,
+            hostname,
+        } => {
+            let withdraw: Vec<String> = [
+                ("profile", profile),
+                ("board", board),
+                ("hostname", hostname),
+            ]
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| k.to_owned())
+            .collect();
+            if withdraw.is_empty() {
+                anyhow::bail!("say what to withdraw: --profile, --board and/or --hostname");
+            }
+            change_facts(
+                &remote,
+                &machine,
+                &serde_json::Map::new(),
+                &withdraw,
+                global,
+            )?;
         }
     }
     Ok(())

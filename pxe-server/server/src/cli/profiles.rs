@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use tugboot_boards::Catalog;
-use tugboot_http::{Facts, ProfileSet, RawFacts, Via};
+use tugboot_fleet::facts::{Facts, Observer, keys};
+use tugboot_fleet::observe::{ipxe_facts, observed};
+use tugboot_fleet::plan::declared_registry;
+use tugboot_fleet::{BootRequest, Fleet, ProfileSet, Selector, Via};
 
 use super::Global;
 use super::output::print_json;
@@ -83,8 +86,12 @@ enum ProfilesCommand {
         profile: String,
         #[arg(long)]
         board: Option<String>,
+        /// `x86_64`, `arm64`, ... (BIOS PXE machines count as `x86_64`).
         #[arg(long)]
         arch: Option<String>,
+        /// `bios`, `uefi`, `uboot`, `rpi`.
+        #[arg(long)]
+        firmware: Option<String>,
         #[arg(long)]
         mac: Option<String>,
         #[arg(long)]
@@ -93,7 +100,8 @@ enum ProfilesCommand {
         #[arg(long = "label")]
         labels: Vec<String>,
     },
-    /// Which profile a machine with these facts gets, and why.
+    /// Which profile a machine with these facts gets, and why (as `serve` decides it; facts
+    /// given here count as observed by the network).
     Resolve {
         #[arg(long)]
         mac: Option<String>,
@@ -101,8 +109,12 @@ enum ProfilesCommand {
         uuid: Option<String>,
         #[arg(long)]
         serial: Option<String>,
+        /// iPXE's `${buildarch}` (`i386`, `x86_64`, `arm64`).
         #[arg(long)]
         arch: Option<String>,
+        /// iPXE's `${platform}` (`pcbios`, `efi`).
+        #[arg(long)]
+        platform: Option<String>,
         #[arg(long)]
         board: Option<String>,
         #[arg(long)]
@@ -199,8 +211,18 @@ pub fn run(args: ProfilesArgs, global: Global) -> anyhow::Result<()> {
                 bail!("a machine needs at least one of --mac, --uuid, --serial");
             }
             let existing = load(&read_text(path)?, &catalog, path)?;
-            let facts = facts(mac.clone(), uuid.clone(), serial.clone(), None, None, None)?;
-            if let Some(m) = existing.machine(&facts) {
+            let registry = declared_registry(&existing, 0);
+            let mac_id = mac
+                .as_deref()
+                .map(str::parse::<tugboot_wire::Mac>)
+                .transpose()
+                .context("--mac")?;
+            let uuid_id = uuid
+                .as_deref()
+                .map(str::parse::<tugboot_wire::Uuid>)
+                .transpose()
+                .context("--uuid")?;
+            if let Some(m) = registry.find(mac_id, uuid_id, serial.as_deref()) {
                 bail!(
                     "machine {} is already registered in {}",
                     m.display_name(),
@@ -256,6 +278,7 @@ pub fn run(args: ProfilesArgs, global: Global) -> anyhow::Result<()> {
             profile,
             board,
             arch,
+            firmware,
             mac,
             hostname,
             labels,
@@ -264,17 +287,33 @@ pub fn run(args: ProfilesArgs, global: Global) -> anyhow::Result<()> {
             if existing.groups().iter().any(|g| g.name == name) {
                 bail!("group {name:?} already exists in {}", path.display());
             }
+            // One selector grammar: the terms are checked and written in their canonical form.
+            let mut terms: Vec<String> = [
+                ("board", board),
+                ("arch", arch),
+                ("firmware", firmware),
+                ("mac", mac),
+                ("hostname", hostname),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+            .collect();
+            for l in &labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
+                terms.push(format!("label.{k}={v}"));
+            }
+            let selector = Selector::parse(&terms.join(",")).context("selector")?;
+            if selector.is_all() {
+                bail!(
+                    "a group needs at least one selector term (--arch, --firmware, --board, --label, ...)"
+                );
+            }
             let mut block = String::from("[[groups]]\n");
             push_kv(&mut block, "name", Some(&name));
             push_kv(&mut block, "profile", Some(&profile));
-            block.push_str("[groups.selector]\n");
-            push_kv(&mut block, "board", board.as_deref());
-            push_kv(&mut block, "arch", arch.as_deref());
-            push_kv(&mut block, "mac", mac.as_deref());
-            push_kv(&mut block, "hostname", hostname.as_deref());
-            if let Some(t) = labels_table(&labels)? {
-                block.push_str(&format!("labels = {t}\n"));
-            }
+            push_kv(&mut block, "selector", Some(&selector.to_string()));
             let set = append(path, &catalog, &block)?;
             done(global, path, "group", &set)
         }
@@ -283,59 +322,86 @@ pub fn run(args: ProfilesArgs, global: Global) -> anyhow::Result<()> {
             uuid,
             serial,
             arch,
+            platform,
             board,
             hostname,
         } => {
             let set = load(&read_text(path)?, &catalog, path)?;
-            let facts = facts(mac, uuid, serial, arch, board, hostname)?;
-            let Some(res) = set.resolve(&facts) else {
-                if global.json {
-                    return print_json(&serde_json::json!({ "profile": null }));
-                }
-                println!("no profile: this machine gets the unknown-machine script");
-                return Ok(());
+            let mac = mac
+                .as_deref()
+                .map(str::parse::<tugboot_wire::Mac>)
+                .transpose()
+                .context("--mac")?;
+            let uuid = uuid
+                .as_deref()
+                .map(str::parse::<tugboot_wire::Uuid>)
+                .transpose()
+                .context("--uuid")?;
+            let facts = request_facts(arch.as_deref(), platform.as_deref(), board, hostname);
+            let fleet = Fleet {
+                registry: declared_registry(&set, 0),
+                profiles: set,
+                boards: catalog,
+                ..Fleet::default()
             };
-            let via = match res.via {
+            let choice = fleet.choose(&BootRequest {
+                mac,
+                uuid,
+                serial: serial.as_deref(),
+                observed: &facts,
+            });
+            let choice = match choice {
+                Ok(c) => c,
+                Err(e) => {
+                    if global.json {
+                        return print_json(
+                            &serde_json::json!({ "profile": null, "reason": e.to_string() }),
+                        );
+                    }
+                    println!("no profile: {e} (this machine gets the unknown-machine script)");
+                    return Ok(());
+                }
+            };
+            let via = match &choice.via {
                 Via::Machine => "machine entry".to_owned(),
                 Via::Group(g) => format!("group {g}"),
                 Via::Default => "default_profile".to_owned(),
             };
-            let machine = res
-                .machine
-                .map(tugboot_http::profiles::Machine::display_name);
+            let machine = choice.machine.map(|_| choice.who.clone());
             if global.json {
                 print_json(&serde_json::json!({
-                    "profile": res.profile.name, "via": via, "machine": machine, "board": res.board,
+                    "profile": choice.profile, "via": via, "machine": machine, "board": choice.board,
                 }))
             } else {
-                println!("profile  {}", res.profile.name);
+                println!("profile  {}", choice.profile);
                 println!("via      {via}");
                 println!("machine  {}", machine.as_deref().unwrap_or("-"));
-                println!("board    {}", res.board.unwrap_or("-"));
+                println!("board    {}", choice.board.as_deref().unwrap_or("-"));
                 Ok(())
             }
         }
     }
 }
 
-fn facts(
-    mac: Option<String>,
-    uuid: Option<String>,
-    serial: Option<String>,
-    arch: Option<String>,
+/// What the command line says about the machine, as facts observed the way iPXE's request
+/// would state them.
+fn request_facts(
+    arch: Option<&str>,
+    platform: Option<&str>,
     board: Option<String>,
     hostname: Option<String>,
-) -> anyhow::Result<Facts> {
-    // Accept the usual colon form as well as iPXE's hyphenated `${mac:hexhyp}`.
-    let raw = RawFacts {
-        mac,
-        uuid,
-        serial,
-        arch,
-        board,
-        hostname,
-    };
-    Facts::try_from(&raw).context("invalid machine facts")
+) -> Facts {
+    let (arch, firmware) = ipxe_facts(arch, platform);
+    let pairs: Vec<(&str, &str)> = [
+        (keys::ARCH, arch),
+        (keys::FIRMWARE, firmware),
+        (keys::BOARD, board.as_deref()),
+        (keys::HOSTNAME, hostname.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
+    observed(Observer::Http, 0, &pairs)
 }
 
 fn done(global: Global, path: &Path, what: &str, set: &ProfileSet) -> anyhow::Result<()> {
@@ -372,7 +438,7 @@ fn print_set(set: &ProfileSet, global: Global) -> anyhow::Result<()> {
         let groups: Vec<_> = set
             .groups()
             .iter()
-            .map(|g| serde_json::json!({ "name": g.name, "profile": g.profile, "terms": g.selector.terms() }))
+            .map(|g| serde_json::json!({ "name": g.name, "profile": g.profile, "selector": g.selector.to_string(), "terms": g.selector.len() }))
             .collect();
         return print_json(&serde_json::json!({
             "default_profile": set.default_profile(),
@@ -398,10 +464,8 @@ fn print_set(set: &ProfileSet, global: Global) -> anyhow::Result<()> {
     }
     for g in set.groups() {
         println!(
-            "group    {:<20} profile {} ({} selector term(s))",
-            g.name,
-            g.profile,
-            g.selector.terms()
+            "group    {:<20} profile {:<12} selector {}",
+            g.name, g.profile, g.selector
         );
     }
     Ok(())

@@ -169,6 +169,10 @@ pub struct RawTftp {
     /// Block size cap; default derived from `network.mtu`, never above it.
     #[serde(default)]
     pub max_blksize: Option<u16>,
+    /// The Raspberry Pi boot firmware (`start4.elf`, `fixup4.dat`, `overlays/`, ...) served in
+    /// every Pi's tree; absent: Pis get no firmware from this server.
+    #[serde(default)]
+    pub rpi_firmware: Option<PathBuf>,
 }
 
 fn default_max_transfers() -> u64 {
@@ -285,6 +289,8 @@ pub struct TftpSettings {
     pub max_transfers: u64,
     /// Option caps.
     pub limits: Limits,
+    /// Raspberry Pi boot firmware directory.
+    pub rpi_firmware: Option<PathBuf>,
 }
 
 /// Validated `[http]`.
@@ -484,6 +490,7 @@ fn tftp_settings(
         single_port: raw.single_port,
         max_transfers: raw.max_transfers,
         limits,
+        rpi_firmware: raw.rpi_firmware.map(|p| resolve(base, p)),
     })
 }
 
@@ -587,6 +594,7 @@ struct ResolvedTftp {
     max_transfers: u64,
     max_blksize: u16,
     max_windowsize: u16,
+    rpi_firmware: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -669,6 +677,7 @@ impl ServeConfig {
                 max_transfers: t.max_transfers,
                 max_blksize: t.limits.max_blksize,
                 max_windowsize: t.limits.max_windowsize,
+                rpi_firmware: t.rpi_firmware.as_deref().map(show),
             }),
             http: ResolvedHttp {
                 listen: self.http.listen,
@@ -1127,7 +1136,7 @@ boot_dir = "/srv/tftp"
         assert_eq!(d.config.reservations.len(), 1);
         assert_eq!(d.config.http_base_url, "http://10.77.0.1:8080");
         let profiles = include_str!("../../../examples/profiles.toml");
-        tugboot_http::ProfileSet::from_toml(profiles).expect("example profiles are valid");
+        tugboot_fleet::ProfileSet::from_toml(profiles).expect("example profiles are valid");
     }
 
     #[test]

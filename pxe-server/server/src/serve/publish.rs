@@ -1,18 +1,18 @@
-//! Publishing at start-up and on SIGHUP: every `<data>/manifests/*.json` is verified against the
-//! trust root, its artifacts checked in the blob store, and only then served.
+//! The manifest directory, imported into the catalogue at start-up and on SIGHUP.
 //!
-//! Rule: the manifest directory is the list of what the server publishes. A manifest that does
-//! not verify (bad signature, expired, missing or wrong-size blob, conflicting version) is
-//! skipped with an error in the log and in the returned report; the others are still published.
-//! Publishing is additive: removing a file does not unpublish an image until the next restart.
+//! There is one catalogue: the store's published images (`tugboot images push/publish` add to
+//! it through the operator API). `<data>/manifests/*.json` is a convenient way to publish too:
+//! every file is verified against the trust root, its artifacts checked in the blob store, and
+//! only then stored as a published image — exactly what `POST /api/v1/admin/images` does. A
+//! file that fails is skipped with an error in the log and in the returned report; the others
+//! are still imported. Deleting a file does not unpublish (use `tugboot images yank`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use tugboot_firmware::{MAX_MANIFEST_BYTES, Timestamp, TrustedRoot};
-use tugboot_http::{BlobCheck, BootServer};
-
-use super::netboot::NetbootFiles;
+use sha2::{Digest as _, Sha256};
+use tugboot_firmware::{BlobStore, MAX_MANIFEST_BYTES, Timestamp, TrustedRoot};
+use tugboot_store::{AnyStore, Image, Store};
 
 /// What happened to one manifest file.
 #[derive(Debug)]
@@ -57,30 +57,20 @@ fn read_manifest(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Publishes every manifest of `dir` on `server` (and on the TFTP boot files, when given: both
-/// serve the same images); returns one outcome per file.
-pub fn publish_dir(
-    server: &BootServer,
-    tftp: Option<&NetbootFiles>,
+/// Imports every manifest of `dir` into the store's catalogue; returns one outcome per file.
+///
+/// # Errors
+/// The directory cannot be listed (a missing directory is empty).
+pub async fn import_dir(
+    store: &AnyStore,
+    blobs: &BlobStore,
     root: &TrustedRoot,
     dir: &Path,
     now: Timestamp,
 ) -> std::io::Result<Vec<PublishOutcome>> {
     let mut out = Vec::new();
     for path in manifest_files(dir)? {
-        let result = read_manifest(&path).and_then(|bytes| {
-            server
-                .publish(&bytes, root, now, BlobCheck::Size)
-                .map_err(|e| e.to_string())
-                .and_then(|img| match tftp {
-                    None => Ok(img),
-                    Some(t) => t
-                        .publish(&img)
-                        .map(|()| img)
-                        .map_err(|e| format!("tftp: {e}")),
-                })
-                .map(|img| format!("{} v{}", img.manifest.name, img.manifest.version))
-        });
+        let result = import_one(store, blobs, root, &path, now).await;
         match &result {
             Ok(image) => tracing::info!(file = %path.display(), %image, "manifest published"),
             Err(reason) => {
@@ -90,6 +80,28 @@ pub fn publish_dir(
         out.push(PublishOutcome { path, result });
     }
     Ok(out)
+}
+
+async fn import_one(
+    store: &AnyStore,
+    blobs: &BlobStore,
+    root: &TrustedRoot,
+    path: &Path,
+    now: Timestamp,
+) -> Result<String, String> {
+    let bytes = read_manifest(path)?;
+    let (manifest, _) =
+        tugboot_store::prepare_image(&bytes, blobs, root, now).map_err(|e| e.to_string())?;
+    let image = Image {
+        name: manifest.name.clone(),
+        version: manifest.version,
+        manifest_digest: hex::encode(Sha256::digest(&bytes)),
+        manifest: bytes,
+        published: true,
+        created_at: i64::try_from(now.unix()).unwrap_or(i64::MAX),
+    };
+    store.put_image(&image).await.map_err(|e| e.to_string())?;
+    Ok(format!("{} v{}", image.name, image.version))
 }
 
 #[cfg(test)]

@@ -1,12 +1,22 @@
-//! `tugboot serve`: DHCP + TFTP + HTTP(S) on one tokio runtime, one shutdown for all.
+//! `tugboot serve`: DHCP, TFTP, HTTP(S) and the device API on one tokio runtime, all front ends
+//! of one live fleet.
 //!
-//! Start-up order: directories, trust root, profiles, board catalog, blob store, publish the
-//! manifest directory, open the store, bind every socket (so a port conflict fails before
-//! anything answers), then serve. SIGINT/SIGTERM stop all three servers (TFTP sends ERROR 0 to
-//! running transfers, HTTP lets requests in flight finish); SIGHUP re-reads the profiles file
-//! and publishes manifests added since.
+//! Start-up order: directories, trust root, profiles, board catalog, blob store, store; the
+//! profiles file's machines synced into the registry and the manifest directory imported into
+//! the catalogue; the fleet snapshot built from the store; then every socket bound (so a port
+//! conflict fails before anything answers), then serve. While running, what the front ends
+//! observe is recorded in the store in batches, and the snapshot is rebuilt from the store
+//! periodically (other servers on the same PostgreSQL change it too) and after every change.
+//!
+//! SIGINT/SIGTERM stop every server (TFTP sends ERROR 0 to running transfers, HTTP lets
+//! requests in flight finish); SIGHUP re-reads the trust root and the profiles file, syncs the
+//! declared machines and imports manifests added since. A DHCP failure (its lease log, its
+//! sockets) stops DHCP only, with a clear error; the other services keep serving.
 
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
@@ -15,12 +25,23 @@ use tokio::task::JoinSet;
 use tugboot_boards::Catalog;
 use tugboot_dhcp::Event;
 use tugboot_firmware::{BlobStore, MAX_ROOT_BYTES, Timestamp, TrustedRoot};
-use tugboot_http::{BootRecord, BootServer, HttpConfig, ProfileSet};
-use tugboot_store::{AnyStore, MacAddr, MachineSighting, Store};
+use tugboot_fleet::observe::dhcp_facts;
+use tugboot_fleet::profiles::MAX_PROFILES_FILE_BYTES;
+use tugboot_fleet::{BootPlan, Facts, Fleet, Live, Mac, MachineId, ProfileSet};
+use tugboot_http::{BootServer, HttpConfig};
+use tugboot_store::{AnyStore, Sighting, Store};
 
 use super::config::ServeConfig;
 use super::netboot::NetbootFiles;
-use super::publish::publish_dir;
+use super::publish::import_dir;
+
+/// How often the fleet snapshot is rebuilt from the store when nothing here changed it.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Sightings written to the store at most this long after they were observed.
+const OBSERVATION_FLUSH: Duration = Duration::from_millis(250);
+/// Observations queued for the store before new ones are dropped (netboot does not wait for
+/// them: they are a record, the live table already has them).
+const OBSERVATION_QUEUE: usize = 16_384;
 
 /// Reads at most `limit` bytes of `path` (more is an error, not a truncation).
 fn read_capped(path: &std::path::Path, limit: usize) -> anyhow::Result<Vec<u8>> {
@@ -43,12 +64,12 @@ fn load_root(config: &ServeConfig, now: Timestamp) -> anyhow::Result<TrustedRoot
         .with_context(|| format!("trust root {}", config.trust_root.display()))
 }
 
-/// The profiles file, or an empty set (every machine gets the unknown-machine script).
+/// The profiles file, or an empty set (every machine gets the unknown-machine answer).
 pub fn load_profiles(config: &ServeConfig) -> anyhow::Result<ProfileSet> {
     let text = match &config.profiles {
         None => String::new(),
         Some(p) => {
-            let bytes = read_capped(p, tugboot_http::profiles::MAX_PROFILES_FILE_BYTES)?;
+            let bytes = read_capped(p, MAX_PROFILES_FILE_BYTES)?;
             String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", p.display()))?
         }
     };
@@ -63,58 +84,179 @@ pub fn load_profiles(config: &ServeConfig) -> anyhow::Result<ProfileSet> {
     })
 }
 
-async fn record_sightings(store: Arc<AnyStore>, mut events: mpsc::Receiver<Event>) {
-    while let Some(event) = events.recv().await {
-        let Event::UnknownMachine {
-            mac: Some(mac),
-            uuid,
-            ..
-        } = event
-        else {
-            continue;
-        };
-        let sighting = MachineSighting {
-            mac: MacAddr(mac.0),
-            smbios_uuid: uuid,
-            serial: None,
-            board: None,
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        match store.record_sighting(&sighting, now).await {
-            Ok(m) => {
-                tracing::info!(machine = %m.id, mac = %sighting.mac, state = ?m.state, "machine sighted")
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// What a running server shares between its tasks.
+struct Shared {
+    config: ServeConfig,
+    store: AnyStore,
+    blobs: BlobStore,
+    live: Arc<Live>,
+    root: std::sync::RwLock<TrustedRoot>,
+}
+
+impl Shared {
+    fn root(&self) -> TrustedRoot {
+        self.root
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Syncs the profiles file's machines and imports the manifest directory into the store.
+    async fn sync_sources(&self, profiles: &ProfileSet) -> anyhow::Result<()> {
+        let now = unix_now();
+        let summary = self
+            .store
+            .declare_machines(profiles.machines(), now)
+            .await
+            .context("declaring the profiles file's machines in the store")?;
+        tracing::info!(
+            machines = profiles.machines().len(),
+            created = summary.created,
+            facts_written = summary.facts_written,
+            facts_withdrawn = summary.facts_withdrawn,
+            "profiles file synced into the machine registry"
+        );
+        let outcomes = import_dir(
+            &self.store,
+            &self.blobs,
+            &self.root(),
+            &self.config.manifest_dir,
+            Timestamp::now(),
+        )
+        .await
+        .with_context(|| format!("manifests {}", self.config.manifest_dir.display()))?;
+        let refused: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.result.is_err())
+            .map(|o| o.path.display().to_string())
+            .collect();
+        tracing::info!(
+            imported = outcomes.len() - refused.len(),
+            ?refused,
+            "manifest directory imported into the catalogue"
+        );
+        Ok(())
+    }
+
+    /// Rebuilds the live catalogue and registry from the store.
+    async fn refresh(&self) {
+        match tugboot_store::refresh_live(
+            &self.live,
+            &self.store,
+            &self.blobs,
+            &self.root(),
+            Timestamp::now(),
+        )
+        .await
+        {
+            Ok(problems) => {
+                for p in problems {
+                    tracing::warn!(image = %p.name, version = p.version, reason = %p.reason, "published image not served by this server");
+                }
             }
-            Err(e) => tracing::error!(mac = %sighting.mac, error = %e, "cannot record sighting"),
+            Err(e) => tracing::error!(error = %e, "fleet refresh from the store failed"),
         }
     }
 }
 
-async fn record_boots(store: Arc<AnyStore>, mut records: mpsc::Receiver<BootRecord>) {
-    while let Some(r) = records.recv().await {
-        let Some(mac) = r.mac else {
-            tracing::debug!(profile = %r.profile, image = %r.image, "boot without a MAC: not recorded");
-            continue;
+/// Writes observations to the store in batches (one transaction each), merging repeated
+/// sightings of one machine; a failed batch is retried once with the next. On `stop` what is
+/// pending is written before returning.
+async fn record_observations(
+    store: AnyStore,
+    mut rx: mpsc::Receiver<(Mac, Facts)>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut pending: HashMap<Mac, Facts> = HashMap::new();
+    tokio::pin!(stop);
+    let mut stopping = false;
+    while !stopping {
+        let first = tokio::select! {
+            first = rx.recv() => first,
+            () = &mut stop => { stopping = true; None }
         };
-        let sighting = MachineSighting {
-            mac: MacAddr(mac.0),
-            smbios_uuid: r.uuid,
-            serial: r.serial,
-            board: r.board,
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let recorded = async {
-            let m = store.record_sighting(&sighting, now).await?;
-            store.record_boot(m.id, &r.image, now).await
-        };
-        match recorded.await {
-            Ok(m) => {
-                tracing::info!(machine = %m.id, mac = %sighting.mac, image = %r.image, "boot recorded")
+        if let Some((mac, facts)) = first {
+            merge(&mut pending, mac, facts);
+        } else if !stopping {
+            break;
+        }
+        let deadline = tokio::time::sleep(OBSERVATION_FLUSH);
+        tokio::pin!(deadline);
+        while !stopping {
+            tokio::select! {
+                () = &mut deadline => break,
+                () = &mut stop => stopping = true,
+                next = rx.recv() => match next {
+                    Some((mac, facts)) => {
+                        merge(&mut pending, mac, facts);
+                        if pending.len() >= tugboot_store::MAX_SIGHTINGS_PER_BATCH {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
             }
-            Err(e) => tracing::error!(mac = %sighting.mac, error = %e, "cannot record boot"),
+        }
+        while let Ok((mac, facts)) = rx.try_recv() {
+            merge(&mut pending, mac, facts);
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let batch: Vec<Sighting> = pending
+            .drain()
+            .map(|(mac, facts)| Sighting { mac, facts })
+            .collect();
+        match store.observe(&batch, unix_now()).await {
+            Ok(_) => tracing::debug!(machines = batch.len(), "observations recorded"),
+            Err(e) => {
+                tracing::warn!(error = %e, machines = batch.len(), "observations not recorded; retrying with the next batch");
+                for s in batch {
+                    merge(&mut pending, s.mac, s.facts);
+                }
+            }
+        }
+    }
+}
+
+fn merge(pending: &mut HashMap<Mac, Facts>, mac: Mac, facts: Facts) {
+    let entry = pending.entry(mac).or_default();
+    *entry = entry.overlaid(&facts);
+}
+
+/// Records who booted what, when, off the request path.
+async fn record_boots(
+    store: AnyStore,
+    mut rx: mpsc::Receiver<(Option<MachineId>, Option<Mac>, String)>,
+) {
+    while let Some((machine, mac, image)) = rx.recv().await {
+        let now = unix_now();
+        let id = match (machine, mac) {
+            (Some(id), _) => Ok(id),
+            (None, Some(mac)) => store
+                .observe(
+                    &[Sighting {
+                        mac,
+                        facts: Facts::new(),
+                    }],
+                    now,
+                )
+                .await
+                .map(|ids| ids[0]),
+            (None, None) => continue,
+        };
+        match id {
+            Ok(id) => match store.record_boot(id, &image, now).await {
+                Ok(m) => tracing::info!(machine = %m.id, image = %image, "boot recorded"),
+                Err(e) => tracing::error!(machine = %id, error = %e, "cannot record boot"),
+            },
+            Err(e) => tracing::error!(error = %e, "cannot record boot"),
         }
     }
 }
@@ -129,52 +271,48 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
     rt.block_on(serve_async(config))
 }
 
+#[allow(clippy::too_many_lines)] // the start-up sequence reads best in one place
 async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP sent as soon as "ready" is logged must reload, not kill.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     for dir in [&config.data_dir, &config.manifest_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let now = Timestamp::now();
-    let root = load_root(&config, now)?;
+    let root = load_root(&config, Timestamp::now())?;
     let profiles = load_profiles(&config)?;
-    let catalog = match &config.boards_dir {
+    let boards = match &config.boards_dir {
         Some(d) => Catalog::load_dir(d).with_context(|| format!("boards {}", d.display()))?,
         None => Catalog::builtin(),
     };
+    profiles
+        .check_boards(&boards)
+        .context("profiles file names a board the catalog does not have")?;
     let blobs = BlobStore::open(&config.blob_dir)
         .with_context(|| format!("blob store {}", config.blob_dir.display()))?;
-    let api_blobs = blobs.clone();
-    let http_config = HttpConfig {
-        base_url: Some(config.http.public_url.clone()),
-        boot_dir: config.http.boot_dir.clone(),
-        retry_secs: config.http.retry_secs,
-        unknown_machine: config.http.unknown_machine,
-        ..HttpConfig::default()
-    };
-    // TFTP boot files for loaders without iPXE (GRUB, U-Boot): same images, same profiles.
-    let netboot = Arc::new(NetbootFiles::new(
-        blobs.clone(),
-        profiles.clone(),
-        catalog.clone(),
-        config.http.retry_secs,
-    ));
-    let boot = BootServer::with_catalog(blobs, profiles, catalog, http_config);
-    let outcomes = publish_dir(&boot, Some(&netboot), &root, &config.manifest_dir, now)
-        .with_context(|| format!("manifests {}", config.manifest_dir.display()))?;
-    let refused: Vec<String> = outcomes
-        .iter()
-        .filter(|o| o.result.is_err())
-        .map(|o| o.path.display().to_string())
-        .collect();
+    let store = AnyStore::open(&config.store)
+        .await
+        .with_context(|| format!("store {}", config.store))?;
+    let live = Arc::new(Live::new(Fleet {
+        profiles: profiles.clone(),
+        boards,
+        ..Fleet::default()
+    }));
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        store: store.clone(),
+        blobs: blobs.clone(),
+        live: Arc::clone(&live),
+        root: std::sync::RwLock::new(root.clone()),
+    });
+    shared.sync_sources(&profiles).await?;
+    shared.refresh().await;
+    let snapshot = live.snapshot();
     tracing::info!(
-        published = outcomes.len() - refused.len(),
-        ?refused,
-        "manifests"
-    );
-
-    let store = Arc::new(
-        AnyStore::open(&config.store)
-            .await
-            .with_context(|| format!("store {}", config.store))?,
+        images = snapshot.catalogue.len(),
+        machines = snapshot.registry.len(),
+        "fleet loaded"
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -186,16 +324,34 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
     };
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 
-    // Who booted what, when: every boot script served is recorded on the machine in the store
-    // (`tugboot machines list` shows it). Off the request path, through a channel.
-    let (boot_tx, boot_rx) = mpsc::channel::<BootRecord>(1024);
-    boot.on_boot(Arc::new(move |record| {
-        if boot_tx.try_send(record).is_err() {
-            tracing::warn!("boot record consumer behind, record dropped");
+    // What the front ends observe goes to the store in batches.
+    let (obs_tx, obs_rx) = mpsc::channel::<(Mac, Facts)>(OBSERVATION_QUEUE);
+    live.on_observation(Box::new(move |mac, facts| {
+        if obs_tx.try_send((mac, facts.clone())).is_err() {
+            tracing::debug!(%mac, "observation recorder behind; observation kept in memory only");
         }
     }));
     {
-        let store = Arc::clone(&store);
+        let store = store.clone();
+        let stop = stopped();
+        tasks.spawn(async move {
+            record_observations(store, obs_rx, stop).await;
+            ("observations", Ok(()))
+        });
+    }
+
+    // Who booted what, when: every boot decided by a script or a loader configuration.
+    let (boot_tx, boot_rx) = mpsc::channel(1024);
+    let on_boot: Arc<dyn Fn(&BootPlan) + Send + Sync> = Arc::new(move |plan: &BootPlan| {
+        if boot_tx
+            .try_send((plan.machine, plan.mac, plan.booted()))
+            .is_err()
+        {
+            tracing::warn!("boot record consumer behind, record dropped");
+        }
+    });
+    {
+        let store = store.clone();
         let stop = stopped();
         tasks.spawn(async move {
             tokio::select! {
@@ -206,7 +362,38 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         });
     }
 
+    // The snapshot follows the store (other servers, newly seen machines).
+    {
+        let shared = Arc::clone(&shared);
+        let stop = stopped();
+        tasks.spawn(async move {
+            let refresh = async {
+                let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    shared.refresh().await;
+                }
+            };
+            tokio::select! {
+                () = refresh => {},
+                () = stop => {},
+            }
+            ("refresh", Ok(()))
+        });
+    }
+
     // HTTP(S): bind first; it is what every other answer points to.
+    let http_config = HttpConfig {
+        base_url: Some(config.http.public_url.clone()),
+        boot_dir: config.http.boot_dir.clone(),
+        retry_secs: config.http.retry_secs,
+        unknown_machine: config.http.unknown_machine,
+        ..HttpConfig::default()
+    };
+    let boot = BootServer::new(blobs.clone(), Arc::clone(&live), http_config);
+    boot.on_boot(Arc::clone(&on_boot));
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http)", config.http.listen))?;
@@ -239,7 +426,13 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
             limits: t.limits,
             ..tugboot_tftp::ServerConfig::new(t.listen, &t.root)
         };
-        let provider: Arc<dyn tugboot_tftp::FileProvider> = netboot.clone();
+        let provider: Arc<dyn tugboot_tftp::FileProvider> = Arc::new(NetbootFiles::new(
+            Arc::clone(&live),
+            blobs.clone(),
+            t.rpi_firmware.clone(),
+            config.http.retry_secs,
+            Some(Arc::clone(&on_boot)),
+        ));
         let server = tugboot_tftp::Server::bind(tftp_config)
             .await
             .context("tftp server")?
@@ -253,11 +446,17 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         tasks.spawn(async move { ("tftp", server.run(shutdown).await.context("tftp server")) });
     }
 
-    // Device API (`[api]`): same store, blob store and trust root; stops with the others.
+    // Device API (`[api]`): same store, blob store, trust root and live fleet.
     let mut api_addr = None;
     if let Some(a) = &config.api {
-        let (server, listener) =
-            api_server(a, AnyStore::clone(&store), api_blobs, root.clone()).await?;
+        let (server, listener) = api_server(
+            a,
+            store.clone(),
+            Arc::clone(&live),
+            blobs.clone(),
+            root.clone(),
+        )
+        .await?;
         api_addr = Some(listener.local_addr().context("api listen address")?);
         let shutdown = stopped();
         tasks.spawn(async move {
@@ -269,10 +468,8 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
     }
 
     if let Some(d) = &config.dhcp {
-        let records = tugboot_dhcp::server::load_leases(&config.lease_file)?;
-        let mut server = tugboot_dhcp::Server::new(d.config.clone());
-        server.restore(&records);
-        tracing::info!(records = records.len(), file = %config.lease_file.display(), "dhcp leases restored");
+        let mut dhcp_config = d.config.clone();
+        add_declared_reservations(&mut dhcp_config, &profiles);
         let shell = tugboot_dhcp::server::ShellConfig {
             device: config.network.interface.clone(),
             interface_address: config.network.address,
@@ -281,11 +478,18 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
             dhcp_port: d.port,
             max_batch: tugboot_dhcp::server::MAX_BATCH,
         };
+        let records = tugboot_dhcp::server::load_leases(&config.lease_file)?;
+        let mut server = tugboot_dhcp::Server::new(dhcp_config);
+        server.restore(&records);
+        tracing::info!(records = records.len(), file = %config.lease_file.display(), "dhcp leases restored");
         let (ev_tx, ev_rx) = mpsc::channel(1024);
-        tasks.spawn(async move {
-            record_sightings(store, ev_rx).await;
-            ("sightings", Ok(()))
-        });
+        {
+            let live = Arc::clone(&live);
+            tasks.spawn(async move {
+                observe_dhcp(live, ev_rx).await;
+                ("dhcp events", Ok(()))
+            });
+        }
         let counters = Arc::new(super::dhcp::DhcpCounters::default());
         let for_metrics = Arc::clone(&counters);
         boot.add_metrics(Arc::new(move |out: &mut String| for_metrics.render(out)));
@@ -305,23 +509,23 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         "tugboot serve: ready"
     );
 
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut failure: Option<anyhow::Error> = None;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload(&config, &boot, &netboot),
+            _ = hup.recv() => reload(&shared).await,
             done = tasks.join_next() => {
                 match done {
+                    // DHCP failing (its lease log, its sockets) must not take the boot files,
+                    // the scripts and the device API down with it.
+                    Some(Ok(("dhcp", Err(e)))) => {
+                        tracing::error!(error = format!("{e:#}"), "DHCP stopped; TFTP, HTTP and the device API keep serving");
+                    }
+                    Some(Ok(("dhcp events", Ok(())))) => {}
                     Some(Ok((name, Ok(())))) => {
-                        // The sightings task ends when DHCP ends; a server ending on its own is a failure.
-                        if name != "sightings" {
-                            failure = Some(anyhow::anyhow!("{name} server stopped unexpectedly"));
-                            break;
-                        }
+                        failure = Some(anyhow::anyhow!("{name} stopped unexpectedly"));
+                        break;
                     }
                     Some(Ok((_, Err(e)))) => { failure = Some(e); break; }
                     Some(Err(e)) => { failure = Some(anyhow::anyhow!("server task failed: {e}")); break; }
@@ -347,28 +551,116 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
     }
 }
 
-/// SIGHUP: new profiles, newly added manifests. A broken file keeps the previous state.
-fn reload(config: &ServeConfig, boot: &BootServer, netboot: &NetbootFiles) {
-    tracing::info!("SIGHUP: reloading profiles and manifests");
-    match load_profiles(config) {
-        Ok(p) => {
-            netboot.set_profiles(p.clone());
-            boot.set_profiles(p);
-        }
-        Err(e) => tracing::error!(error = format!("{e:#}"), "profiles not reloaded"),
-    }
-    let now = Timestamp::now();
-    match load_root(config, now) {
-        Ok(root) => {
-            if let Err(e) = publish_dir(boot, Some(netboot), &root, &config.manifest_dir, now) {
-                tracing::error!(error = %e, "manifest directory unreadable");
+/// DHCP events become observed facts of the live fleet (and, through it, of the store).
+async fn observe_dhcp(live: Arc<Live>, mut events: mpsc::Receiver<Event>) {
+    while let Some(event) = events.recv().await {
+        let now = unix_now();
+        match event {
+            Event::UnknownMachine {
+                mac: Some(mac),
+                firmware,
+                vendor_class,
+                uuid,
+                ..
+            } => {
+                let mut extra: Vec<(&str, &str)> = Vec::new();
+                let vc = vendor_class
+                    .as_deref()
+                    .and_then(|v| tugboot_fleet::facts::sanitize_value(v.as_bytes()));
+                if let Some(v) = &vc {
+                    extra.push(("vendor_class", v));
+                }
+                if let Some(u) = &uuid {
+                    extra.push(("uuid", u));
+                }
+                let facts = dhcp_facts(&firmware, &extra, now);
+                live.observe(Mac(mac.0), &facts, now);
             }
+            Event::Leased {
+                address,
+                mac: Some(mac),
+                ..
+            } => {
+                let a = address.to_string();
+                let facts = tugboot_fleet::observe::observed(
+                    tugboot_fleet::Observer::Dhcp,
+                    now,
+                    &[("address", &a)],
+                );
+                live.observe(Mac(mac.0), &facts, now);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// DHCP reservations of the machines the profiles file declares with a MAC (a fixed `address`
+/// and `hostname` when given): one registry for DHCP too. A MAC or address `[dhcp]` already
+/// reserves keeps its `serve.toml` reservation.
+fn add_declared_reservations(config: &mut tugboot_dhcp::Config, profiles: &ProfileSet) {
+    let macs: BTreeSet<Mac> = config
+        .reservations
+        .iter()
+        .filter_map(|r| r.mac.map(|m| Mac(m.0)))
+        .collect();
+    let addresses: BTreeSet<Ipv4Addr> = config
+        .reservations
+        .iter()
+        .filter_map(|r| r.address)
+        .collect();
+    for m in profiles.machines() {
+        let Some(mac) = m.mac else { continue };
+        if macs.contains(&mac) || m.address.is_some_and(|a| addresses.contains(&a)) {
+            tracing::warn!(machine = %m.display_name(), %mac, "[dhcp] reservations already name this MAC or address; the profiles file's entry is not used for DHCP");
+            continue;
+        }
+        config.reservations.push(tugboot_dhcp::config::Reservation {
+            mac: Some(tugboot_dhcp::Mac(mac.0)),
+            client_id: None,
+            address: m.address,
+            hostname: m.hostname.clone(),
+        });
+    }
+}
+
+/// SIGHUP: the trust root, the profiles file (a broken one keeps the previous profiles),
+/// declared machines, manifests added since; then a fresh snapshot.
+async fn reload(shared: &Shared) {
+    tracing::info!("SIGHUP: reloading the trust root, profiles and manifests");
+    match load_root(&shared.config, Timestamp::now()) {
+        Ok(root) => {
+            *shared
+                .root
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = root;
         }
         Err(e) => tracing::error!(
             error = format!("{e:#}"),
-            "trust root unreadable; nothing published"
+            "trust root unreadable; keeping the previous one"
         ),
     }
+    let profiles = match load_profiles(&shared.config) {
+        Ok(p) => match p.check_boards(&shared.live.snapshot().boards) {
+            Ok(()) => Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, "profiles not reloaded");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "profiles not reloaded");
+            None
+        }
+    };
+    let current = profiles.unwrap_or_else(|| shared.live.snapshot().profiles.clone());
+    if let Err(e) = shared.sync_sources(&current).await {
+        tracing::error!(error = format!("{e:#}"), "reload incomplete");
+    }
+    shared.live.update(|f| Fleet {
+        profiles: current.clone(),
+        ..f.clone()
+    });
+    shared.refresh().await;
 }
 
 /// The device API of `[api]`: the CA from `ca_dir` (made by `tugboot ca init`), the server
@@ -377,6 +669,7 @@ fn reload(config: &ServeConfig, boot: &BootServer, netboot: &NetbootFiles) {
 async fn api_server(
     a: &super::config::ApiSettings,
     store: AnyStore,
+    live: Arc<Live>,
     blobs: BlobStore,
     trusted_root: TrustedRoot,
 ) -> anyhow::Result<(tugboot_api::ApiServer, tokio::net::TcpListener)> {
@@ -408,6 +701,7 @@ async fn api_server(
         .context("api.operator_token_file")?;
     let server = tugboot_api::ApiServer::new(tugboot_api::ApiParts {
         store,
+        live,
         ca,
         state_dir: a.state_dir.clone(),
         operator,

@@ -1,31 +1,22 @@
-//! "Nothing acknowledged is lost": a child process writes reports and takes leases as fast as
-//! it can, printing each one only after the store call returned; the parent SIGKILLs it in
-//! the middle of the burst, reopens the database and checks that every printed write is there.
+//! "Nothing acknowledged is lost": a child process writes reports, batches of sightings and
+//! operator facts as fast as it can, printing each one only after the store call returned; the
+//! parent SIGKILLs it in the middle of the burst, reopens the database and checks that every
+//! printed write is there.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::Ipv4Addr;
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::{Command, Stdio};
 
-use tugboot_store::{AnyStore, LeasePool, LeaseState, Store};
+use tugboot_fleet::facts::{Declarer, FactKey, Source};
+use tugboot_store::{AnyStore, Store};
 
 use crate::backends::Backend;
-use crate::cases::{client, report, request, sighting};
+use crate::cases::{mac, machine_of, report, sighting_with};
 
 /// Set (to a store location) only in the child process.
 const CHILD_VAR: &str = "TUGBOOT_STORE_WRITER_LOCATION";
 /// Acknowledgements the parent waits for before killing the child.
 const ACKS_BEFORE_KILL: usize = 300;
-const POOL: &str = "burst";
-
-fn pool() -> LeasePool {
-    LeasePool {
-        name: POOL.into(),
-        first: Ipv4Addr::new(10, 1, 0, 0),
-        last: Ipv4Addr::new(10, 1, 15, 255),
-    }
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -39,11 +30,10 @@ pub fn kill9_during_burst<B: Backend>() {
     let Some(backend) = rt.block_on(B::fresh()) else {
         return;
     };
-    // Schema, machine and pool exist before the child starts, so it only writes.
+    // Schema and machine exist before the child starts, so it only writes.
     let device = rt.block_on(async {
         let s = backend.open().await;
-        s.add_pool(&pool(), 0).await.unwrap();
-        s.record_sighting(&sighting(1), 1).await.unwrap().id
+        machine_of(&s, 1, 1).await
     });
 
     let mut child = Command::new(std::env::current_exe().expect("current_exe"))
@@ -62,17 +52,12 @@ pub fn kill9_during_burst<B: Backend>() {
     let mut lines = BufReader::new(stdout).lines();
 
     let mut reports = Vec::new();
-    let mut leases = Vec::new();
+    let mut batches = Vec::new();
     let mut record = |line: &str| {
         let fields: Vec<&str> = line.split(' ').collect();
         match fields.as_slice() {
             ["ACK", "report", n] => reports.push(n.parse::<u32>().expect("report number")),
-            ["ACK", "lease", n, addr] => {
-                leases.push((
-                    n.parse::<u32>().expect("client number"),
-                    addr.parse::<Ipv4Addr>().expect("address"),
-                ));
-            }
+            ["ACK", "batch", n] => batches.push(n.parse::<u32>().expect("batch number")),
             _ => {} // the test harness's own output
         }
     };
@@ -105,7 +90,7 @@ pub fn kill9_during_burst<B: Backend>() {
         Some(9),
         "the writer died of SIGKILL mid-burst, not on its own: {status:?}"
     );
-    assert!(!reports.is_empty() && !leases.is_empty());
+    assert!(!reports.is_empty() && !batches.is_empty());
 
     rt.block_on(async {
         let s = backend.open().await;
@@ -116,30 +101,40 @@ pub fn kill9_during_burst<B: Backend>() {
                 "acknowledged report {id} lost"
             );
         }
-        for (n, addr) in &leases {
-            let lease = s.get_lease(POOL, *addr).await.unwrap().expect("lease row");
-            assert_eq!(
-                lease.client_id,
-                Some(client(*n).client_id),
-                "acknowledged lease {addr} for client {n} lost"
-            );
-            assert_eq!(lease.state, LeaseState::Bound);
+        for n in &batches {
+            // Each batch saw 8 machines and labelled the first.
+            for k in 0..8 {
+                let m = s
+                    .find_machine_by_mac(mac(1000 + n * 8 + k))
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("acknowledged sighting of batch {n} lost"));
+                assert_eq!(m.facts.value("arch"), Some("arm64"));
+                if k == 0 {
+                    assert_eq!(
+                        m.facts.trusted_value("label.batch"),
+                        Some(n.to_string().as_str()),
+                        "acknowledged label of batch {n} lost"
+                    );
+                }
+            }
         }
-        // Nothing beyond what the child could have written, and no address twice.
         let count = s.count_reports().await.unwrap();
         assert!(
             count >= reports.len() as u64 && count <= reports.len() as u64 + 1,
             "{count} reports stored"
         );
-        let mut addrs: Vec<_> = leases.iter().map(|(_, a)| *a).collect();
-        addrs.sort();
-        addrs.dedup();
-        assert_eq!(addrs.len(), leases.len());
+        let machines = s.list_machines().await.unwrap().len();
+        let expected = 1 + batches.len() * 8;
+        assert!(
+            (expected..=expected + 8).contains(&machines),
+            "{machines} machines"
+        );
     });
     eprintln!(
-        "kill -9 after {} acknowledged reports and {} acknowledged leases: all present",
+        "kill -9 after {} acknowledged reports and {} acknowledged sighting batches: all present",
         reports.len(),
-        leases.len()
+        batches.len()
     );
 }
 
@@ -154,7 +149,7 @@ pub fn writer_child_main() {
             .await
             .expect("child opens the store");
         let device = s
-            .find_machine_by_mac(sighting(1).mac)
+            .find_machine_by_mac(mac(1))
             .await
             .unwrap()
             .expect("device")
@@ -166,12 +161,19 @@ pub fn writer_child_main() {
                 .unwrap();
             writeln!(out, "ACK report {n}").unwrap();
             out.flush().unwrap();
-            let lease = s
-                .allocate_lease(&request(POOL, n, LeaseState::Bound, 1_000_000), 10)
-                .await
-                .unwrap()
-                .expect("pool has room");
-            writeln!(out, "ACK lease {n} {}", lease.addr).unwrap();
+            let batch: Vec<_> = (0..8)
+                .map(|k| sighting_with(1000 + n * 8 + k, &[("arch", "arm64")], i64::from(n)))
+                .collect();
+            let ids = s.observe(&batch, i64::from(n)).await.unwrap();
+            s.set_facts(
+                ids[0],
+                &[(FactKey::new("label.batch").unwrap(), n.to_string())],
+                Source::Declared(Declarer::Operator),
+                i64::from(n),
+            )
+            .await
+            .unwrap();
+            writeln!(out, "ACK batch {n}").unwrap();
             out.flush().unwrap();
         }
     });

@@ -11,12 +11,12 @@ mod durability;
 macro_rules! for_each_case {
     ($m:ident ! ($($args:tt)*)) => {
         $m!($($args)* [
-            machines_crud,
+            machines_observed_and_kept,
             machines_reject_bad_input,
+            declared_machines_sync,
             corrupt_rows_are_errors,
-            leases_lifecycle,
-            lease_allocation_is_atomic_across_stores,
-            lease_same_client_races_get_one_address,
+            concurrent_observations_keep_one_row_per_mac,
+            image_outcomes_are_the_latest_per_device,
             images_crud_and_immutability,
             rollouts_crud_and_compare_and_set,
             reports_are_idempotent,

@@ -1,120 +1,29 @@
 //! iPXE scripts, rendered as plain text (pure: no I/O).
 //!
-//! iPXE reads a script line by line, splits each line on whitespace *before* expanding `${...}`
-//! settings, and treats three whole tokens as command separators: `||`, `&&` and `;`; a token
-//! starting with `#` ends the line. It has no quoting and no escape character. So text that is
-//! not ours (profile command lines, image command lines, request facts substituted into them)
-//! can only be made safe by refusing what iPXE would interpret: line breaks and other controls,
-//! `${` (setting expansion), separator tokens and `#`-tokens. [`KernelCmdline`] enforces exactly
-//! that; everything else written into a script is either a constant, a validated base URL, a
-//! hex digest, or text passed through [`sanitize_message`].
+//! iPXE has no quoting and no escape character (see [`crate::cmdline`]): everything written
+//! into a script is a constant, a validated base URL, a hex digest, a [`KernelCmdline`], or text
+//! passed through [`sanitize_message`].
 
 use std::fmt::{self, Write as _};
 
 use tugboot_firmware::Sha256Digest;
 
-/// Longest kernel command line a rendered script carries (Linux's x86 limit is 2048; arm64 4096).
-pub const MAX_CMDLINE_LEN: usize = 4096;
+use crate::cmdline::KernelCmdline;
+use crate::plan::{BootAction, BootPlan, NoBoot};
+
 /// Longest base URL accepted.
 pub const MAX_BASE_URL_LEN: usize = 512;
 /// Longest message text kept by [`sanitize_message`].
 pub const MAX_MESSAGE_LEN: usize = 200;
 
-/// Why a command line, URL or script cannot be rendered safely.
+/// A base URL that cannot be written into scripts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RenderError {
-    #[error("command line is {len} bytes, the limit is {limit}")]
-    CmdlineTooLong { len: usize, limit: usize },
-    #[error("command line contains {what}, which iPXE would interpret: {token:?}")]
-    UnsafeToken { what: &'static str, token: String },
-    #[error("base URL {url:?} is not usable in a script: {reason}")]
-    BaseUrl { url: String, reason: &'static str },
-}
-
-/// A kernel command line that iPXE passes through verbatim: printable ASCII tokens joined by
-/// single spaces, none of which iPXE would read as syntax. Whitespace runs in the input collapse
-/// to one space (iPXE would do the same when it re-joins the arguments).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelCmdline(String);
-
-impl KernelCmdline {
-    /// Validates `text`. See the module documentation for what is refused and why.
-    pub fn parse(text: &str) -> Result<Self, RenderError> {
-        let mut out = KernelCmdline::default();
-        out.append(text)?;
-        Ok(out)
-    }
-
-    /// Appends the tokens of `text` (validated as in [`KernelCmdline::parse`]).
-    pub fn append(&mut self, text: &str) -> Result<(), RenderError> {
-        if text.len() > MAX_CMDLINE_LEN {
-            return Err(RenderError::CmdlineTooLong {
-                len: text.len(),
-                limit: MAX_CMDLINE_LEN,
-            });
-        }
-        let mut next = self.0.clone();
-        for token in text.split([' ', '\t']).filter(|t| !t.is_empty()) {
-            check_token(token)?;
-            if !next.is_empty() {
-                next.push(' ');
-            }
-            next.push_str(token);
-        }
-        if next.len() > MAX_CMDLINE_LEN {
-            return Err(RenderError::CmdlineTooLong {
-                len: next.len(),
-                limit: MAX_CMDLINE_LEN,
-            });
-        }
-        self.0 = next;
-        Ok(())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Display for KernelCmdline {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn shown(token: &str) -> String {
-    token.chars().take(64).collect()
-}
-
-fn check_token(token: &str) -> Result<(), RenderError> {
-    let unsafe_token = |what| {
-        Err(RenderError::UnsafeToken {
-            what,
-            token: shown(token),
-        })
-    };
-    if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
-        return if c.is_control() {
-            unsafe_token("a control character (line break, tab, ...)")
-        } else {
-            unsafe_token("a non-ASCII or non-printable character")
-        };
-    }
-    if token.contains("${") {
-        return unsafe_token("a setting expansion `${`");
-    }
-    if token.starts_with('#') {
-        return unsafe_token("a comment token `#...`");
-    }
-    if matches!(token, "||" | "&&" | ";") {
-        return unsafe_token("a command separator");
-    }
-    Ok(())
+#[error("base URL {url:?} is not usable in a script: {reason}")]
+pub struct BaseUrlError {
+    /// The URL (cut to 64 characters).
+    pub url: String,
+    /// Why.
+    pub reason: &'static str,
 }
 
 /// The URL prefix every script link starts with, e.g. `http://192.0.2.1:8080` (no trailing
@@ -123,10 +32,14 @@ fn check_token(token: &str) -> Result<(), RenderError> {
 pub struct BaseUrl(String);
 
 impl BaseUrl {
-    pub fn parse(url: &str) -> Result<Self, RenderError> {
+    /// Checks a base URL.
+    ///
+    /// # Errors
+    /// [`BaseUrlError`].
+    pub fn parse(url: &str) -> Result<Self, BaseUrlError> {
         let bad = |reason| {
-            Err(RenderError::BaseUrl {
-                url: shown(url),
+            Err(BaseUrlError {
+                url: url.chars().take(64).collect(),
                 reason,
             })
         };
@@ -166,7 +79,7 @@ impl BaseUrl {
     /// `${serial}` is URI-escaped by iPXE (`:uristring`): SMBIOS serials may contain spaces.
     pub fn chain_url(&self) -> String {
         format!(
-            "{}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&serial=${{serial:uristring}}&arch=${{buildarch}}",
+            "{}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&serial=${{serial:uristring}}&arch=${{buildarch}}&platform=${{platform}}",
             self.0
         )
     }
@@ -309,6 +222,40 @@ pub fn render_local(comment: &str) -> String {
     )
 }
 
+/// The per-machine script of a plan, or one that says why there is none: a machine no profile
+/// covers gets `no_profile` (retry or exit to the firmware), every other failure retries.
+#[must_use]
+pub fn render_plan(
+    base: &BaseUrl,
+    plan: &Result<BootPlan, NoBoot>,
+    retry_secs: u32,
+    no_profile: ErrorAction,
+) -> String {
+    match plan {
+        Ok(p) => match &p.action {
+            BootAction::Linux(l) => render_boot(
+                base,
+                &BootScript {
+                    kernel: l.kernel,
+                    initrd: l.initrd,
+                    cmdline: &l.cmdline,
+                    comment: &p.comment(),
+                    retry_secs,
+                },
+            ),
+            BootAction::Local => render_local(&p.comment()),
+        },
+        Err(e @ NoBoot::NoProfile { .. }) => render_error(base, &e.to_string(), no_profile),
+        Err(e) => render_error(
+            base,
+            &e.to_string(),
+            ErrorAction::Retry {
+                after_secs: retry_secs,
+            },
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,45 +328,14 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_refuses_ipxe_syntax() {
-        let bad = [
-            "quiet\nchain http://evil/x",
-            "quiet\rboot",
-            "root=${root}",
-            "a ; chain http://evil",
-            "a || shell",
-            "a && shell",
-            "#comment",
-            "x #y",
-            "caf\u{e9}",
-            "a\u{0}b",
-            "a\u{b}b",
-        ];
-        for text in bad {
-            assert!(KernelCmdline::parse(text).is_err(), "{text:?} accepted");
-        }
-        let ok = KernelCmdline::parse(" a=1   b=\"x\" c=$HOME d=x;y e=a||b f=#1 ").unwrap();
-        assert_eq!(ok.as_str(), "a=1 b=\"x\" c=$HOME d=x;y e=a||b f=#1");
-        let long = "a".repeat(MAX_CMDLINE_LEN + 1);
-        assert!(matches!(
-            KernelCmdline::parse(&long),
-            Err(RenderError::CmdlineTooLong { .. })
-        ));
-        let mut c = KernelCmdline::parse(&"a".repeat(MAX_CMDLINE_LEN)).unwrap();
-        assert!(c.append("b").is_err());
-        assert_eq!(
-            c.as_str().len(),
-            MAX_CMDLINE_LEN,
-            "failed append left it unchanged"
-        );
-    }
-
-    #[test]
     fn sanitized_messages_have_no_ipxe_syntax() {
         let s = sanitize_message("a\nb ${x} ; || && #c \u{e9}");
         assert_eq!(s, "a?b __x_ _ __ __ _c ?");
         for token in s.split(' ') {
-            assert!(check_token(token).is_ok() || token.is_empty(), "{token:?}");
+            assert!(
+                crate::cmdline::check_token(token).is_ok() || token.is_empty(),
+                "{token:?}"
+            );
         }
         assert_eq!(sanitize_message(&"x".repeat(1000)).len(), MAX_MESSAGE_LEN);
     }

@@ -11,12 +11,14 @@
 //! committed). `rolled-back` and `failed` count as failures, and so does a device that stays
 //! silent longer than the report timeout after its stage started (or was resumed).
 //!
-//! [`Rollout::evaluate`] is a pure function of the rollout, `now` and the [`Facts`]: calling it
+//! [`Rollout::evaluate`] is a pure function of the rollout, `now` and the [`MemberOutcomes`]: calling it
 //! again with the same input gives the same [`Decision`], and the shell applies a decision with
 //! a compare-and-set on `(state, stage)`, so evaluating twice (or on two servers) cannot advance
 //! twice.
 
-use tugboot_store::{RolloutId, RolloutStage, RolloutState, RolloutThresholds, RolloutTransition};
+use super::{
+    RolloutId, RolloutRecord, RolloutStage, RolloutState, RolloutThresholds, RolloutTransition,
+};
 
 /// Default time a device of the current stage has to report an outcome: 2 hours.
 pub const DEFAULT_REPORT_TIMEOUT_SECS: u64 = 2 * 3600;
@@ -86,7 +88,7 @@ pub enum DeviceOutcome {
 
 /// What the shell learned about the group: one entry per member, in rollout order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
+pub struct MemberOutcomes {
     /// Outcome per member; index `i` is the `i`-th device admitted.
     pub members: Vec<DeviceOutcome>,
 }
@@ -148,7 +150,7 @@ pub struct Rollout {
 impl Rollout {
     /// From the stored record.
     #[must_use]
-    pub fn from_record(r: &tugboot_store::Rollout, report_timeout_secs: u64) -> Self {
+    pub fn from_record(r: &RolloutRecord, report_timeout_secs: u64) -> Self {
         Self {
             id: r.id,
             stages: r.stages.clone(),
@@ -185,7 +187,7 @@ impl Rollout {
 
     /// Counts the admitted members' outcomes at `now`.
     #[must_use]
-    pub fn summary(&self, now: i64, facts: &Facts) -> StageSummary {
+    pub fn summary(&self, now: i64, facts: &MemberOutcomes) -> StageSummary {
         let group = facts.members.len();
         let admitted = self.admitted(group);
         let deadline = self
@@ -227,7 +229,7 @@ impl Rollout {
     ///   [`Decision::Complete`];
     /// - anything else (paused, completed, aborted, an empty group) → [`Decision::Nothing`].
     #[must_use]
-    pub fn evaluate(&self, now: i64, facts: &Facts) -> Decision {
+    pub fn evaluate(&self, now: i64, facts: &MemberOutcomes) -> Decision {
         match self.state {
             RolloutState::Pending => return Decision::Start,
             RolloutState::Running => {}
@@ -350,7 +352,7 @@ mod tests {
     /// applied like the shell does (compare-and-set).
     struct Sim {
         rollout: Rollout,
-        facts: Facts,
+        facts: MemberOutcomes,
         now: i64,
     }
 
@@ -358,7 +360,7 @@ mod tests {
         fn new(rollout: Rollout, devices: usize) -> Self {
             Self {
                 rollout,
-                facts: Facts {
+                facts: MemberOutcomes {
                     members: vec![DeviceOutcome::Pending; devices],
                 },
                 now: T0,
@@ -522,7 +524,10 @@ mod tests {
         );
         r.apply(&t, T0 + 5);
         assert_eq!(r.since, T0 + 5);
-        assert_eq!(r.evaluate(T0 + 10, &Facts::default()), Decision::Nothing);
+        assert_eq!(
+            r.evaluate(T0 + 10, &MemberOutcomes::default()),
+            Decision::Nothing
+        );
         let t = r.command(Command::Resume).unwrap();
         r.apply(&t, T0 + 6);
         assert_eq!(r.state, RolloutState::Running);
@@ -540,7 +545,7 @@ mod tests {
                 Err(RolloutError::InvalidCommand { .. })
             ));
         }
-        let facts = Facts {
+        let facts = MemberOutcomes {
             members: vec![DeviceOutcome::Pending; 3],
         };
         assert_eq!(r.evaluate(T0 + 10_000, &facts), Decision::Nothing);
