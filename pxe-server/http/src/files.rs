@@ -22,8 +22,10 @@ pub(crate) struct Streaming {
     pub(crate) buffers: Arc<BufPool>,
 }
 
+/// 404 with an empty body: GRUB's HTTP client does not look at the status of a 404 (it
+/// reads past it) and would take a body as the file's content.
 pub(crate) fn not_found() -> Response {
-    plain(StatusCode::NOT_FOUND, "not found\n")
+    plain(StatusCode::NOT_FOUND, "")
 }
 
 pub(crate) fn plain(status: StatusCode, body: &'static str) -> Response {

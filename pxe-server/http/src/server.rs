@@ -321,22 +321,6 @@ impl BootServer {
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NodelayListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, NodelayListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
 /// A TCP listener that turns Nagle off on every connection (scripts are small writes).
 #[derive(Debug)]
 pub struct NodelayListener(pub TcpListener);
@@ -366,6 +350,10 @@ impl axum::serve::Listener for NodelayListener {
     }
 }
 
+/// How long a client may take to send a request's headers (slow-header clients hold a task
+/// and a socket each).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Serves plain HTTP until `shutdown` completes, then lets requests in flight finish.
 pub async fn serve(
     listener: TcpListener,
@@ -373,13 +361,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let router = server.router_for(Scheme::Http);
-    let listener = NodelayListener(listener);
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<PeerAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_connections(NodelayListener(listener), router, shutdown).await
 }
 
 /// Serves HTTPS with `tls` until `shutdown` completes, then lets requests in flight finish.
@@ -390,13 +372,57 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let router = server.router_for(Scheme::Https);
-    let listener = TlsListener::new(listener, tls)?;
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<PeerAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_connections(TlsListener::new(listener, tls)?, router, shutdown).await
+}
+
+/// The HTTP/1.1 connection loop. Not `axum::serve`, for two settings it does not offer:
+/// - header names go out in Title-Case (`Content-Length`): GRUB's HTTP client matches
+///   `Content-Length: ` byte for byte; without it GRUB does not know a file's size, waits ~30 s
+///   for the connection to close and cannot load a kernel at all;
+/// - a deadline for the request headers ([`HEADER_READ_TIMEOUT`]).
+///
+/// Each request carries the peer's address (`ConnectInfo<PeerAddr>`).
+async fn serve_connections<L>(
+    mut listener: L,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use tower::ServiceExt as _;
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .title_case_headers(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            conn = listener.accept() => conn,
+            () = &mut shutdown => break,
+        };
+        let service = router
+            .clone()
+            .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+                req
+            });
+        let conn = http1.serve_connection(
+            hyper_util::rt::TokioIo::new(io),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    // Idle keep-alive connections close now; requests in flight finish.
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn count_requests(State(s): State<Arc<BootServer>>, req: Request, next: Next) -> Response {

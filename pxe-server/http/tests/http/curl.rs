@@ -110,9 +110,12 @@ async fn curl_download_range_and_resume() {
     assert!(!ok);
     // curl does not normalise away an encoded traversal.
     let sneaky = format!("http://{}/boot/..%2F..%2Fsecret", run.addr);
-    let (ok, body) = curl(&["--path-as-is", &sneaky]).await;
+    let (ok, body) = curl(&["--path-as-is", "-w", "%{http_code}", &sneaky]).await;
     assert!(ok);
-    assert_eq!(body, b"not found\n");
+    assert_eq!(
+        body, b"404",
+        "an empty body (GRUB reads a 404's body as the file)"
+    );
 
     let c = server.counters();
     assert!(c.body_bytes >= (10 << 20) - 1_234_567, "{c:?}");
@@ -194,4 +197,58 @@ async fn graceful_shutdown_finishes_downloads_in_flight() {
     run.stop().await;
     assert!(dl.await.unwrap(), "download cut by shutdown");
     assert!(std::fs::read(&out).unwrap() == f.kernel);
+}
+
+/// One request the way GRUB 2.06's `http` module sends it, read until the server closes or
+/// `Content-Length` bytes of body arrived; returns the raw header block and the body.
+async fn grub_get(addr: SocketAddr, path: &str) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: GRUB 2.06-13+deb12u2\r\n\r\n",
+        addr.ip(),
+        addr.port()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("the response within 5 s")
+            .unwrap();
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            assert!(n > 0, "closed inside the headers");
+            continue;
+        };
+        let head = String::from_utf8(got[..end].to_vec()).unwrap();
+        // GRUB's own test: byte for byte, this spelling.
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap_or_else(|| panic!("no `Content-Length: ` line GRUB would see:\n{head}"))
+            .parse()
+            .unwrap();
+        if got.len() >= end + 4 + len {
+            return (head, got[end + 4..end + 4 + len].to_vec());
+        }
+        assert!(n > 0, "closed inside the body");
+    }
+}
+
+/// GRUB's HTTP client knows a file's size only from a header spelled `Content-Length: `
+/// exactly, and takes a 404's body for the file: the server spells header names in Title-Case
+/// and answers 404 with nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grub_http_client_sees_the_length_and_an_empty_404() {
+    let f = Fixture::new(300_000);
+    let run = start(f.server(), None).await;
+    let (head, body) = grub_get(run.addr, &format!("/artifacts/sha256/{}", f.kernel_digest)).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(body == f.kernel, "kernel differs");
+    let (head, body) = grub_get(run.addr, "/grub/arm64-efi/command.lst").await;
+    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    assert!(body.is_empty());
+    run.stop().await;
 }
