@@ -575,7 +575,6 @@ ca_dir = "ca"
 
     // Push, interrupted after the first chunk: the first PATCH by hand, then `images push`
     // continues from where the server stands.
-    let manifest = fs::read(p("staging/demo.json")).expect("manifest");
     let kd = tugboot_firmware::Sha256Digest::of(&kernel).to_hex();
     let auth = format!(
         "Bearer {}",
