@@ -495,7 +495,7 @@ async fn script(
     let plan = s
         .live
         .plan(req.mac, req.uuid, req.serial.as_deref(), &req.facts, now);
-    log_plan(&plan, "ipxe");
+    log_plan(&plan, "ipxe", "/ipxe");
     match &plan {
         Ok(p) => s.notify_boot(p),
         Err(_) => inc(&s.counter().error_scripts),
@@ -506,10 +506,10 @@ async fn script(
     )
 }
 
-fn log_plan(plan: &Result<BootPlan, NoBoot>, what: &'static str) {
+fn log_plan(plan: &Result<BootPlan, NoBoot>, what: &'static str, path: &str) {
     match plan {
-        Ok(p) => tracing::info!(what, plan = %p.comment(), via = ?p.via, "boot"),
-        Err(e) => tracing::warn!(what, reason = %e, "cannot boot"),
+        Ok(p) => tracing::info!(what, path, plan = %p.comment(), via = ?p.via, "boot"),
+        Err(e) => tracing::warn!(what, path, reason = %e, "cannot boot"),
     }
 }
 
@@ -590,6 +590,7 @@ async fn loader_file(State(s): State<Arc<BootServer>>, req: Request) -> Response
         return not_found();
     };
     let headers = req.headers().clone();
+    let req_path = req.uri().path().to_owned();
     let peer = req
         .extensions()
         .get::<ConnectInfo<PeerAddr>>()
@@ -614,7 +615,7 @@ async fn loader_file(State(s): State<Arc<BootServer>>, req: Request) -> Response
         )
     });
     if let Some(plan) = &plan {
-        log_plan(plan, "loader file over http");
+        log_plan(plan, "loader file over http", req_path.as_str());
         if let Ok(p) = plan {
             s.notify_boot(p);
         }

@@ -26,7 +26,7 @@ mod vm;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use vm::{
     AAVMF_CODE, AAVMF_VARS, ARM64_CACHE, BIOS_ROM_DIR, Firmware, Netns, OVMF_CODE, OVMF_VARS,
@@ -45,6 +45,17 @@ const GUESTS: [(Firmware, &str); 6] = [
     (Firmware::Aavmf, "52:54:00:f1:00:04"),
     (Firmware::AavmfHttp, "52:54:00:f1:00:05"),
     (Firmware::Uboot, "52:54:00:f1:00:06"),
+];
+
+/// Proxy mode: the same firmware, other MACs (the site's DHCP server remembers addresses).
+/// Not among them, because they cannot boot from a proxyDHCP server (docs/netboot.md, "DHCP
+/// modes"): AAVMF PXE with GRUB (GRUB takes its TFTP server from the site's DHCP ACK, never
+/// from the proxy offer) and U-Boot (ignores proxy offers).
+const PROXY_GUESTS: [(Firmware, &str); 4] = [
+    (Firmware::Bios, "52:54:00:f2:00:01"),
+    (Firmware::Uefi, "52:54:00:f2:00:02"),
+    (Firmware::UefiHttp, "52:54:00:f2:00:03"),
+    (Firmware::AavmfHttp, "52:54:00:f2:00:05"),
 ];
 
 fn build_image(
@@ -87,7 +98,7 @@ fn build_image(
     run(Command::new(tugboot()).args(&args));
 }
 
-fn setup(dir: &Path) {
+fn setup(dir: &Path, dhcp_mode: &str) {
     let p = |f: &str| dir.join(f).display().to_string();
     let t = |args: &[&str]| run(Command::new(tugboot()).args(args).arg("--quiet"));
     for sub in ["staging", "tftp", "boot"] {
@@ -168,9 +179,7 @@ selector = { arch = "arm64" }
 "#,
     )
     .expect("write profiles");
-    fs::write(
-        dir.join("serve.toml"),
-        r#"
+    let config = r#"
 data_dir = "data"
 trust_root = "root.json"
 profiles = "profiles.toml"
@@ -180,7 +189,7 @@ interface = "br0"
 address = "10.77.0.1"
 
 [dhcp]
-mode = "authoritative"
+mode = "MODE"
 [dhcp.boot]
 uefi_x64 = "snponly.efi"
 http_boot = "/boot/{arch}.efi"
@@ -199,14 +208,43 @@ boot_dir = "boot"
 [api]
 listen = "10.77.0.1:8443"
 ca_dir = "ca"
-"#,
-    )
-    .expect("write config");
+"#;
+    fs::write(dir.join("serve.toml"), config.replace("MODE", dhcp_mode)).expect("write config");
 }
 
-#[test]
-#[ignore = "root: network namespaces + QEMU"]
-fn unknown_machines_of_every_firmware_boot_the_image_their_architecture_selects() {
+/// The site's own DHCP server for proxy mode: dnsmasq in a namespace of its own on the same
+/// link, addresses only (no boot options), like the router of an office or lab.
+fn site_dhcp(ns: &mut Netns, dir: &Path) {
+    let site = ns.add_neighbour("site", "10.77.0.2/24");
+    let dnsmasq = Command::new("ip")
+        .args(["netns", "exec", &site, "dnsmasq"])
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--no-resolv",
+            "--no-hosts",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--dhcp-range=10.77.0.200,10.77.0.250,255.255.255.0,1h",
+            "--dhcp-option=option:router,10.77.0.1",
+            "--log-facility=-",
+        ])
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            dir.join("site.leases").display()
+        ))
+        .arg(format!("--pid-file={}", dir.join("site.pid").display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dnsmasq (site DHCP)");
+    ns.children.push(dnsmasq);
+}
+
+/// Everything a fleet boot needs on this machine.
+fn require_fleet_tools() {
     let cache = |f: &str| format!("{ARM64_CACHE}/{f}");
     let arm64_files = [
         cache("vmlinuz"),
@@ -235,13 +273,35 @@ fn unknown_machines_of_every_firmware_boot_the_image_their_architecture_selects(
         ],
         &files,
     );
+}
+
+#[test]
+#[ignore = "root: network namespaces + QEMU"]
+fn unknown_machines_of_every_firmware_boot_the_image_their_architecture_selects() {
+    boot_fleet("authoritative", &GUESTS);
+}
+
+/// Proxy mode beside the site's DHCP server: the addresses are dnsmasq's, so the server does
+/// not know which machine an address is — stock GRUB (TFTP) and GRUB over HTTP get the
+/// dispatch configuration, which loads their per-MAC file by GRUB's own `$net_default_mac`.
+#[test]
+#[ignore = "root: network namespaces + QEMU"]
+fn proxy_mode_beside_the_sites_dhcp_server_boots_the_same_fleet() {
+    boot_fleet("proxy", &PROXY_GUESTS);
+}
+
+fn boot_fleet(dhcp_mode: &str, guests: &[(Firmware, &str)]) {
+    require_fleet_tools();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    setup(d);
+    setup(d, dhcp_mode);
     let s = |f: &str| d.join(f).display().to_string();
 
-    let mut ns = Netns::new("fleet");
+    let mut ns = Netns::new(&format!("fleet{}", &dhcp_mode[..2]));
     ns.router_advertisements(d);
+    if dhcp_mode == "proxy" {
+        site_dhcp(&mut ns, d);
+    }
     let mut serve = Serve::start(&mut ns, &d.join("serve.toml"));
 
     // The images reach the server through the API only.
@@ -279,8 +339,9 @@ fn unknown_machines_of_every_firmware_boot_the_image_their_architecture_selects(
 
     // `TUGBOOT_FLEET_ONLY=AavmfHttp,Uboot` boots only those (while working on one path).
     let only = std::env::var("TUGBOOT_FLEET_ONLY").unwrap_or_default();
-    let guests: Vec<(Firmware, &str)> = GUESTS
-        .into_iter()
+    let guests: Vec<(Firmware, &str)> = guests
+        .iter()
+        .copied()
         .filter(|(f, _)| only.is_empty() || only.split(',').any(|o| o == format!("{f:?}")))
         .collect();
     let mut times = Vec::new();
@@ -324,13 +385,22 @@ fn unknown_machines_of_every_firmware_boot_the_image_their_architecture_selects(
     // Who asked for what, on which protocol.
     serve.drain();
     let log = serve.lines.join("\n");
-    for (firmware, _) in &guests {
+    for (firmware, mac) in &guests {
         let needle = match firmware {
             // Stock GRUB over TFTP reads /grub/grub.cfg and gets its machine's configuration.
+            // In proxy mode the server does not know the address: the dispatch configuration
+            // sends GRUB on to its per-MAC file.
+            Firmware::Aavmf if dhcp_mode == "proxy" => {
+                &format!("path=\"grub/grub.cfg-01-{}\"", mac.replace(':', "-"))
+            }
             Firmware::Aavmf => "path=\"grub/grub.cfg\"",
             // GRUB over HTTP does the same on HTTP.
-            Firmware::AavmfHttp => "what=\"loader file over http\"",
-            Firmware::Uboot => "pxelinux.cfg/01-52-54-00-f1-00-06",
+            Firmware::AavmfHttp if dhcp_mode == "proxy" => &format!(
+                "what=\"loader file over http\" path=\"/grub/grub.cfg-01-{}\"",
+                mac.replace(':', "-")
+            ),
+            Firmware::AavmfHttp => "what=\"loader file over http\" path=\"/grub/grub.cfg\"",
+            Firmware::Uboot => &format!("pxelinux.cfg/01-{}", mac.replace(':', "-")),
             Firmware::Bios | Firmware::Uefi | Firmware::UefiHttp => "what=\"ipxe\"",
         };
         assert!(
@@ -339,6 +409,15 @@ fn unknown_machines_of_every_firmware_boot_the_image_their_architecture_selects(
         );
     }
     let log = serve.stop(&mut ns);
+    if dhcp_mode == "proxy" {
+        // Every address came from the site's server; tugboot leased nothing.
+        let site = fs::read_to_string(d.join("site.leases")).expect("dnsmasq leases");
+        for (_, mac) in &guests {
+            assert!(site.contains(mac), "{mac} not leased by the site:\n{site}");
+        }
+        let ours = fs::read_to_string(d.join("data/dhcp-leases.jsonl")).unwrap_or_default();
+        assert!(!ours.contains("bound"), "proxy mode leased:\n{ours}");
+    }
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -3,6 +3,11 @@
 //! OVMF, AAVMF, U-Boot), and initramfs images whose `/init` prints a marker on the serial
 //! console and powers off. Everything is torn down on drop, also when a test fails.
 
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries, each using a part"
+)]
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -203,6 +208,8 @@ pub fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<(Instant, Strin
 pub struct Netns {
     pub name: String,
     pub children: Vec<Child>,
+    /// Other namespaces on the same bridge (deleted with this one).
+    neighbours: Vec<String>,
 }
 
 impl Netns {
@@ -213,6 +220,7 @@ impl Netns {
         let ns = Netns {
             name,
             children: Vec::new(),
+            neighbours: Vec::new(),
         };
         for args in [
             vec!["link", "set", "lo", "up"],
@@ -236,6 +244,33 @@ impl Netns {
         ] {
             run(Command::new("ip").args(["-n", &self.name]).args(&args));
         }
+    }
+
+    /// Another namespace with one veth port on the bridge, addressed `address` (CIDR): another
+    /// machine on the link, e.g. the site's own DHCP server. Returns its name.
+    pub fn add_neighbour(&mut self, tag: &str, address: &str) -> String {
+        let name = format!("{}-{tag}", self.name);
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        self.neighbours.push(name.clone());
+        let port = format!("vb-{tag}");
+        run(Command::new("ip").args(["-n", &self.name]).args([
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &name,
+        ]));
+        for args in [
+            vec!["link", "set", &port, "master", "br0"],
+            vec!["link", "set", &port, "up"],
+        ] {
+            run(Command::new("ip").args(["-n", &self.name]).args(&args));
+        }
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["addr", "add", address, "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+        ] {
+            run(Command::new("ip").args(["-n", &name]).args(&args));
+        }
+        name
     }
 
     pub fn command(&self, program: &str) -> Command {
@@ -276,9 +311,9 @@ impl Drop for Netns {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        for name in self.neighbours.iter().chain([&self.name]) {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
     }
 }
 
