@@ -728,7 +728,7 @@ impl Buffers {
 
     /// Whether DATA datagrams go into the batch: true once its memory is reserved. The batch
     /// only saves system calls, so it is taken only within the transfer's `fair` share of the
-    /// budget, after the read-ahead (which saves a blocking-pool round trip per block).
+    /// budget, after the read-ahead (which saves an I/O-thread round trip per block).
     fn batching(&mut self, fair: usize) -> bool {
         if self.batch_want == 0 || self.stalled {
             return false;
