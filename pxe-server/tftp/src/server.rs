@@ -753,19 +753,15 @@ impl Buffers {
         self.cache.get(rel..rel.checked_add(len)?)
     }
 
-    /// Make the read-ahead buffer `want` bytes (else `fallback`) within the budget; returns the
-    /// size it has (0: none, read block by block).
-    fn size_cache(&mut self, want: usize, fallback: usize) -> usize {
+    /// Make the read-ahead buffer `want` bytes within the budget, or as close to it as the
+    /// budget allows (halving down to `min`); returns the size it has (0: none, read block by
+    /// block).
+    fn size_cache(&mut self, want: usize, min: usize) -> usize {
         if self.stalled {
             return 0;
         }
-        for size in [want, fallback] {
-            if size == 0 {
-                continue;
-            }
-            // Powers of two: few distinct sizes, so the allocator reuses freed buffers instead
-            // of fragmenting its heap (which would show up as resident memory).
-            let size = size.next_power_of_two();
+        let mut size = cache_class(want).max(min);
+        loop {
             if size == self.cache_reserved {
                 return size;
             }
@@ -775,8 +771,23 @@ impl Buffers {
                 self.cache_reserved = size;
                 return size;
             }
+            if size <= min {
+                return self.cache_reserved;
+            }
+            size = cache_class(size / 2).max(min);
         }
-        self.cache_reserved
+    }
+}
+
+/// Read-ahead sizes are multiples of 16 KiB (rounded down; smaller sizes as they are): few
+/// distinct sizes, so the allocator reuses freed buffers instead of fragmenting its heap, which
+/// would show up as resident memory.
+fn cache_class(bytes: usize) -> usize {
+    const CLASS: usize = 16 * 1024;
+    if bytes >= CLASS {
+        bytes / CLASS * CLASS
+    } else {
+        bytes
     }
 }
 
@@ -1108,8 +1119,8 @@ impl Reader {
             return Ok(());
         }
         // Read ahead: one window at first, then the fair share of the budget (between one
-        // window and READ_AHEAD), never past the end of the file. Short of room for a window,
-        // whatever the fair share holds (at least one block).
+        // window and READ_AHEAD), never past the end of the file; short of room, as much as
+        // the budget has, down to one block.
         let window = self.window_bytes.min(READ_AHEAD);
         let want = if offset < self.window_bytes as u64 {
             window
@@ -1118,9 +1129,8 @@ impl Reader {
                 .min(READ_AHEAD)
                 .max(window)
         };
-        let fallback = window.min(fair).max(len);
         let remaining = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX);
-        let cache = bufs.size_cache(want, fallback).min(remaining);
+        let cache = bufs.size_cache(want, len.max(1)).min(remaining);
         if cache > len {
             let mut buf = std::mem::take(&mut bufs.cache);
             buf.resize(cache, 0);
