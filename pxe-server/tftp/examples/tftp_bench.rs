@@ -54,8 +54,11 @@ fn serve(dir: &str, port: &str) -> Result<()> {
         .build()?;
     rt.block_on(async {
         let listen: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let server =
-            tugboot_tftp::Server::bind(tugboot_tftp::ServerConfig::new(listen, dir)).await?;
+        let mut config = tugboot_tftp::ServerConfig::new(listen, dir);
+        // The 200 concurrent atftp clients all come from 127.0.0.1, where a fleet would be 200
+        // hosts: lift the per-host cap (dnsmasq and tftpd-hpa have none) so all are served.
+        config.max_transfers_per_peer = config.max_transfers;
+        let server = tugboot_tftp::Server::bind(config).await?;
         server
             .run(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -93,3 +93,83 @@ pub fn client_packets(data: &[u8]) {
     }
     assert!(t.bytes_sent() <= size.max(1) * 64 * 64 + 1_000_000);
 }
+
+/// Drive [`crate::budget::Admission`] and [`crate::budget::ByteBudget`] with arbitrary
+/// requests, endings and reservations; the caps must hold after every step.
+///
+/// Layout: byte 0 picks the caps and the mode; then 4-byte steps `[op, host, port, x]`: `op`
+/// even admits a request (`x` picks its bytes) from `10.0.0.<host % 8>:<port % 4>` (or an
+/// IPv6 host of a few /64s), odd ends the `x`-th admitted transfer; every step also resizes one
+/// of four reservations to `x * 1000` bytes.
+pub fn admission(data: &[u8]) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use crate::budget::{Admission, AdmissionLimits, Admit, ByteBudget, TransferId};
+
+    let Some((&sel, steps)) = data.split_first() else {
+        return;
+    };
+    let limits = AdmissionLimits {
+        max_transfers: usize::from(sel & 0x0f),
+        max_per_peer: usize::from(sel >> 4 & 0x07),
+    };
+    let replace = sel & 0x80 != 0;
+    let mut adm = Admission::new(limits);
+    let budget = ByteBudget::new(100_000);
+    let mut reservations: Vec<_> = (0..4).map(|_| budget.reservation()).collect();
+    let mut admitted: Vec<TransferId> = Vec::new();
+    for step in steps.chunks_exact(4) {
+        let [op, host, port, x] = [step[0], step[1], step[2], step[3]];
+        let ip = if host & 0x80 == 0 {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, host % 8))
+        } else {
+            IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                u16::from(host % 3),
+                u16::from(host),
+                0,
+                0,
+                1,
+            ))
+        };
+        let peer = SocketAddr::new(ip, u16::from(port % 4));
+        if op % 2 == 0 {
+            let request = [1, x % 3];
+            match adm.admit(peer, &request, replace) {
+                Admit::Start { id, replaced } => {
+                    assert!(!admitted.contains(&id), "ids are never reused");
+                    admitted.push(id);
+                    if let Some(old) = replaced {
+                        assert!(replace);
+                        assert_eq!(adm.finish(old), None, "a replaced transfer is released");
+                    }
+                }
+                Admit::Duplicate => assert!(adm.active_for(ip) > 0),
+                Admit::Busy => assert!(adm.active() >= limits.max_transfers),
+                Admit::PeerBusy => assert!(adm.active_for(ip) >= limits.max_per_peer),
+            }
+        } else if !admitted.is_empty() {
+            let id = admitted[usize::from(x) % admitted.len()];
+            let _ = adm.finish(id);
+        }
+        assert!(adm.active() <= limits.max_transfers);
+        assert!(adm.active_for(ip) <= limits.max_per_peer);
+        let r = &mut reservations[usize::from(op >> 1) % 4];
+        let before = r.bytes();
+        if !r.try_resize(usize::from(x) * 1000) {
+            assert_eq!(r.bytes(), before);
+        }
+        assert!(budget.used() <= budget.limit());
+        assert_eq!(
+            budget.used(),
+            reservations
+                .iter()
+                .map(crate::budget::Reservation::bytes)
+                .sum::<usize>()
+        );
+    }
+    drop(reservations);
+    assert_eq!(budget.used(), 0);
+}

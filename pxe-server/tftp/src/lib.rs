@@ -6,8 +6,10 @@
 //! - [`packet`]: typed views over untrusted datagrams (parse with caps, emit into buffers);
 //! - [`path`]: mapping a requested name onto the root, refusing escapes (no I/O);
 //! - [`transfer`]: the sans-IO read-transfer state machine (`now` in, datagrams out);
+//! - [`budget`]: the sans-IO caps on transfer slots (global, per peer) and buffer memory;
 //! - [`server`]: the tokio shell (sockets, files, timers, counters, shutdown).
 
+pub mod budget;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod packet;
@@ -18,6 +20,7 @@ pub mod transfer;
 pub use packet::{ErrorCode, Mode, Options, PacketError, Repr, Request, RequestKind};
 pub use path::{CleanPath, PathError};
 pub use server::{
-    FileProvider, Generated, Server, ServerConfig, ServerError, Stats, StatsSnapshot,
+    FileProvider, MAX_GENERATED_LEN, Provided, Server, ServerConfig, ServerError, Stats,
+    StatsSnapshot,
 };
 pub use transfer::{Limits, Outcome, Transfer, Transmit};

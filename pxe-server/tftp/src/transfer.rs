@@ -34,6 +34,13 @@ pub struct Limits {
     pub max_timeout: Duration,
     /// Retransmissions of the same window before the transfer is abandoned.
     pub max_retries: u32,
+    /// Largest `timeout` option (RFC 2349 allows 1..=255 s) accepted. A larger value is left out
+    /// of the OACK (RFC 2347's way to decline it) and the default timeout applies, so a client
+    /// cannot make a slot wait minutes between retransmissions.
+    pub max_client_timeout: Duration,
+    /// Longest time a transfer may go without progress (an ACK that advances, or ACK 0 of the
+    /// OACK) before it is abandoned, whatever the retry policy and the client's options.
+    pub max_stall: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +51,8 @@ impl Default for Limits {
             default_timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(16),
             max_retries: 5,
+            max_client_timeout: Duration::from_secs(5),
+            max_stall: Duration::from_secs(40),
         }
     }
 }
@@ -158,6 +167,8 @@ pub struct Transfer {
     /// Whether the OACK still has to go out (initially or after a timeout).
     oack_pending: bool,
     deadline: Option<Instant>,
+    /// When the transfer last made progress (creation counts): the stall bound runs from here.
+    last_progress: Instant,
     retries: u32,
     limits: Limits,
     pending_error: Option<(ErrorCode, &'static str)>,
@@ -170,9 +181,10 @@ pub struct Transfer {
 impl Transfer {
     /// Start serving a read request for a file of `size` bytes. Options are negotiated here:
     /// `blksize` capped by `limits.max_blksize`, `tsize` answered with `size`, `timeout` accepted
-    /// as sent, `windowsize` capped by `limits.max_windowsize` (and [`MAX_WINDOWSIZE`]).
+    /// as sent up to `limits.max_client_timeout` (declined above it), `windowsize` capped by
+    /// `limits.max_windowsize` (and [`MAX_WINDOWSIZE`]).
     #[must_use]
-    pub fn new(req: &Request<'_>, size: u64, limits: Limits, _now: Instant) -> Self {
+    pub fn new(req: &Request<'_>, size: u64, limits: Limits, now: Instant) -> Self {
         let mut accepted = Options::default();
         let max_blk = limits.max_blksize.clamp(DEFAULT_BLKSIZE, MAX_BLKSIZE);
         let blksize = match req.options.blksize {
@@ -187,11 +199,11 @@ impl Transfer {
             accepted.tsize = Some(size);
         }
         let timeout = match req.options.timeout {
-            Some(t) => {
+            Some(t) if Duration::from_secs(u64::from(t)) <= limits.max_client_timeout => {
                 accepted.timeout = Some(t);
                 Duration::from_secs(u64::from(t))
             }
-            None => limits.default_timeout,
+            _ => limits.default_timeout,
         };
         let windowsize = match req.options.windowsize {
             Some(w) => {
@@ -220,6 +232,7 @@ impl Transfer {
             last: size / u64::from(blksize) + 1,
             highest_sent: 0,
             deadline: None,
+            last_progress: now,
             retries: 0,
             limits,
             pending_error: None,
@@ -265,6 +278,13 @@ impl Transfer {
         self.retransmits
     }
 
+    /// True once a retransmission timer has fired since the last progress: the client is slow,
+    /// gone or hostile, so the shell stops holding buffers for it until it makes progress.
+    #[must_use]
+    pub fn is_stalled(&self) -> bool {
+        self.retries > 0
+    }
+
     /// How the transfer ended, once it has; the shell drops it when this is `Some` and
     /// [`Transfer::poll_transmit`] returns `None`.
     #[must_use]
@@ -293,10 +313,15 @@ impl Transfer {
         self.outcome = Some(outcome);
     }
 
-    /// The next instant at which [`Transfer::handle_timeout`] must be called.
+    /// The next instant at which [`Transfer::handle_timeout`] must be called: the retransmission
+    /// timer, or the end of the stall bound if that comes first.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        self.deadline.map(|d| d.min(self.stall_deadline()))
+    }
+
+    fn stall_deadline(&self) -> Instant {
+        self.last_progress + self.limits.max_stall
     }
 
     fn current_timeout(&self) -> Duration {
@@ -311,7 +336,7 @@ impl Transfer {
     }
 
     /// Feed one datagram received from the client's transfer ID.
-    pub fn handle_datagram(&mut self, _now: Instant, bytes: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
         if self.phase == Phase::Finished {
             return;
         }
@@ -319,7 +344,7 @@ impl Transfer {
             .ok()
             .and_then(|p| Repr::parse(&p).ok());
         match repr {
-            Some(Repr::Ack { block }) => self.handle_ack(block),
+            Some(Repr::Ack { block }) => self.handle_ack(block, now),
             Some(Repr::Error { code, message }) => {
                 // RFC 1350: an ERROR terminates the transfer and is never acknowledged or answered.
                 self.finish(Outcome::ClientError {
@@ -342,14 +367,14 @@ impl Transfer {
         }
     }
 
-    fn handle_ack(&mut self, block: u16) {
+    fn handle_ack(&mut self, block: u16, now: Instant) {
         match self.phase {
             Phase::Negotiating => {
                 if block == 0 {
                     self.phase = Phase::Sending;
                     self.next = 1;
                     self.oack_pending = false;
-                    self.progress();
+                    self.progress(now);
                 }
                 // Any other block before the OACK is acknowledged is stale or bogus: ignore.
             }
@@ -372,15 +397,16 @@ impl Transfer {
                 // short of what was sent means block `acked + 1` was lost, so resend from there
                 // (RFC 7440 section 4). For windowsize 1 this is simply the next block.
                 self.next = self.acked + 1;
-                self.progress();
+                self.progress(now);
             }
             Phase::Finished => {}
         }
     }
 
-    fn progress(&mut self) {
+    fn progress(&mut self, now: Instant) {
         self.retries = 0;
         self.deadline = None;
+        self.last_progress = now;
     }
 
     /// Call when the instant from [`Transfer::poll_timeout`] has passed.
@@ -388,11 +414,11 @@ impl Transfer {
         let Some(deadline) = self.deadline else {
             return;
         };
-        if now < deadline || self.phase == Phase::Finished {
+        if now < deadline.min(self.stall_deadline()) || self.phase == Phase::Finished {
             return;
         }
         self.deadline = None;
-        if self.retries >= self.limits.max_retries {
+        if self.retries >= self.limits.max_retries || now >= self.stall_deadline() {
             self.finish(Outcome::TimedOut);
             self.pending_error = Some((ErrorCode::NotDefined, "timed out"));
             return;
@@ -943,6 +969,143 @@ mod tests {
         let mut buf = [0u8; 1600];
         assert!(t.poll_transmit(now, &mut buf).is_some());
         assert_eq!(t.poll_timeout(), Some(now + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn client_timeout_above_the_cap_is_declined() {
+        let now = Instant::now();
+        let mut buf = [0u8; 1600];
+        // timeout=255 (the slot-holding attack): left out of the OACK, default timer applies.
+        let opts = Options {
+            timeout: Some(255),
+            tsize: Some(0),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(&request(opts), 5000, Limits::default(), now);
+        assert_eq!(
+            t.accepted_options(),
+            Some(Options {
+                tsize: Some(5000),
+                ..Options::default()
+            })
+        );
+        assert!(t.poll_transmit(now, &mut buf).is_some());
+        assert_eq!(t.poll_timeout(), Some(now + Duration::from_secs(1)));
+        // Only timeout=255: no option accepted, so no OACK at all (DATA 1 straight away).
+        let opts = Options {
+            timeout: Some(255),
+            ..Options::default()
+        };
+        let mut t = Transfer::new(&request(opts), 5000, Limits::default(), now);
+        assert_eq!(t.accepted_options(), None);
+        assert!(matches!(
+            t.poll_transmit(now, &mut buf),
+            Some(Transmit::Data { block: 1, .. })
+        ));
+        // At the cap it is accepted and echoed.
+        let opts = Options {
+            timeout: Some(5),
+            ..Options::default()
+        };
+        let t = Transfer::new(&request(opts), 5000, Limits::default(), now);
+        assert_eq!(t.accepted_options().and_then(|o| o.timeout), Some(5));
+    }
+
+    /// Fire every timer until the transfer ends; returns when it ended. `on_fire` may feed the
+    /// transfer datagrams (as a client would) at each firing.
+    fn run_timers(
+        t: &mut Transfer,
+        start: Instant,
+        mut on_fire: impl FnMut(&mut Transfer, Instant),
+    ) -> Instant {
+        let mut buf = [0u8; 1600];
+        let mut at = start;
+        for _ in 0..10_000 {
+            while t.poll_transmit(at, &mut buf).is_some() {}
+            let Some(deadline) = t.poll_timeout() else {
+                return at;
+            };
+            assert!(deadline >= at, "timer in the past");
+            at = deadline;
+            t.handle_timeout(at);
+            on_fire(t, at);
+        }
+        panic!("transfer never ended");
+    }
+
+    #[test]
+    fn transfer_without_progress_ends_at_the_stall_bound() {
+        // Even with a retry policy that would go on for hours, a client that never ACKs (or
+        // only repeats old ACKs) loses its slot after `max_stall`.
+        let limits = Limits {
+            max_retries: 1_000,
+            max_timeout: Duration::from_secs(16),
+            ..Limits::default()
+        };
+        let start = Instant::now();
+        for opts in [
+            Options::default(),
+            Options {
+                timeout: Some(5),
+                windowsize: Some(4),
+                ..Options::default()
+            },
+            Options {
+                tsize: Some(0),
+                ..Options::default()
+            },
+        ] {
+            let mut t = Transfer::new(&request(opts), 1 << 20, limits, start);
+            let ended = run_timers(&mut t, start, |t, at| {
+                // Duplicate ACK 0 / ACK of nothing new: not progress.
+                if t.accepted_options().is_none() {
+                    t.handle_datagram(at, b"\x00\x04\x00\x00");
+                }
+            });
+            assert_eq!(ended - start, limits.max_stall, "{opts:?}");
+            assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
+            assert!(t.is_done(), "the ERROR was drained");
+        }
+        // The default policy gives up earlier by itself: 1+2+4+8+16 s of retransmissions, then
+        // the stall bound (40 s) cuts the last 16 s wait short.
+        let mut t = Transfer::new(
+            &request(Options::default()),
+            1 << 20,
+            Limits::default(),
+            start,
+        );
+        let ended = run_timers(&mut t, start, |_, _| {});
+        assert_eq!(ended - start, Duration::from_secs(40));
+        assert_eq!(t.retransmits(), 5);
+    }
+
+    #[test]
+    fn slow_progress_keeps_the_transfer_alive() {
+        // A client that ACKs one new block every 30 s is slow but making progress: each ACK
+        // restarts the stall bound, so it outlives 40 s.
+        let limits = Limits {
+            max_retries: 1_000,
+            ..Limits::default()
+        };
+        let start = Instant::now();
+        let mut t = Transfer::new(&request(Options::default()), 512 * 3 + 1, limits, start);
+        let mut next_ack = 1u16;
+        let mut last_ack_at = start;
+        let ended = run_timers(&mut t, start, |t, at| {
+            if at - last_ack_at >= Duration::from_secs(30) {
+                let mut ack = *b"\x00\x04\x00\x00";
+                ack[2..].copy_from_slice(&next_ack.to_be_bytes());
+                t.handle_datagram(at, &ack);
+                next_ack += 1;
+                last_ack_at = at;
+            }
+        });
+        assert_eq!(t.outcome(), Some(&Outcome::Completed));
+        assert!(
+            ended - start > Duration::from_secs(100),
+            "{:?}",
+            ended - start
+        );
     }
 
     #[test]

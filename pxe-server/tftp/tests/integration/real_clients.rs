@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::Command;
-use tugboot_tftp::{FileProvider, Generated};
+use tugboot_tftp::{FileProvider, Provided};
 
 use crate::harness::{Raw, TestServer, client, error_code, pattern, rrq};
 
 /// More than 65535 blocks of 512 bytes, so a plain transfer wraps the block number.
 const BIG: usize = 40 * 1024 * 1024 + 123;
 
-async fn atftp_get(
+pub async fn atftp_get(
     addr: SocketAddr,
     remote: &str,
     local: &std::path::Path,
@@ -255,7 +255,7 @@ async fn single_port_mode_serves_concurrent_clients() {
 struct PiConfig;
 
 impl FileProvider for PiConfig {
-    fn lookup(&self, peer: SocketAddr, path: &str) -> Option<Generated> {
+    fn lookup(&self, peer: SocketAddr, path: &str) -> Option<Provided> {
         let serial = path.strip_suffix("/config.txt")?;
         Some(format!("# for {serial} at {}\narm_64bit=1\n", peer.ip()).into())
     }

@@ -14,6 +14,7 @@ fn fuzz_seeds_through_entry_points() {
         let bytes = std::fs::read(&path).unwrap();
         tugboot_tftp::fuzzing::request(&bytes);
         tugboot_tftp::fuzzing::client_packets(&bytes);
+        tugboot_tftp::fuzzing::admission(&bytes);
         count += 1;
     }
     assert!(count >= 8, "only {count} seeds in {}", dir.display());
