@@ -166,6 +166,12 @@ pub struct RawTftp {
     /// Concurrent transfers.
     #[serde(default = "default_max_transfers")]
     pub max_transfers: u64,
+    /// Concurrent transfers from one client address (IPv4, or IPv6 /64); default 8.
+    #[serde(default = "default_max_transfers_per_peer")]
+    pub max_transfers_per_peer: u64,
+    /// Buffer memory of all transfers together, MiB (docs/tftp.md: the memory bound); default 16.
+    #[serde(default = "default_buffer_budget_mib")]
+    pub buffer_budget_mib: u64,
     /// Block size cap; default derived from `network.mtu`, never above it.
     #[serde(default)]
     pub max_blksize: Option<u16>,
@@ -177,6 +183,14 @@ pub struct RawTftp {
 
 fn default_max_transfers() -> u64 {
     512
+}
+
+fn default_max_transfers_per_peer() -> u64 {
+    8
+}
+
+fn default_buffer_budget_mib() -> u64 {
+    16
 }
 
 /// `[http]`.
@@ -287,6 +301,10 @@ pub struct TftpSettings {
     pub single_port: bool,
     /// Concurrent transfers.
     pub max_transfers: u64,
+    /// Concurrent transfers per client address.
+    pub max_transfers_per_peer: u64,
+    /// Buffer budget, bytes.
+    pub buffer_budget: usize,
     /// Option caps.
     pub limits: Limits,
     /// Raspberry Pi boot firmware directory.
@@ -482,6 +500,14 @@ fn tftp_settings(
     if raw.max_transfers == 0 {
         return Err(invalid("tftp.max_transfers", "must be at least 1"));
     }
+    if raw.max_transfers_per_peer == 0 {
+        return Err(invalid("tftp.max_transfers_per_peer", "must be at least 1"));
+    }
+    let buffer_budget = usize::try_from(raw.buffer_budget_mib)
+        .ok()
+        .filter(|&m| m <= 4096)
+        .map(|m| m << 20)
+        .ok_or_else(|| invalid("tftp.buffer_budget_mib", "must be 0..=4096"))?;
     Ok(TftpSettings {
         root: resolve(base, raw.root),
         listen: raw
@@ -489,6 +515,8 @@ fn tftp_settings(
             .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(network.address), 69)),
         single_port: raw.single_port,
         max_transfers: raw.max_transfers,
+        max_transfers_per_peer: raw.max_transfers_per_peer,
+        buffer_budget,
         limits,
         rpi_firmware: raw.rpi_firmware.map(|p| resolve(base, p)),
     })
@@ -592,6 +620,8 @@ struct ResolvedTftp {
     listen: SocketAddr,
     single_port: bool,
     max_transfers: u64,
+    max_transfers_per_peer: u64,
+    buffer_budget_mib: usize,
     max_blksize: u16,
     max_windowsize: u16,
     rpi_firmware: Option<String>,
@@ -675,6 +705,8 @@ impl ServeConfig {
                 listen: t.listen,
                 single_port: t.single_port,
                 max_transfers: t.max_transfers,
+                max_transfers_per_peer: t.max_transfers_per_peer,
+                buffer_budget_mib: t.buffer_budget >> 20,
                 max_blksize: t.limits.max_blksize,
                 max_windowsize: t.limits.max_windowsize,
                 rpi_firmware: t.rpi_firmware.as_deref().map(show),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tugboot_firmware::BlobStore;
 use tugboot_fleet::netboot::{self, Answer, LoaderFile};
 use tugboot_fleet::{BootPlan, Live};
-use tugboot_tftp::{FileProvider, Generated};
+use tugboot_tftp::{FileProvider, Provided};
 
 /// Told about every boot decided by a loader configuration.
 pub type BootSink = Arc<dyn Fn(&BootPlan) + Send + Sync>;
@@ -60,7 +60,7 @@ impl NetbootFiles {
 }
 
 impl FileProvider for NetbootFiles {
-    fn lookup(&self, peer: SocketAddr, path: &str) -> Option<Generated> {
+    fn lookup(&self, peer: SocketAddr, path: &str) -> Option<Provided> {
         let file = netboot::classify(path)?;
         let fleet = self.live.snapshot();
         let now = Self::now();
@@ -92,19 +92,23 @@ impl FileProvider for NetbootFiles {
             }
         }
         match answer {
-            Answer::Text(text) => Some(Generated::from(text)),
-            Answer::Bytes(bytes) => Some(Generated::new(bytes)),
-            Answer::Artifact { digest, size } => whole_file(&self.blobs.path(&digest), size),
+            Answer::Text(text) => Some(Provided::from(text)),
+            Answer::Bytes(bytes) => Some(Provided::generated(bytes)),
+            // Streamed by the TFTP server off the runtime, only if the blob still has the
+            // published size.
+            Answer::Artifact { digest, size } => {
+                Some(Provided::file(self.blobs.path(&digest), size))
+            }
             Answer::Firmware(name) => {
                 let Some(dir) = &self.rpi_firmware else {
                     tracing::debug!(%peer, path, "no tftp.rpi_firmware directory: firmware file not served");
                     return None;
                 };
                 // `name` is checked (`[A-Za-z0-9._+-]` components, no dot-files, at most
-                // `overlays/<file>`); the size is whatever the file has now.
+                // `overlays/<file>`); the size is whatever the file has now (one stat).
                 let path = dir.join(&name);
                 let size = std::fs::metadata(&path).ok().filter(|m| m.is_file())?.len();
-                whole_file(&path, size)
+                Some(Provided::file(path, size))
             }
             Answer::NotFound => {
                 if matches!(file, LoaderFile::Artifact(_)) {
@@ -116,21 +120,3 @@ impl FileProvider for NetbootFiles {
     }
 }
 
-/// The bytes of a file that must have `size` bytes. (Interim: read whole; see docs/netboot.md.)
-fn whole_file(path: &std::path::Path, size: u64) -> Option<Generated> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    let read = std::fs::File::open(path)
-        .and_then(|f| f.take(size.saturating_add(1)).read_to_end(&mut bytes));
-    match read {
-        Ok(_) if u64::try_from(bytes.len()).ok() == Some(size) => Some(Generated::new(bytes)),
-        Ok(n) => {
-            tracing::error!(path = %path.display(), size, read = n, "file does not have its expected size; not serving it");
-            None
-        }
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot read file");
-            None
-        }
-    }
-}

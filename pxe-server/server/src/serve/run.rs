@@ -423,6 +423,8 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         let tftp_config = tugboot_tftp::ServerConfig {
             single_port: t.single_port,
             max_transfers: t.max_transfers,
+            max_transfers_per_peer: t.max_transfers_per_peer,
+            buffer_budget: t.buffer_budget,
             limits: t.limits,
             ..tugboot_tftp::ServerConfig::new(t.listen, &t.root)
         };
