@@ -98,18 +98,24 @@ pub fn run_check(args: CheckConfigArgs, global: Global) -> anyhow::Result<()> {
     let root = read_capped(&config.trust_root, tugboot_firmware::MAX_ROOT_BYTES)?;
     tugboot_firmware::TrustedRoot::bootstrap(&root, tugboot_firmware::Timestamp::now())
         .with_context(|| format!("trust root {}", config.trust_root.display()))?;
-    engine::load_profiles(&config)?;
+    let profiles = engine::load_profiles(&config)?;
+    let boards = engine::load_boards(&config, &profiles)?;
+    let warnings = engine::netboot_warnings(&config, &profiles, &boards);
     let mut value = serde_json::to_value(config.resolved())?;
     if let Value::Object(m) = &mut value {
         m.insert("ok".into(), Value::Bool(true));
+        m.insert("warnings".into(), serde_json::to_value(&warnings)?);
     }
     if global.json {
         return print_json(&value);
     }
     let mut lines = Vec::new();
     flatten("", &value, &mut lines);
-    for l in lines {
+    for l in lines.iter().filter(|l| !l.starts_with("warnings")) {
         println!("{l}");
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
     Ok(())
 }

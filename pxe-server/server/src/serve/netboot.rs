@@ -119,4 +119,3 @@ impl FileProvider for NetbootFiles {
         }
     }
 }
-

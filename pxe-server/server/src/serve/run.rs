@@ -84,6 +84,18 @@ pub fn load_profiles(config: &ServeConfig) -> anyhow::Result<ProfileSet> {
     })
 }
 
+/// The board catalogue (`boards_dir`, else the built-in one), checked against the profiles.
+pub fn load_boards(config: &ServeConfig, profiles: &ProfileSet) -> anyhow::Result<Catalog> {
+    let boards = match &config.boards_dir {
+        Some(d) => Catalog::load_dir(d).with_context(|| format!("boards {}", d.display()))?,
+        None => Catalog::builtin(),
+    };
+    profiles
+        .check_boards(&boards)
+        .context("profiles file names a board the catalog does not have")?;
+    Ok(boards)
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -282,13 +294,7 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
     }
     let root = load_root(&config, Timestamp::now())?;
     let profiles = load_profiles(&config)?;
-    let boards = match &config.boards_dir {
-        Some(d) => Catalog::load_dir(d).with_context(|| format!("boards {}", d.display()))?,
-        None => Catalog::builtin(),
-    };
-    profiles
-        .check_boards(&boards)
-        .context("profiles file names a board the catalog does not have")?;
+    let boards = load_boards(&config, &profiles)?;
     let blobs = BlobStore::open(&config.blob_dir)
         .with_context(|| format!("blob store {}", config.blob_dir.display()))?;
     let store = AnyStore::open(&config.store)
