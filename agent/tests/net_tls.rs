@@ -677,7 +677,7 @@ fn accepted_outcomes(server: &Server) -> Vec<Outcome> {
         .unwrap()
         .accepted
         .iter()
-        .map(|b| serde_json::from_slice::<Report>(b).unwrap().outcome)
+        .filter_map(|b| serde_json::from_slice::<Report>(b).unwrap().outcome)
         .collect()
 }
 
@@ -842,6 +842,7 @@ fn outcome(version: u64) -> Outcome {
         name: "edge-gw".into(),
         version,
         reason: format!("attempt {version}"),
+        rejected: None,
     }
 }
 
@@ -895,7 +896,7 @@ fn reports_survive_an_outage_and_arrive_in_order_exactly_once() {
     assert_eq!(
         reports
             .iter()
-            .map(|r| r.outcome.clone())
+            .filter_map(|r| r.outcome.clone())
             .collect::<Vec<_>>(),
         (1..=4).map(outcome).collect::<Vec<_>>()
     );
@@ -920,6 +921,7 @@ fn report_queue_is_bounded_and_recovers_lost_outcomes() {
             serde_json::from_slice::<Report>(&std::fs::read(p).unwrap())
                 .unwrap()
                 .outcome
+                .unwrap()
         })
         .collect();
     assert_eq!(
@@ -939,7 +941,12 @@ fn report_queue_is_bounded_and_recovers_lost_outcomes() {
     let mut got = Vec::new();
     let (sent, err) = queue
         .flush(&mut |b| {
-            got.push(serde_json::from_slice::<Report>(b).unwrap().outcome);
+            got.push(
+                serde_json::from_slice::<Report>(b)
+                    .unwrap()
+                    .outcome
+                    .unwrap(),
+            );
             Ok(())
         })
         .unwrap();

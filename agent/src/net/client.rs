@@ -10,7 +10,9 @@ use std::time::Duration;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 
 use crate::config::{CappedReadError, TlsFiles, read_capped};
-use crate::net::{ASSIGNMENT_PATH, Assignment, MAX_ASSIGNMENT_BYTES, NetError, REPORTS_PATH};
+use crate::net::{
+    ASSIGNMENT_PATH, Assignment, MAX_ASSIGNMENT_BYTES, NetError, REPORTS_PATH, parse_assignment,
+};
 
 /// Size cap of a PEM file.
 pub const MAX_PEM_BYTES: usize = 64 * 1024;
@@ -351,7 +353,7 @@ impl HttpClient {
         let resp = self.get(&url, None)?;
         let status = resp.status().as_u16();
         if status != 200 {
-            return Err(NetError::Status { url, status });
+            return Err(refused(url, status, resp.into_body()));
         }
         read_body(&url, resp.into_body(), limit)
     }
@@ -367,9 +369,9 @@ impl HttpClient {
             204 => Ok(None),
             200 => {
                 let body = read_body(&url, resp.into_body(), MAX_ASSIGNMENT_BYTES)?;
-                Assignment::parse(&url, &body).map(Some)
+                parse_assignment(&url, &body).map(Some)
             }
-            status => Err(NetError::Status { url, status }),
+            status => Err(refused(url, status, resp.into_body())),
         }
     }
 
@@ -378,7 +380,30 @@ impl HttpClient {
     /// # Errors
     /// Transport errors and any other status.
     pub fn post_report(&self, body: &[u8]) -> Result<(), NetError> {
-        let url = self.resolve(REPORTS_PATH);
+        let (url, status, resp) = self.post_json(REPORTS_PATH, body, 4096)?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(NetError::Status {
+                url,
+                status,
+                reason: tugboot_wire::ErrorBody::reason(&resp),
+            })
+        }
+    }
+
+    /// POSTs JSON to `path` (below the server) and returns the URL, the status and the body
+    /// (at most `limit` bytes; a longer body is an error).
+    ///
+    /// # Errors
+    /// Transport errors, a body over the cap.
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &[u8],
+        limit: usize,
+    ) -> Result<(String, u16, Vec<u8>), NetError> {
+        let url = self.resolve(path);
         let resp = self
             .agent
             .post(&url)
@@ -386,13 +411,8 @@ impl HttpClient {
             .send(body)
             .map_err(|e| transport(&url, e))?;
         let status = resp.status().as_u16();
-        // Drain a small acknowledgement so the connection can be reused.
-        let _ = read_body(&url, resp.into_body(), 4096);
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(NetError::Status { url, status })
-        }
+        let body = read_body(&url, resp.into_body(), limit)?;
+        Ok((url, status, body))
     }
 }
 
@@ -400,6 +420,19 @@ fn transport(url: &str, e: ureq::Error) -> NetError {
     NetError::Transport {
         url: url.to_owned(),
         source: Box::new(e),
+    }
+}
+
+/// A refusal: the status and the server's `{"error": "…"}` reason, if it gave one (the body is
+/// read up to 16 KiB; anything else is ignored).
+pub(crate) fn refused(url: String, status: u16, body: ureq::Body) -> NetError {
+    let reason = read_body(&url, body, 16 * 1024)
+        .ok()
+        .and_then(|b| tugboot_wire::ErrorBody::reason(&b));
+    NetError::Status {
+        url,
+        status,
+        reason,
     }
 }
 

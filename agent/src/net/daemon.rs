@@ -300,7 +300,7 @@ pub fn reboot_command<'a>(config: &'a DeviceConfig, state: &AgentState) -> &'a [
 /// # Errors
 /// The parse error, or [`AssignmentPropertyError`] if a parsed URL does not resolve.
 pub fn check_assignment(server: &str, body: &[u8]) -> Result<Assignment, AssignmentCheck> {
-    let a = Assignment::parse(server, body).map_err(AssignmentCheck::Refused)?;
+    let a = crate::net::parse_assignment(server, body).map_err(AssignmentCheck::Refused)?;
     let base = server.trim_end_matches('/');
     for url in std::iter::once(&a.manifest_url).chain(a.artifacts.values()) {
         let resolved = if url.starts_with('/') {
@@ -591,7 +591,7 @@ impl Daemon {
             return Ok(Step::Idle);
         }
         let url = assignment
-            .artifact_url(&image.sha256)
+            .artifact_url(&image.sha256.to_hex())
             .ok_or_else(|| DaemonError::NoArtifactUrl(image.sha256.to_hex()))?
             .to_owned();
         self.note(format!(
@@ -636,7 +636,17 @@ pub fn describe_outcome(o: &Outcome) -> String {
             name,
             version,
             reason,
+            rejected: None,
         } => format!("failed to install {name} {version}: {reason}"),
+        Outcome::Failed {
+            name,
+            version,
+            reason,
+            rejected: Some(r),
+        } => format!(
+            "refused the manifest of {name} {version} ({}): {reason}",
+            r.code
+        ),
         Outcome::Interrupted { name, version } => {
             format!("installation of {name} {version} was interrupted")
         }

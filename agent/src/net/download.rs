@@ -125,10 +125,13 @@ impl<'a> ResumableDownload<'a> {
                     },
                 ));
             }
-            (s, _) if s >= 500 || s == 408 || s == 429 => {
-                return Err((true, NetError::Status { url: url(), status }));
+            (s, _) => {
+                let retry = s >= 500 || s == 408 || s == 429;
+                return Err((
+                    retry,
+                    crate::net::client::refused(url(), status, resp.into_body()),
+                ));
             }
-            _ => return Err((false, NetError::Status { url: url(), status })),
         }
         if from.is_some() {
             self.resumes.push(self.offset);

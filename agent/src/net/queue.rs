@@ -9,7 +9,11 @@
 //!   again: delivery is at least once, and each report carries an `id` the server uses to
 //!   drop the repeat (exactly once as seen by the server).
 //! - The queue is bounded ([`ReportQueue::open`]'s `max`): when full, the oldest report is
-//!   dropped to make room (outcomes are rare: one per update attempt).
+//!   dropped to make room, status reports before outcomes (outcomes are rare: one per update
+//!   attempt, and they decide rollouts).
+//! - Status reports ([`ReportQueue::push_status`], `NNN.status.json`) replace each other: only
+//!   the newest one waits, so a device offline for a week queues one status, not thousands
+//!   (an inventory in a status it replaces is carried over).
 //! - `last-outcome.json` remembers the last outcome queued, so that an outcome persisted in the
 //!   state file but lost to a crash before it was queued is queued at the next start
 //!   ([`ReportQueue::recover`]), and not twice.
@@ -19,32 +23,18 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use crate::io::{RealIo, write_atomic};
 use crate::net::NetError;
 use crate::update::Outcome;
 
-/// Size cap of one queued report file.
-pub const MAX_REPORT_BYTES: usize = 16 * 1024;
+/// Size cap of one queued report file: what the server takes.
+pub use tugboot_wire::device::MAX_REPORT_BYTES;
 const SUFFIX: &str = ".json";
+const STATUS_SUFFIX: &str = ".status.json";
 const MARKER: &str = "last-outcome.json";
 
-/// What is POSTed to the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Report {
-    /// Unique per report (`<boot id>-<sequence>`): the server drops repeats.
-    pub id: String,
-    /// Sequence number: increases with every report of this device.
-    pub seq: u64,
-    /// The boot in which the report was queued.
-    pub boot_id: String,
-    /// The agent's version.
-    pub agent: String,
-    /// How the update ended.
-    pub outcome: Outcome,
-}
+/// What is POSTed to the server: the device API's report (`tugboot_wire::DeviceReport`).
+pub use tugboot_wire::DeviceReport as Report;
 
 /// The queue failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +68,23 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Que
     }
 }
 
-fn seq_of(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SUFFIX)?;
+/// Sequence number and kind (status or not) of a queued report file.
+fn seq_of(name: &str) -> Option<(u64, bool)> {
+    let (digits, status) = match name.strip_suffix(STATUS_SUFFIX) {
+        Some(d) => (d, true),
+        None => (name.strip_suffix(SUFFIX)?, false),
+    };
     if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
-        digits.parse().ok()
+        digits.parse().ok().map(|s| (s, status))
     } else {
         None
     }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl ReportQueue {
@@ -112,11 +112,20 @@ impl ReportQueue {
     /// # Errors
     /// File errors.
     pub fn pending(&self) -> Result<Vec<(u64, PathBuf)>, QueueError> {
+        Ok(self
+            .pending_kinds()?
+            .into_iter()
+            .map(|(seq, _, path)| (seq, path))
+            .collect())
+    }
+
+    /// Pending reports, oldest first: (sequence, is a status report, file).
+    fn pending_kinds(&self) -> Result<Vec<(u64, bool, PathBuf)>, QueueError> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))? {
             let entry = entry.map_err(io_err("list", &self.dir))?;
-            if let Some(seq) = seq_of(&entry.file_name().to_string_lossy()) {
-                out.push((seq, entry.path()));
+            if let Some((seq, status)) = seq_of(&entry.file_name().to_string_lossy()) {
+                out.push((seq, status, entry.path()));
             }
         }
         out.sort();
@@ -139,37 +148,69 @@ impl ReportQueue {
         self.len().map(|n| n == 0)
     }
 
-    /// Queues `outcome` durably (returns once it is on disk) and records it as the last one
-    /// queued. Returns the report.
+    /// Queues an outcome report durably (returns once it is on disk) and records it as the last
+    /// outcome queued. Returns the report.
     ///
     /// # Errors
     /// File errors; the report is then not queued.
     pub fn push(&self, outcome: &Outcome, boot_id: &str) -> Result<Report, QueueError> {
-        let mut pending = self.pending()?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let report = Report {
+            boot_id: boot_id.to_owned(),
+            outcome: Some(outcome.clone()),
+            ..Report::default()
+        };
+        let report = self.write(report, false)?;
+        self.set_marker(outcome)?;
+        Ok(report)
+    }
+
+    /// Queues a status report durably (its `id`, `seq` and `agent` are filled in here),
+    /// replacing any status report still waiting; an inventory of a replaced one is kept when
+    /// the new one has none. Returns the report.
+    ///
+    /// # Errors
+    /// File errors.
+    pub fn push_status(&self, mut report: Report) -> Result<Report, QueueError> {
+        let older: Vec<PathBuf> = self
+            .pending_kinds()?
+            .into_iter()
+            .filter(|(_, status, _)| *status)
+            .map(|(_, _, p)| p)
+            .collect();
+        if report.inventory.is_none() {
+            report.inventory = older.iter().rev().find_map(|p| {
+                let bytes = crate::config::read_capped(p, MAX_REPORT_BYTES).ok()?;
+                serde_json::from_slice::<Report>(&bytes).ok()?.inventory
+            });
+        }
+        let report = self.write(report, true)?;
+        for p in older {
+            fs::remove_file(&p).map_err(io_err("replace", &p))?;
+        }
+        Ok(report)
+    }
+
+    fn write(&self, mut report: Report, status: bool) -> Result<Report, QueueError> {
+        let mut pending = self.pending_kinds()?;
         // Strictly after every queued report, and after reports of earlier runs that were
         // already delivered (the clock, when it is right; sequences stay ordered either way).
         let seq = pending
             .last()
-            .map_or(0, |(s, _)| s.saturating_add(1))
-            .max(now);
-        let report = Report {
-            id: format!("{boot_id}-{seq}"),
-            seq,
-            boot_id: boot_id.to_owned(),
-            agent: env!("CARGO_PKG_VERSION").to_owned(),
-            outcome: outcome.clone(),
-        };
+            .map_or(0, |(s, _, _)| s.saturating_add(1))
+            .max(now_micros());
+        report.id = format!("{}-{seq}", report.boot_id);
+        report.seq = Some(seq);
+        report.agent = Some(env!("CARGO_PKG_VERSION").to_owned());
         let bytes = serde_json::to_vec(&report).unwrap_or_default();
-        let path = self.dir.join(format!("{seq:020}{SUFFIX}"));
+        let suffix = if status { STATUS_SUFFIX } else { SUFFIX };
+        let path = self.dir.join(format!("{seq:020}{suffix}"));
         write_atomic(&mut RealIo::new(), &path, &bytes).map_err(io_err("write", &path))?;
+        // Make room: status reports go first, then the oldest outcomes.
         while pending.len() >= self.max {
-            let (_, oldest) = pending.remove(0);
-            fs::remove_file(&oldest).map_err(io_err("drop", &oldest))?;
+            let i = pending.iter().position(|(_, s, _)| *s).unwrap_or(0);
+            let (_, _, victim) = pending.remove(i);
+            fs::remove_file(&victim).map_err(io_err("drop", &victim))?;
         }
-        self.set_marker(outcome)?;
         Ok(report)
     }
 
@@ -215,7 +256,7 @@ impl ReportQueue {
         let mut sent = 0;
         for (_, path) in self.pending()? {
             let bytes = match crate::config::read_capped(&path, MAX_REPORT_BYTES) {
-                Ok(b) if serde_json::from_slice::<Report>(&b).is_ok() => b,
+                Ok(b) if Report::parse(&b).is_ok() => b,
                 _ => {
                     fs::remove_file(&path).map_err(io_err("drop", &path))?;
                     continue;

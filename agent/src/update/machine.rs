@@ -340,6 +340,7 @@ impl UpdateMachine {
                 name: image.name,
                 version: image.version,
                 reason: clip(&reason),
+                rejected: None,
             }),
             (Phase::Downloading | Phase::Installed, Event::SlotVerified) => {
                 self.progress = None;

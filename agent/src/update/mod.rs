@@ -18,4 +18,6 @@ pub use agent::{Agent, AgentConfig, AgentError, Next};
 pub use boot::{AbBootloader, BootError, BootStatus, Grub, PlainFileEnv, Uboot};
 pub use install::{InstallConfig, InstallError, install_from_files};
 pub use machine::{Action, Event, Progress, UpdateError, UpdateMachine, image_of};
-pub use state::{AgentState, Committed, Image, Outcome, Phase, StateError, UpdateRecord};
+pub use state::{
+    AgentState, Committed, Image, Outcome, Phase, Rejection, StateError, UpdateRecord,
+};

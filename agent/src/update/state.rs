@@ -33,7 +33,6 @@ pub struct AgentState {
 #[serde(deny_unknown_fields)]
 pub struct Committed {
     /// Which slot.
-    #[serde(with = "slot_text")]
     pub slot: Slot,
     /// Its image; `None` on a device provisioned without a manifest.
     pub image: Option<Image>,
@@ -58,7 +57,6 @@ pub struct Image {
 #[serde(deny_unknown_fields)]
 pub struct UpdateRecord {
     /// The slot being written (never the committed one).
-    #[serde(with = "slot_text")]
     pub slot: Slot,
     /// The image being installed.
     pub image: Image,
@@ -89,50 +87,10 @@ pub enum Phase {
     },
 }
 
-/// How an update ended: what the agent reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Outcome {
-    /// The new image booted, passed its health checks and is committed.
-    Committed {
-        /// Image name.
-        name: String,
-        /// Image version (the new floor).
-        version: u64,
-        /// The slot it runs from.
-        #[serde(with = "slot_text")]
-        slot: Slot,
-    },
-    /// The new image was tried and the device went back to the committed slot.
-    RolledBack {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-        /// The slot it runs from again.
-        #[serde(with = "slot_text")]
-        slot: Slot,
-        /// Why.
-        reason: String,
-    },
-    /// The image never became bootable (bad artifact, slot error); the bootloader was never
-    /// armed for it.
-    Failed {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-        /// Why.
-        reason: String,
-    },
-    /// Power was lost while downloading; the update must be started again.
-    Interrupted {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-    },
-}
+/// How an update ended: what the agent records in `last_result` and reports, in the device
+/// API's one definition (`tugboot_wire::Outcome`; a manifest refused on the device is
+/// [`Outcome::Failed`] with `rejected` set, JSON outcome `rejected`).
+pub use tugboot_wire::{Outcome, Rejection};
 
 /// The persisted state is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -210,11 +168,13 @@ impl AgentState {
                 _ => {}
             }
         }
-        if let Some(Outcome::RolledBack { reason, .. } | Outcome::Failed { reason, .. }) =
-            &self.last_result
-            && reason.len() > MAX_TEXT_LEN
-        {
-            return Err(StateError::Invalid("text too long"));
+        if let Some(o) = &self.last_result {
+            if o.reason().is_some_and(|r| r.len() > MAX_TEXT_LEN) {
+                return Err(StateError::Invalid("text too long"));
+            }
+            if o.validate().is_err() {
+                return Err(StateError::Invalid("bad last result"));
+            }
         }
         Ok(())
     }
@@ -237,23 +197,6 @@ pub fn clip(text: &str) -> String {
         end -= 1;
     }
     text.get(..end).unwrap_or_default().to_owned()
-}
-
-/// `Slot` as `"A"`/`"B"` in JSON (the bootloader module keeps `Slot` free of serde).
-mod slot_text {
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    use crate::bootloader::Slot;
-
-    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `with` signature
-    pub fn serialize<S: Serializer>(slot: &Slot, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(slot.as_str())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Slot, D::Error> {
-        let text = <&str>::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]
@@ -283,6 +226,7 @@ mod tests {
             name: "edge".into(),
             version: 40,
             reason: "x".into(),
+            rejected: None,
         });
         s
     }
