@@ -577,7 +577,10 @@ fn reboot(argv: &[String]) -> Result<(), CliError> {
 
 fn run_daemon(config: DeviceConfig, once: bool) -> Result<(), CliError> {
     let poll = config.poll_interval;
-    let ctx = BootContext::detect_with(Some(&config), &mut *open_bootloader(&config)?)?;
+    let ctx = BootContext::detect(
+        &mut *open_bootloader(&config)?,
+        &daemon::boot_memory(&config),
+    )?;
     let mut d = Daemon::new(config, ctx)?;
     loop {
         let result = d.cycle();
@@ -607,12 +610,12 @@ fn run_daemon(config: DeviceConfig, once: bool) -> Result<(), CliError> {
 /// Starts the shell for an operator command that acts on a trial boot.
 fn trial_agent(config: &DeviceConfig, what: &str) -> Result<(DeviceAgent, BootContext), CliError> {
     let mut boot = open_bootloader(config)?;
-    let ctx = BootContext::detect_with(Some(config), &mut *boot)?;
+    let ctx = BootContext::detect(&mut *boot, &daemon::boot_memory(config))?;
     let (agent, next) = Agent::start(
         RealIo::new(),
         boot,
         agent_config(config),
-        ctx.slot,
+        ctx.booted(),
         &ctx.boot_id,
     )?;
     match next {

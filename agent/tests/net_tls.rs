@@ -23,9 +23,9 @@ use tugboot_agent::bootloader::{BootEnv, Slot, Vars};
 use tugboot_agent::config::DeviceConfig;
 use tugboot_agent::io::RealIo;
 use tugboot_agent::net::client::Timeouts;
-use tugboot_agent::net::daemon::{BootContext, Daemon, Step};
+use tugboot_agent::net::daemon::{BootContext, Daemon, Step, open_bootloader};
 use tugboot_agent::net::{HttpClient, NetError, Report, ReportQueue, TlsIdentity};
-use tugboot_agent::update::{AgentState, Image, Outcome, Phase, PlainFileEnv};
+use tugboot_agent::update::{AgentState, Evidence, Image, Outcome, Phase, PlainFileEnv};
 use tugboot_firmware::{
     Artifact, Document, Manifest, Role, SecretKey, Sha256Digest, Signed, Timestamp, TrustRoot,
 };
@@ -634,20 +634,19 @@ timeout_secs = 10
     }
 
     fn daemon(&self, slot: Slot, boot_id: &str) -> Daemon {
-        let mut d = Daemon::new(
-            self.config.clone(),
-            BootContext {
-                slot,
-                boot_id: boot_id.into(),
-            },
-        )
-        .unwrap();
+        let mut d = Daemon::new(self.config.clone(), BootContext::new(slot, boot_id)).unwrap();
         d.set_retry_delay(Duration::ZERO);
         d
     }
 
     fn state(&self) -> AgentState {
         AgentState::parse(&std::fs::read(self.path("state.json")).unwrap()).unwrap()
+    }
+
+    /// The device reboots: the simulated U-Boot counts the trial and picks the slot.
+    fn power_on(&self) -> Slot {
+        let mut env = PlainFileEnv::new(RealIo::new(), self.path("boot.env"));
+        tugboot_agent::update::sim::uboot_power_on(&mut env).unwrap()
     }
 
     fn env(&self) -> Vars {
@@ -727,6 +726,7 @@ fn update_resumes_with_range_after_a_dropped_connection_then_commits() {
     assert_eq!(env.get_str("upgrade_available"), Some("1"));
 
     // The trial boot of B: health checks pass, the agent commits and reports.
+    assert_eq!(dev.power_on(), Slot::B);
     let mut d = dev.daemon(Slot::B, "boot-2");
     assert_eq!(d.cycle().unwrap(), Step::Idle, "{:?}", d.log);
     let state = dev.state();
@@ -749,6 +749,107 @@ fn update_resumes_with_range_after_a_dropped_connection_then_commits() {
         before
     );
     assert!(d.queue().is_empty().unwrap());
+}
+
+/// Issue #10: without `tugboot.slot=` the agent took the booted slot from the environment,
+/// where arming had already set `tugboot_slot=B`, and a second `run --once` before any reboot
+/// committed v2, raised the floor and cleared `upgrade_available`. Now: in the boot that armed
+/// the trial nothing is ever committed, however often the agent runs; after the reboot U-Boot's
+/// counter proves the trial and the commit happens; a fallback is rolled back and reported.
+#[test]
+fn runs_before_the_reboot_never_commit_the_trial() {
+    let pki = Pki::new("tugboot test CA");
+    let server = Server::start(Some(pki.server_config()));
+    let dev = Device::new(&server.url(), &pki);
+    let v2 = noise(100_000, 0x23);
+    serve_update(&server, &v2, Route::ok(v2.clone()));
+    let detect = |boot_id: &str| {
+        let mut boot = open_bootloader(&dev.config).unwrap();
+        BootContext::from_sources("console=ttyS0 root=/dev/mmcblk0p2", boot_id, &mut *boot).unwrap()
+    };
+    let daemon = |ctx: BootContext| {
+        let mut d = Daemon::new(dev.config.clone(), ctx).unwrap();
+        d.set_retry_delay(Duration::ZERO);
+        d
+    };
+    let ctx = detect("boot-1");
+    assert_eq!((ctx.slot, ctx.evidence), (Slot::A, Evidence::Default));
+    assert_eq!(daemon(ctx).cycle().unwrap(), Step::Reboot);
+    assert_eq!(dev.env().get_str("tugboot_slot"), Some("B"), "armed");
+    for _ in 0..3 {
+        // The agent restarts (or `run --once` again) in the same boot.
+        let ctx = detect("boot-1");
+        assert_eq!(
+            ctx.slot,
+            Slot::A,
+            "an armed, untouched trial is not running"
+        );
+        assert_eq!(daemon(ctx).cycle().unwrap(), Step::Reboot);
+    }
+    // Even a shell that wrongly believes B runs cannot commit in the arming boot.
+    assert_eq!(
+        daemon(BootContext::new(Slot::B, "boot-1")).cycle().unwrap(),
+        Step::Reboot
+    );
+    let state = dev.state();
+    assert_eq!((state.committed.slot, state.floor), (Slot::A, 41));
+    assert!(matches!(
+        state.update.map(|u| u.phase),
+        Some(Phase::Trying { boot_id }) if boot_id == "boot-1"
+    ));
+    let env = dev.env();
+    assert_eq!(
+        env.get_str("upgrade_available"),
+        Some("1"),
+        "fallback intact"
+    );
+    assert_eq!(env.get_str("bootcount"), Some("0"));
+    assert!(accepted_outcomes(&server).is_empty());
+
+    // The reboot: U-Boot counts the trial; its counter is the proof.
+    assert_eq!(dev.power_on(), Slot::B);
+    let ctx = detect("boot-2");
+    assert_eq!((ctx.slot, ctx.evidence), (Slot::B, Evidence::TrialCounter));
+    assert_eq!(daemon(ctx).cycle().unwrap(), Step::Idle);
+    let state = dev.state();
+    assert_eq!((state.committed.slot, state.floor), (Slot::B, 42));
+    assert_eq!(
+        accepted_outcomes(&server),
+        vec![Outcome::Committed {
+            name: "edge-gw".into(),
+            version: 42,
+            slot: Slot::B
+        }]
+    );
+}
+
+#[test]
+fn a_trial_that_falls_back_is_rolled_back_and_reported() {
+    let pki = Pki::new("tugboot test CA");
+    let server = Server::start(Some(pki.server_config()));
+    let dev = Device::new(&server.url(), &pki);
+    let v2 = noise(100_000, 0x23);
+    serve_update(&server, &v2, Route::ok(v2.clone()));
+    let detect = |boot_id: &str| {
+        let mut boot = open_bootloader(&dev.config).unwrap();
+        BootContext::from_sources("", boot_id, &mut *boot).unwrap()
+    };
+    let mut d = Daemon::new(dev.config.clone(), detect("boot-1")).unwrap();
+    assert_eq!(d.cycle().unwrap(), Step::Reboot);
+    // The trial boot hangs before the agent runs; the next boot exceeds bootlimit=1.
+    assert_eq!(dev.power_on(), Slot::B);
+    assert_eq!(dev.power_on(), Slot::A);
+    let ctx = detect("boot-3");
+    assert_eq!(ctx.slot, Slot::A);
+    let mut d = Daemon::new(dev.config.clone(), ctx).unwrap();
+    d.cycle().unwrap();
+    let outcomes = accepted_outcomes(&server);
+    assert!(
+        matches!(outcomes.as_slice(), [Outcome::RolledBack { version: 42, slot: Slot::A, reason, .. }] if reason.contains("fell back")),
+        "{outcomes:?}"
+    );
+    let state = dev.state();
+    assert_eq!((state.committed.slot, state.floor), (Slot::A, 41));
 }
 
 fn assert_failed_and_untouched(route_for: impl Fn(&[u8]) -> Route, reason: &str) {
@@ -973,6 +1074,7 @@ fn daemon_queues_reports_while_the_server_is_down() {
     let shared = server.stop();
 
     // Trial boot with the server down: the commit happens, its report is queued.
+    assert_eq!(dev.power_on(), Slot::B);
     let mut d = dev.daemon(Slot::B, "boot-2");
     let err = d.cycle().unwrap_err();
     assert!(err.to_string().contains("127.0.0.1"), "{err}");

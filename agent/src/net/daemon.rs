@@ -26,8 +26,8 @@ use crate::net::{
 };
 use crate::slot::DEFAULT_CHUNK;
 use crate::update::{
-    AbBootloader, Agent, AgentConfig, AgentError, AgentState, BootError, Grub, Next, Outcome,
-    Phase, PlainFileEnv, Uboot, image_of,
+    AbBootloader, Agent, AgentConfig, AgentError, AgentState, BootError, Booted, Evidence, Grub,
+    Next, Outcome, Phase, PlainFileEnv, Uboot, image_of,
 };
 
 /// The update shell on a real device.
@@ -76,50 +76,134 @@ pub enum DaemonError {
 pub struct BootContext {
     /// The slot running now.
     pub slot: Slot,
+    /// How that is known.
+    pub evidence: Evidence,
     /// `/proc/sys/kernel/random/boot_id`.
     pub boot_id: String,
 }
 
 impl BootContext {
-    /// From `/proc`: the slot from `tugboot.slot=` on the kernel command line (else what the
-    /// bootloader says it booted: the armed trial if any, else its default), and the boot id.
-    ///
-    /// # Errors
-    /// No boot id, or no slot from either source.
-    pub fn detect(boot: &mut dyn AbBootloader) -> Result<Self, DaemonError> {
-        Self::detect_with(None, boot)
+    /// A context whose slot is known for certain (as from the kernel command line).
+    #[must_use]
+    pub fn new(slot: Slot, boot_id: &str) -> Self {
+        Self {
+            slot,
+            evidence: Evidence::KernelCmdline,
+            boot_id: boot_id.to_owned(),
+        }
     }
 
-    /// As [`BootContext::detect`], but between the kernel command line and the bootloader's
-    /// configuration it asks the firmware ([`firmware_booted_slot`]: the Raspberry Pi device
-    /// tree, EFI `BootCurrent`), which alone knows whether a trial fell back.
+    /// The slot and its evidence, for [`Agent::start`].
+    #[must_use]
+    pub fn booted(&self) -> Booted {
+        Booted {
+            slot: self.slot,
+            evidence: self.evidence,
+        }
+    }
+
+    /// From `/proc`: the slot from `tugboot.slot=` on the kernel command line, else from the
+    /// bootloader's own records ([`AbBootloader::booted`]: the Raspberry Pi device tree, EFI
+    /// `BootCurrent`, the U-Boot or GRUB trial counter, else its default), and the boot id.
+    ///
+    /// The answer is remembered for the boot in `remember` (a small file next to the state
+    /// file, keyed by boot id): the running slot cannot change within a boot, but the agent
+    /// rewrites the environment during it (arming, aborting a trial), after which the
+    /// environment no longer says what booted. A later start in the same boot (a crash, `run
+    /// --once` again, `mark-good`) reuses the first answer.
     ///
     /// # Errors
-    /// No boot id, or no slot from any source.
-    pub fn detect_with(
-        config: Option<&DeviceConfig>,
-        boot: &mut dyn AbBootloader,
-    ) -> Result<Self, DaemonError> {
+    /// No boot id, or an unreadable bootloader when the command line does not say.
+    pub fn detect(boot: &mut dyn AbBootloader, remember: &Path) -> Result<Self, DaemonError> {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let firmware = match config {
-            Some(c) => firmware_booted_slot(c)?,
-            None => None,
-        };
-        let slot = match crate::slot::booted_slot_from_cmdline(&cmdline).or(firmware) {
-            Some(s) => s,
-            None => {
-                let status = boot.status()?;
-                status.trial.unwrap_or(status.default)
-            }
-        };
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        if boot_id.is_empty() {
+        if let Some(known) = Self::remembered(remember, &boot_id) {
+            return Ok(known);
+        }
+        let ctx = Self::from_sources(&cmdline, &boot_id, boot)?;
+        ctx.remember(remember);
+        Ok(ctx)
+    }
+
+    /// The context remembered for boot `boot_id` in `path`, if any.
+    #[must_use]
+    pub fn remembered(path: &Path, boot_id: &str) -> Option<Self> {
+        let bytes = read_capped(path, 4096).ok()?;
+        let r: Remembered = serde_json::from_slice(&bytes).ok()?;
+        let evidence = match r.evidence.as_str() {
+            "kernel-cmdline" => Evidence::KernelCmdline,
+            "firmware" => Evidence::Firmware,
+            "trial-counter" => Evidence::TrialCounter,
+            "default" => Evidence::Default,
+            _ => return None,
+        };
+        (!boot_id.is_empty() && r.boot_id == boot_id).then(|| Self {
+            slot: r.slot,
+            evidence,
+            boot_id: r.boot_id,
+        })
+    }
+
+    /// Writes this context to `path` (atomically; a failure only costs the memory).
+    pub fn remember(&self, path: &Path) {
+        let evidence = match self.evidence {
+            Evidence::KernelCmdline => "kernel-cmdline",
+            Evidence::Firmware => "firmware",
+            Evidence::TrialCounter => "trial-counter",
+            Evidence::Default => "default",
+        };
+        let r = Remembered {
+            boot_id: self.boot_id.clone(),
+            slot: self.slot,
+            evidence: evidence.to_owned(),
+        };
+        let bytes = serde_json::to_vec(&r).unwrap_or_default();
+        let _ = crate::io::write_atomic(&mut RealIo::new(), path, &bytes);
+    }
+
+    /// [`BootContext::detect`] from given texts (tests).
+    ///
+    /// # Errors
+    /// An empty boot id, or an unreadable bootloader when the command line does not say.
+    pub fn from_sources(
+        cmdline: &str,
+        boot_id: &str,
+        boot: &mut dyn AbBootloader,
+    ) -> Result<Self, DaemonError> {
+        if boot_id.is_empty() || boot_id.len() > 128 {
             return Err(DaemonError::BootId);
         }
-        Ok(Self { slot, boot_id })
+        let booted = match crate::slot::booted_slot_from_cmdline(cmdline) {
+            Some(slot) => Booted::from(slot),
+            None => boot.booted()?,
+        };
+        Ok(Self {
+            slot: booted.slot,
+            evidence: booted.evidence,
+            boot_id: boot_id.to_owned(),
+        })
     }
+}
+
+/// What [`BootContext::remember`] writes.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Remembered {
+    boot_id: String,
+    slot: Slot,
+    evidence: String,
+}
+
+/// Where the running slot is remembered for the boot: `boot.json` beside the state file.
+#[must_use]
+pub fn boot_memory(config: &DeviceConfig) -> std::path::PathBuf {
+    config
+        .state_file
+        .parent()
+        .unwrap_or_else(|| Path::new("/"))
+        .join("boot.json")
 }
 
 /// Opens the configured bootloader environment.
@@ -493,7 +577,7 @@ impl Daemon {
             RealIo::new(),
             boot,
             agent_config(&self.config),
-            self.ctx.slot,
+            self.ctx.booted(),
             &self.ctx.boot_id,
         )?;
         Ok((agent, next))
@@ -735,6 +819,57 @@ b = "/dev/mmcblk0p6"
     }
 
     const D: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn the_slot_is_remembered_per_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot.json");
+        assert_eq!(BootContext::remembered(&path, "b1"), None);
+        let ctx = BootContext {
+            slot: Slot::B,
+            evidence: Evidence::TrialCounter,
+            boot_id: "b1".into(),
+        };
+        ctx.remember(&path);
+        assert_eq!(BootContext::remembered(&path, "b1"), Some(ctx));
+        assert_eq!(BootContext::remembered(&path, "b2"), None, "another boot");
+        assert_eq!(BootContext::remembered(&path, ""), None);
+        std::fs::write(
+            &path,
+            b"{\"boot_id\":\"b1\",\"slot\":\"B\",\"evidence\":\"guess\"}",
+        )
+        .unwrap();
+        assert_eq!(
+            BootContext::remembered(&path, "b1"),
+            None,
+            "unknown evidence"
+        );
+        std::fs::write(&path, b"garbage").unwrap();
+        assert_eq!(BootContext::remembered(&path, "b1"), None);
+    }
+
+    #[test]
+    fn detection_prefers_the_kernel_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("env");
+        let mut vars = crate::bootloader::Vars::new();
+        vars.set("tugboot_slot", "B").unwrap();
+        vars.set("upgrade_available", "1").unwrap();
+        vars.set("bootcount", "0").unwrap();
+        PlainFileEnv::new(RealIo::new(), &env)
+            .initialize(&vars)
+            .unwrap();
+        let mut boot = Uboot::new(PlainFileEnv::new(RealIo::new(), &env), 1);
+        let ctx = BootContext::from_sources("quiet tugboot.slot=B", "b", &mut boot).unwrap();
+        assert_eq!((ctx.slot, ctx.evidence), (Slot::B, Evidence::KernelCmdline));
+        // Without it: armed but not counted, so A runs.
+        let ctx = BootContext::from_sources("quiet", "b", &mut boot).unwrap();
+        assert_eq!((ctx.slot, ctx.evidence), (Slot::A, Evidence::Default));
+        assert!(matches!(
+            BootContext::from_sources("quiet", "", &mut boot),
+            Err(DaemonError::BootId)
+        ));
+    }
 
     #[test]
     fn assignment_urls_resolve_against_the_server() {

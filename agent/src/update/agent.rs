@@ -10,10 +10,9 @@ use std::path::PathBuf;
 
 use tugboot_firmware::{Policy, Timestamp, TrustedRoot, VerifyError, verify_manifest};
 
-use crate::bootloader::Slot;
 use crate::io::{Io, read_file, write_atomic};
 use crate::slot::{self, SlotPaths};
-use crate::update::boot::{AbBootloader, BootError};
+use crate::update::boot::{AbBootloader, BootError, Booted};
 use crate::update::machine::{Action, Event, Progress, UpdateError, UpdateMachine, image_of};
 use crate::update::state::{AgentState, MAX_STATE_BYTES, Outcome, StateError};
 
@@ -93,6 +92,8 @@ pub struct Agent<I, B> {
 impl<I: Io, B: AbBootloader> Agent<I, B> {
     /// Starts in a fresh boot: reads the state (or, if there is none, records `booted` as the
     /// committed slot with no known image), then does whatever the persisted phase calls for.
+    /// `booted` is the running slot with its evidence (a bare [`Slot`] counts as the kernel
+    /// command line's); `boot_id` must be non-empty.
     ///
     /// # Errors
     /// An unusable state file, I/O or bootloader errors.
@@ -100,9 +101,10 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
         mut io: I,
         boot: B,
         config: AgentConfig,
-        booted: Slot,
+        booted: impl Into<Booted>,
         boot_id: &str,
     ) -> Result<(Self, Next), AgentError> {
+        let booted: Booted = booted.into();
         let path = config.state_path.clone();
         let io_err = |op, source| AgentError::Io {
             op,
@@ -121,7 +123,7 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
             Some(bytes) => {
                 AgentState::parse(&bytes).map_err(|source| AgentError::State { path, source })?
             }
-            None => AgentState::provisioned(booted, None, 0),
+            None => AgentState::provisioned(booted.slot, None, 0),
         };
         let mut agent = Self {
             io,
@@ -131,7 +133,7 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
             reports: Vec::new(),
         };
         agent.machine.handle(Event::Booted {
-            slot: booted,
+            booted,
             boot_id: boot_id.to_owned(),
         })?;
         let next = agent.drive(None)?;

@@ -11,17 +11,19 @@ use std::collections::VecDeque;
 use tugboot_firmware::{Role, Sha256Digest, VerifiedManifest};
 
 use crate::bootloader::Slot;
+use crate::update::boot::{Booted, Evidence};
 use crate::update::state::{AgentState, Committed, Image, Outcome, Phase, UpdateRecord, clip};
 
 /// Something that happened, fed to [`UpdateMachine::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// The agent started in a boot: which slot the bootloader booted (kernel command line), and
-    /// an identifier of this boot (`/proc/sys/kernel/random/boot_id`). Always the first event.
+    /// The agent started in a boot: which slot the bootloader booted and how that is known
+    /// (kernel command line, firmware, the bootloader's records), and an identifier of this
+    /// boot (`/proc/sys/kernel/random/boot_id`). Always the first event.
     Booted {
-        /// The slot running now.
-        slot: Slot,
+        /// The slot running now, and the evidence.
+        booted: Booted,
         /// Changes on every boot.
         boot_id: String,
     },
@@ -189,6 +191,10 @@ pub struct Progress {
 pub struct UpdateMachine {
     state: AgentState,
     booted: Option<(Slot, String)>,
+    evidence: Evidence,
+    /// [`Action::RunHealthChecks`] was handed out in this boot: only then may a health result
+    /// (and with it a commit) come in.
+    awaiting_health: bool,
     progress: Option<Progress>,
     actions: VecDeque<Action>,
 }
@@ -218,6 +224,8 @@ impl UpdateMachine {
         Self {
             state,
             booted: None,
+            evidence: Evidence::Default,
+            awaiting_health: false,
             progress: None,
             actions: VecDeque::new(),
         }
@@ -276,6 +284,11 @@ impl UpdateMachine {
         self.actions.push_back(Action::Report(outcome));
     }
 
+    fn request_health(&mut self) {
+        self.awaiting_health = true;
+        self.actions.push_back(Action::RunHealthChecks);
+    }
+
     fn start_rollback(&mut self, reason: &str) {
         let committed = self.state.committed.slot;
         self.set_phase(Phase::RollingBack {
@@ -294,11 +307,12 @@ impl UpdateMachine {
             event: event_name(&event),
             state: self.phase_name(),
         };
-        if let Event::Booted { slot, boot_id } = event {
+        if let Event::Booted { booted, boot_id } = event {
             if self.booted.is_some() {
                 return Err(unexpected);
             }
-            self.booted = Some((slot, boot_id));
+            self.booted = Some((booted.slot, boot_id));
+            self.evidence = booted.evidence;
             self.on_boot();
             return Ok(());
         }
@@ -354,13 +368,16 @@ impl UpdateMachine {
             (Phase::Installed, Event::BootloaderArmFailed { reason }) => {
                 self.start_rollback(&format!("arming the bootloader failed: {reason}"));
             }
-            (Phase::Trying { .. }, Event::Health(Ok(()))) if booted == target => {
+            (Phase::Trying { .. }, Event::Health(Ok(()))) if self.awaiting_health => {
+                self.awaiting_health = false;
                 self.actions.push_back(Action::CommitBoot(target));
             }
-            (Phase::Trying { .. }, Event::Health(Err(reason))) if booted == target => {
+            (Phase::Trying { .. }, Event::Health(Err(reason))) if self.awaiting_health => {
+                self.awaiting_health = false;
                 self.start_rollback(&format!("health check failed: {reason}"));
             }
-            (Phase::Trying { .. }, Event::WatchdogTimeout) if booted == target => {
+            (Phase::Trying { .. }, Event::WatchdogTimeout) if self.awaiting_health => {
+                self.awaiting_health = false;
                 self.start_rollback("health checks timed out (watchdog)");
             }
             (Phase::Trying { .. }, Event::BootloaderCommitted) if booted == target => {
@@ -448,10 +465,21 @@ impl UpdateMachine {
                 name: update.image.name,
                 version: update.image.version,
             }),
+            Phase::Installed if booted == target && self.evidence == Evidence::Default => {
+                // Only the bootloader's default names the target, yet it was never committed:
+                // nothing shows that it booted as a trial. Go back to the committed slot.
+                self.start_rollback(&format!(
+                    "slot {target} is the bootloader's default but was never committed"
+                ));
+            }
             Phase::Installed if booted == target => {
-                // Armed, then lost power before recording it; the bootloader took the trial.
-                self.set_phase(Phase::Trying { boot_id });
-                self.actions.push_back(Action::RunHealthChecks);
+                // Armed, then lost power before recording it; the bootloader took the trial
+                // (the kernel command line, the firmware or the trial counter says so). The
+                // boot that armed it is unknown: record none.
+                self.set_phase(Phase::Trying {
+                    boot_id: String::new(),
+                });
+                self.request_health();
             }
             Phase::Installed => {
                 // Check the slot again (nothing may have touched it, but arming is the one step
@@ -462,12 +490,16 @@ impl UpdateMachine {
                     size: update.image.size,
                 });
             }
-            Phase::Trying { .. } if booted == target => {
-                self.actions.push_back(Action::RunHealthChecks);
-            }
-            Phase::Trying { boot_id: asked_in } if asked_in == boot_id => {
-                // The agent restarted without the reboot having happened.
+            Phase::Trying { boot_id: asked_in } if !asked_in.is_empty() && asked_in == boot_id => {
+                // The boot that armed the trial is still running: no reboot happened, so the
+                // trial cannot be running, whatever an armed environment says. Ask again.
                 self.actions.push_back(Action::Reboot);
+            }
+            Phase::Trying { .. } if booted == target => {
+                // A new boot, and the bootloader's records put it in the target: the trial
+                // (or, after a power cut between the bootloader's commit and persisting it,
+                // the target as the committed default).
+                self.request_health();
             }
             Phase::Trying { .. } => {
                 // A new boot, and not of the trial slot: the bootloader fell back.
@@ -500,8 +532,12 @@ mod tests {
     }
 
     fn boot(m: &mut UpdateMachine, slot: Slot, id: &str) {
+        boot_with(m, slot, Evidence::KernelCmdline, id);
+    }
+
+    fn boot_with(m: &mut UpdateMachine, slot: Slot, evidence: Evidence, id: &str) {
         m.handle(Event::Booted {
-            slot,
+            booted: Booted { slot, evidence },
             boot_id: id.into(),
         })
         .unwrap();
@@ -630,6 +666,60 @@ mod tests {
             matches!(&a[1], Action::Report(Outcome::RolledBack { reason, .. }) if reason.contains("fell back")),
             "{a:?}"
         );
+    }
+
+    /// The operator's report: no `tugboot.slot=`, the slot inferred from an armed environment,
+    /// and a second start before any reboot (same boot id as when it armed). Whatever slot the
+    /// shell believes, the same boot is never the trial: reboot again, never commit.
+    #[test]
+    fn same_boot_as_arming_is_never_the_trial() {
+        for evidence in [
+            Evidence::KernelCmdline,
+            Evidence::Firmware,
+            Evidence::TrialCounter,
+            Evidence::Default,
+        ] {
+            for slot in [Slot::A, Slot::B] {
+                let mut m = machine();
+                boot(&mut m, Slot::A, "1");
+                to_trial(&mut m);
+                let mut again = UpdateMachine::new(m.state().clone());
+                boot_with(&mut again, slot, evidence, "1");
+                assert_eq!(drain(&mut again), [Action::Reboot], "{slot} {evidence:?}");
+                assert!(again.handle(Event::Health(Ok(()))).is_err());
+                assert!(drain(&mut again).is_empty(), "{slot} {evidence:?}");
+                assert_eq!(again.state().floor, 41);
+            }
+        }
+    }
+
+    #[test]
+    fn installed_target_needs_more_than_the_default() {
+        let mut m = machine();
+        boot(&mut m, Slot::A, "1");
+        verified(&mut m, 42).unwrap();
+        m.handle(Event::ArtifactComplete).unwrap();
+        m.handle(Event::SlotVerified).unwrap();
+        drain(&mut m);
+        // Only the bootloader's default names B: roll back, never run the checks.
+        let mut r = UpdateMachine::new(m.state().clone());
+        boot_with(&mut r, Slot::B, Evidence::Default, "2");
+        let a = drain(&mut r);
+        assert_eq!(kinds(&a), ["persist", "abort"]);
+        // The trial counter moved: this is the trial; the arming boot is unknown, so a restart
+        // of the agent in this same boot still runs the checks.
+        let mut r = UpdateMachine::new(m.state().clone());
+        boot_with(&mut r, Slot::B, Evidence::TrialCounter, "2");
+        assert_eq!(kinds(&drain(&mut r)), ["persist", "health"]);
+        assert_eq!(
+            r.state().update.as_ref().unwrap().phase,
+            Phase::Trying {
+                boot_id: String::new()
+            }
+        );
+        let mut again = UpdateMachine::new(r.state().clone());
+        boot_with(&mut again, Slot::B, Evidence::TrialCounter, "2");
+        assert_eq!(kinds(&drain(&mut again)), ["health"]);
     }
 
     #[test]

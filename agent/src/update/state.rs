@@ -77,7 +77,9 @@ pub enum Phase {
     /// The bootloader is armed for one trial of the target; a reboot was requested in boot
     /// `boot_id`.
     Trying {
-        /// Boot in which the reboot was requested: seeing it again means no reboot happened.
+        /// Boot in which the reboot was requested: seeing it again means no reboot happened, so
+        /// the trial cannot be running. Empty when unknown (power lost between arming and
+        /// recording it; the trial boot itself then recorded this phase).
         boot_id: String,
     },
     /// The trial failed; the bootloader is being pointed back at the committed slot.
