@@ -544,7 +544,7 @@ fn manifest(version: u64, content: &[u8]) -> Vec<u8> {
         Manifest {
             name: "edge-gw".into(),
             version,
-            boards: vec!["rpi4".into()],
+            boards: vec!["raspberrypi-4".into()],
             artifacts: vec![Artifact {
                 role: Role::Slot,
                 name: "rootfs.img".into(),
@@ -601,7 +601,7 @@ impl Device {
         let toml = format!(
             r#"
 server = "{server}"
-board = "rpi4"
+board = "raspberrypi-4"
 state_file = "{d}/state.json"
 trust_root = "{d}/root.json"
 report_queue = "{d}/reports"

@@ -29,7 +29,7 @@ const ENV: &str = "/boot/tugboot.env";
 const SLOT_A: &str = "/dev/slotA";
 const SLOT_B: &str = "/dev/slotB";
 const CAPACITY: usize = 32 * 1024;
-const BOARD: &str = "rpi4";
+const BOARD: &str = "raspberrypi-4";
 
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed(&[n; 32])
@@ -183,6 +183,7 @@ impl World {
             },
             board: Some(BOARD.into()),
             chunk: 4096,
+            checkpoint: 4096,
         }
     }
 
@@ -759,6 +760,7 @@ fn installed_slot_is_verified_again_before_arming() {
             image: image_of(42, &w.v2),
             manifest_sha256: Sha256Digest::of(&w.manifest_v2),
             phase: tugboot_agent::update::Phase::Installed,
+            downloaded: 0,
         });
         w.io.add_file(STATE, &state.to_bytes());
         let mut decayed = w.v2.clone();

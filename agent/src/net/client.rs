@@ -48,7 +48,7 @@ pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
 }
 
 /// Server certificate signatures the agent can check (ECDSA P-256/P-384, RSA PKCS#1 and PSS).
-static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms =
+pub(crate) static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms =
     rustls::crypto::WebPkiSupportedAlgorithms {
         all: &[
             webpki::ring::ECDSA_P256_SHA256,

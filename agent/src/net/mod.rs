@@ -19,11 +19,14 @@
 pub mod client;
 pub mod daemon;
 pub mod download;
+pub mod enroll;
 pub mod health;
+pub mod inventory;
+pub mod memory;
 pub mod queue;
 
 pub use client::{HttpClient, TlsIdentity};
-pub use download::ResumableDownload;
+pub use download::{ArtifactDownload, DownloadError, ResumableDownload};
 pub use queue::{QueueError, Report, ReportQueue};
 
 /// Path of the assignment, below the server URL.

@@ -164,6 +164,23 @@ impl ReportQueue {
         Ok(report)
     }
 
+    /// Queues an outcome that is not the state file's `last_result` (a manifest refused
+    /// before any update started), leaving the last-outcome record alone so that
+    /// [`ReportQueue::recover`] keeps comparing with the state.
+    ///
+    /// # Errors
+    /// File errors.
+    pub fn push_unrecorded(&self, outcome: &Outcome, boot_id: &str) -> Result<Report, QueueError> {
+        self.write(
+            Report {
+                boot_id: boot_id.to_owned(),
+                outcome: Some(outcome.clone()),
+                ..Report::default()
+            },
+            false,
+        )
+    }
+
     /// Queues a status report durably (its `id`, `seq` and `agent` are filled in here),
     /// replacing any status report still waiting; an inventory of a replaced one is kept when
     /// the new one has none. Returns the report.

@@ -39,6 +39,14 @@ pub enum Event {
         /// How many.
         len: u64,
     },
+    /// The target slot holds the first `offset` bytes of the artifact, synced: a later attempt
+    /// may resume there.
+    Checkpoint {
+        /// Bytes written and synced.
+        offset: u64,
+    },
+    /// Give up an interrupted download (the server assigns something else now).
+    AbandonDownload,
     /// The whole artifact was streamed and matched its size and digest.
     ArtifactComplete,
     /// The artifact could not be written or is not the signed one.
@@ -76,8 +84,10 @@ pub enum Event {
 pub enum Action {
     /// Replace the state file with this state (atomically) before anything that follows.
     Persist(Box<AgentState>),
-    /// Stream the artifact into `slot`; answer with chunk events and then `ArtifactComplete`
-    /// or `ArtifactFailed`.
+    /// Stream the artifact into `slot` from byte `from` (the slot already holds the bytes
+    /// before it, synced); answer with chunk and checkpoint events and then `ArtifactComplete`
+    /// or `ArtifactFailed`. A source that fails for a while (network) is not answered at all:
+    /// the update stays resumable from its last checkpoint.
     WriteSlot {
         /// Target.
         slot: Slot,
@@ -85,6 +95,8 @@ pub enum Action {
         sha256: Sha256Digest,
         /// Expected size.
         size: u64,
+        /// Where to resume.
+        from: u64,
     },
     /// Sync `slot`, read back and check; answer `SlotVerified` or `SlotVerifyFailed`.
     SyncAndVerifySlot {
@@ -195,6 +207,8 @@ pub struct UpdateMachine {
     /// [`Action::RunHealthChecks`] was handed out in this boot: only then may a health result
     /// (and with it a commit) come in.
     awaiting_health: bool,
+    /// [`Action::WriteSlot`] was handed out and not yet answered: a second manifest is busy.
+    writing: bool,
     progress: Option<Progress>,
     actions: VecDeque<Action>,
 }
@@ -204,6 +218,8 @@ fn event_name(e: &Event) -> &'static str {
         Event::Booted { .. } => "booted",
         Event::ManifestVerified { .. } => "manifest-verified",
         Event::ChunkWritten { .. } => "chunk-written",
+        Event::Checkpoint { .. } => "checkpoint",
+        Event::AbandonDownload => "abandon-download",
         Event::ArtifactComplete => "artifact-complete",
         Event::ArtifactFailed { .. } => "artifact-failed",
         Event::SlotVerified => "slot-verified",
@@ -226,6 +242,7 @@ impl UpdateMachine {
             booted: None,
             evidence: Evidence::Default,
             awaiting_health: false,
+            writing: false,
             progress: None,
             actions: VecDeque::new(),
         }
@@ -332,15 +349,60 @@ impl UpdateMachine {
         let target = update.slot;
         let image = update.image.clone();
         match (&update.phase, event) {
+            (
+                Phase::Downloading,
+                Event::ManifestVerified {
+                    image: new,
+                    manifest_sha256,
+                },
+            ) if !self.writing => {
+                if booted != committed {
+                    return Err(UpdateError::NotOnCommittedSlot { booted, committed });
+                }
+                if manifest_sha256 == update.manifest_sha256 && new == image {
+                    // The same update again: carry on from the last checkpoint.
+                    self.progress = Some(Progress {
+                        written: update.downloaded,
+                        size: image.size,
+                    });
+                    self.writing = true;
+                    self.actions.push_back(Action::WriteSlot {
+                        slot: target,
+                        sha256: image.sha256,
+                        size: image.size,
+                        from: update.downloaded,
+                    });
+                } else {
+                    // Something else is assigned now: this download is over.
+                    self.finish(Outcome::Interrupted {
+                        name: image.name,
+                        version: image.version,
+                    });
+                    return self.start(booted, new, manifest_sha256);
+                }
+            }
             (_, Event::ManifestVerified { .. }) => {
                 return Err(UpdateError::Busy(self.phase_name()));
+            }
+            (Phase::Downloading, Event::AbandonDownload) if !self.writing => {
+                self.finish(Outcome::Interrupted {
+                    name: image.name,
+                    version: image.version,
+                });
             }
             (Phase::Downloading, Event::ChunkWritten { len }) => {
                 if let Some(p) = &mut self.progress {
                     p.written = p.written.saturating_add(len);
                 }
             }
+            (Phase::Downloading, Event::Checkpoint { offset }) if offset <= image.size => {
+                if let Some(u) = &mut self.state.update {
+                    u.downloaded = offset;
+                }
+                self.persist();
+            }
             (Phase::Downloading, Event::ArtifactComplete) => {
+                self.writing = false;
                 self.actions.push_back(Action::SyncAndVerifySlot {
                     slot: target,
                     sha256: image.sha256,
@@ -350,14 +412,20 @@ impl UpdateMachine {
             (
                 Phase::Downloading | Phase::Installed,
                 Event::ArtifactFailed { reason } | Event::SlotVerifyFailed { reason },
-            ) => self.finish(Outcome::Failed {
-                name: image.name,
-                version: image.version,
-                reason: clip(&reason),
-                rejected: None,
-            }),
+            ) => {
+                self.writing = false;
+                self.finish(Outcome::Failed {
+                    name: image.name,
+                    version: image.version,
+                    reason: clip(&reason),
+                    rejected: None,
+                });
+            }
             (Phase::Downloading | Phase::Installed, Event::SlotVerified) => {
                 self.progress = None;
+                if let Some(u) = &mut self.state.update {
+                    u.downloaded = 0;
+                }
                 self.set_phase(Phase::Installed);
                 self.actions.push_back(Action::ArmTrial(target));
             }
@@ -436,15 +504,18 @@ impl UpdateMachine {
             slot: target,
             sha256: image.sha256,
             size: image.size,
+            from: 0,
         };
         self.state.update = Some(UpdateRecord {
             slot: target,
             image,
             manifest_sha256,
             phase: Phase::Downloading,
+            downloaded: 0,
         });
         self.state.last_result = None;
         self.persist();
+        self.writing = true;
         self.actions.push_back(write);
         Ok(())
     }
@@ -460,11 +531,9 @@ impl UpdateMachine {
         };
         let target = update.slot;
         match update.phase {
-            // Half-written slot: its content is unknown. Start again later.
-            Phase::Downloading => self.finish(Outcome::Interrupted {
-                name: update.image.name,
-                version: update.image.version,
-            }),
+            // Half-written slot, synced up to the last checkpoint: nothing to do until the shell
+            // offers the same manifest again (resume) or another one (abandon).
+            Phase::Downloading => {}
             Phase::Installed if booted == target && self.evidence == Evidence::Default => {
                 // Only the bootloader's default names the target, yet it was never committed:
                 // nothing shows that it booted as a trial. Go back to the committed slot.
@@ -723,15 +792,61 @@ mod tests {
     }
 
     #[test]
-    fn interrupted_download_and_bad_artifact() {
+    fn interrupted_download_resumes_or_is_abandoned() {
         let mut m = machine();
         boot(&mut m, Slot::A, "1");
         verified(&mut m, 42).unwrap();
         drain(&mut m);
+        m.handle(Event::ChunkWritten { len: 40 }).unwrap();
+        m.handle(Event::Checkpoint { offset: 40 }).unwrap();
+        let a = drain(&mut m);
+        let [Action::Persist(s)] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(s.update.as_ref().unwrap().downloaded, 40);
+        assert!(
+            m.handle(Event::Checkpoint { offset: 101 }).is_err(),
+            "past the size"
+        );
+        // Power lost: the next start waits; nothing is reported.
         let mut r = UpdateMachine::new(m.state().clone());
         boot(&mut r, Slot::A, "2");
+        assert!(drain(&mut r).is_empty());
+        // The same manifest again: resume at the checkpoint.
+        verified(&mut r, 42).unwrap();
+        assert_eq!(
+            drain(&mut r),
+            [Action::WriteSlot {
+                slot: Slot::B,
+                sha256: image(42).sha256,
+                size: 100,
+                from: 40
+            }]
+        );
+        assert_eq!(r.progress().unwrap().written, 40);
+        assert!(
+            matches!(verified(&mut r, 42), Err(UpdateError::Busy(_))),
+            "writing"
+        );
+        // Another manifest: the old download is interrupted, the new one starts from 0.
+        let mut r = UpdateMachine::new(m.state().clone());
+        boot(&mut r, Slot::A, "2");
+        verified(&mut r, 43).unwrap();
+        let a = drain(&mut r);
+        assert_eq!(kinds(&a), ["persist", "report", "persist", "write"]);
+        assert!(matches!(
+            a[1],
+            Action::Report(Outcome::Interrupted { version: 42, .. })
+        ));
+        assert!(matches!(a[3], Action::WriteSlot { from: 0, .. }));
+        // Abandoned outright.
+        let mut r = UpdateMachine::new(m.state().clone());
+        boot(&mut r, Slot::A, "2");
+        r.handle(Event::AbandonDownload).unwrap();
         let a = drain(&mut r);
         assert!(matches!(a[1], Action::Report(Outcome::Interrupted { .. })));
+        assert!(r.state().update.is_none());
+        // A bad artifact ends it as failed, never armed.
         m.handle(Event::ArtifactFailed {
             reason: "sha256 mismatch".into(),
         })

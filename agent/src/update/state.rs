@@ -64,6 +64,16 @@ pub struct UpdateRecord {
     pub manifest_sha256: Sha256Digest,
     /// How far it got.
     pub phase: Phase,
+    /// Phase `downloading`: bytes of the artifact written into the target slot and synced (the
+    /// last checkpoint); a later attempt resumes there. 0 otherwise (and omitted from the
+    /// file, so states outside a download read the same for older agents).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub downloaded: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` signature
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where an update stands. Each phase is persisted *before* the step it allows.
@@ -161,6 +171,9 @@ impl AgentState {
             if u.image.version < self.floor {
                 return Err(StateError::Invalid("update below the floor"));
             }
+            if u.downloaded > u.image.size || (u.downloaded > 0 && u.phase != Phase::Downloading) {
+                return Err(StateError::Invalid("download checkpoint out of place"));
+            }
             match &u.phase {
                 Phase::Trying { boot_id: t } | Phase::RollingBack { reason: t }
                     if t.len() > MAX_TEXT_LEN =>
@@ -223,6 +236,7 @@ mod tests {
             phase: Phase::Trying {
                 boot_id: "b1".into(),
             },
+            downloaded: 0,
         });
         s.last_result = Some(Outcome::Failed {
             name: "edge".into(),
