@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod toml;
+
 use crate::bootloader::efi::EFIVARFS;
 use crate::bootloader::rpi::{AUTOBOOT_FILE, PROC_DEVICE_TREE, REBOOT_ARG};
 use crate::slot::SlotPaths;
@@ -1503,8 +1505,9 @@ url = "http://127.0.0.1:8080/healthz"
             ),
             (
                 swap("boot_partition_b = 3", "boot_partition_b = -1"),
-                // toml reports type errors inside a tagged enum by table, not by key.
-                "[bootloader] invalid value: integer `-1`, expected u32",
+                // Type errors inside the tagged table are found after its variant is known:
+                // reported for the table, not the key.
+                "key `bootloader`: invalid value: integer `-1`, expected u32",
             ),
             (swap("\nboot_partition_b = 3", ""), "boot_partition_b"),
             (

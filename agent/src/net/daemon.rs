@@ -528,6 +528,8 @@ pub struct Daemon {
     live: Option<Arc<Liveness>>,
     last_status: Option<Instant>,
     inventory_sent: Option<Inventory>,
+    /// Queued in a status report not yet delivered.
+    inventory_unsent: Option<Inventory>,
     last_error: Option<String>,
     pending_attempts: u32,
     delay: Duration,
@@ -559,6 +561,7 @@ impl Daemon {
             live: None,
             last_status: None,
             inventory_sent: None,
+            inventory_unsent: None,
             last_error: None,
             pending_attempts: 0,
             log: CycleLog::default(),
@@ -765,6 +768,10 @@ impl Daemon {
             return Ok(0);
         };
         let (sent, err) = self.queue.flush(&mut |body| client.post_report(body))?;
+        if self.inventory_unsent.is_some() && !self.queue.status_pending()? {
+            // The status report carrying it was delivered.
+            self.inventory_sent = self.inventory_unsent.take();
+        }
         if let Some(e) = err {
             if e.status() == Some(403) {
                 return Err(self.net_error(e));
@@ -841,7 +848,7 @@ impl Daemon {
         }
         self.queue.push_status(report)?;
         if send_inventory {
-            self.inventory_sent = Some(inventory);
+            self.inventory_unsent = Some(inventory);
         }
         Ok(())
     }

@@ -182,29 +182,32 @@ impl ReportQueue {
     }
 
     /// Queues a status report durably (its `id`, `seq` and `agent` are filled in here),
-    /// replacing any status report still waiting; an inventory of a replaced one is kept when
-    /// the new one has none. Returns the report.
+    /// replacing any status report still waiting. (The caller keeps sending the inventory
+    /// until [`ReportQueue::status_pending`] says a status report went out.) Returns the
+    /// report.
     ///
     /// # Errors
     /// File errors.
-    pub fn push_status(&self, mut report: Report) -> Result<Report, QueueError> {
+    pub fn push_status(&self, report: Report) -> Result<Report, QueueError> {
         let older: Vec<PathBuf> = self
             .pending_kinds()?
             .into_iter()
             .filter(|(_, status, _)| *status)
             .map(|(_, _, p)| p)
             .collect();
-        if report.inventory.is_none() {
-            report.inventory = older.iter().rev().find_map(|p| {
-                let bytes = crate::config::read_capped(p, MAX_REPORT_BYTES).ok()?;
-                serde_json::from_slice::<Report>(&bytes).ok()?.inventory
-            });
-        }
         let report = self.write(report, true)?;
         for p in older {
             fs::remove_file(&p).map_err(io_err("replace", &p))?;
         }
         Ok(report)
+    }
+
+    /// Whether a status report waits to be sent.
+    ///
+    /// # Errors
+    /// File errors.
+    pub fn status_pending(&self) -> Result<bool, QueueError> {
+        Ok(self.pending_kinds()?.iter().any(|(_, status, _)| *status))
     }
 
     fn write(&self, mut report: Report, status: bool) -> Result<Report, QueueError> {
@@ -262,7 +265,9 @@ impl ReportQueue {
 
     /// Sends pending reports oldest first with `send`, deleting each one after `send` succeeded,
     /// and stops at the first failure (returned with the count sent before it). A file that
-    /// is unreadable or too large is dropped (it could never be delivered).
+    /// is unreadable, too large or not JSON is dropped, and so is a report the server refuses
+    /// as malformed (`400`, `413`, `422`): neither could ever be delivered, and keeping them
+    /// would hold back every report behind them.
     ///
     /// # Errors
     /// File errors.
@@ -273,14 +278,20 @@ impl ReportQueue {
         let mut sent = 0;
         for (_, path) in self.pending()? {
             let bytes = match crate::config::read_capped(&path, MAX_REPORT_BYTES) {
-                Ok(b) if Report::parse(&b).is_ok() => b,
+                // The agent wrote it; a cut or garbled file is not JSON any more.
+                Ok(b) if serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok() => b,
                 _ => {
                     fs::remove_file(&path).map_err(io_err("drop", &path))?;
                     continue;
                 }
             };
-            if let Err(e) = send(&bytes) {
-                return Ok((sent, Some(e)));
+            match send(&bytes) {
+                Ok(()) => {}
+                Err(e) if matches!(e.status(), Some(400 | 413 | 422)) => {
+                    fs::remove_file(&path).map_err(io_err("drop", &path))?;
+                    continue;
+                }
+                Err(e) => return Ok((sent, Some(e))),
             }
             fs::remove_file(&path).map_err(io_err("delete", &path))?;
             sent += 1;
