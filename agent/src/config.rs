@@ -35,6 +35,8 @@ pub const DEFAULT_STATUS_SECS: u64 = 900;
 /// Default renewal window: renew in the last 28 days of the certificate's life (inside the
 /// server's 30, with room for clock skew).
 pub const DEFAULT_RENEW_BEFORE_DAYS: u64 = 28;
+/// Default distance between download checkpoints, MiB.
+pub const DEFAULT_CHECKPOINT_MIB: u64 = 16;
 /// Default interval at which a hardware watchdog is fed.
 pub const DEFAULT_WATCHDOG_FEED_SECS: u64 = 10;
 
@@ -136,6 +138,9 @@ pub struct RawConfig {
     /// Seconds between status reports (and periodic health checks).
     #[serde(default = "default_status")]
     pub status_interval_secs: u64,
+    /// MiB of a download between checkpoints (slot synced, offset saved for a resume).
+    #[serde(default = "default_checkpoint")]
+    pub download_checkpoint_mib: u64,
     /// Enrollment and renewal.
     #[serde(default)]
     pub enroll: RawEnroll,
@@ -146,6 +151,9 @@ pub struct RawConfig {
 
 fn default_status() -> u64 {
     DEFAULT_STATUS_SECS
+}
+fn default_checkpoint() -> u64 {
+    DEFAULT_CHECKPOINT_MIB
 }
 
 /// `[enroll]`: everything optional.
@@ -416,6 +424,8 @@ pub struct DeviceConfig {
     pub enroll: EnrollConfig,
     /// A hardware watchdog: the device and the feeding interval.
     pub watchdog_device: Option<(PathBuf, Duration)>,
+    /// Bytes of a download between checkpoints.
+    pub checkpoint: u64,
 }
 
 /// Validated `[enroll]`.
@@ -894,6 +904,11 @@ impl TryFrom<RawConfig> for DeviceConfig {
             status_interval: secs("status_interval_secs", raw.status_interval_secs)?,
             enroll,
             watchdog_device,
+            checkpoint: if (1..=4096).contains(&raw.download_checkpoint_mib) {
+                raw.download_checkpoint_mib << 20
+            } else {
+                return Err(invalid("download_checkpoint_mib", "must be 1..=4096"));
+            },
         })
     }
 }
@@ -1201,6 +1216,7 @@ impl DeviceConfig {
             ),
         };
         let _ = writeln!(s, "status_interval = {}s", self.status_interval.as_secs());
+        let _ = writeln!(s, "download_checkpoint = {} MiB", self.checkpoint >> 20);
         let _ = writeln!(
             s,
             "enroll = token {}, MAC {}, serial {}, CA {}, renew {} days before expiry",

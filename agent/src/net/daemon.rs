@@ -509,9 +509,6 @@ pub struct CycleLog {
     pub lines: Vec<String>,
 }
 
-/// Bytes between download checkpoints on a device.
-pub const CHECKPOINT_BYTES: u64 = 16 << 20;
-
 /// One device's agent loop.
 #[derive(Debug)]
 pub struct Daemon {
@@ -653,7 +650,7 @@ impl Daemon {
     fn start(&mut self) -> Result<(DeviceAgent, Next), DaemonError> {
         let boot = open_bootloader(&self.config)?;
         let mut config = agent_config(&self.config);
-        config.checkpoint = CHECKPOINT_BYTES;
+        config.checkpoint = self.config.checkpoint;
         let (agent, next) = Agent::start(
             RealIo::new(),
             boot,
