@@ -1110,7 +1110,11 @@ fn daemon_queues_reports_while_the_server_is_down() {
     let err = d.cycle().unwrap_err();
     assert!(err.to_string().contains("127.0.0.1"), "{err}");
     assert_eq!(dev.state().committed.slot, Slot::B);
-    assert_eq!(d.queue().len().unwrap(), 1);
+    assert_eq!(
+        d.queue().len().unwrap(),
+        2,
+        "the outcome and a status report"
+    );
     assert!(shared.lock().unwrap().accepted.is_empty());
 
     // Back up: the next cycle delivers it, once.

@@ -839,11 +839,14 @@ impl Daemon {
             inventory: send_inventory.then(|| inventory.clone()),
             ..Report::default()
         };
-        if let Err(e) = report.validate() {
-            self.note(format!("status report not queued: {e}"));
-            return Ok(());
+        match self.queue.push_status(report) {
+            Ok(_) => {}
+            Err(QueueError::Invalid(e)) => {
+                self.note(format!("status report not queued: {e}"));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
         }
-        self.queue.push_status(report)?;
         if send_inventory {
             self.inventory_unsent = Some(inventory);
         }

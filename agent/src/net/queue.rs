@@ -51,6 +51,9 @@ pub enum QueueError {
         #[source]
         source: io::Error,
     },
+    /// The report would be refused by the server (a bug, or a value out of bounds).
+    #[error("report not queued: {0}")]
+    Invalid(tugboot_wire::WireError),
 }
 
 /// The queue in one directory.
@@ -221,6 +224,7 @@ impl ReportQueue {
         report.id = format!("{}-{seq}", report.boot_id);
         report.seq = Some(seq);
         report.agent = Some(env!("CARGO_PKG_VERSION").to_owned());
+        report.validate().map_err(QueueError::Invalid)?;
         let bytes = serde_json::to_vec(&report).unwrap_or_default();
         let suffix = if status { STATUS_SUFFIX } else { SUFFIX };
         let path = self.dir.join(format!("{seq:020}{suffix}"));
