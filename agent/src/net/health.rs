@@ -408,6 +408,84 @@ mod tests {
     }
 
     #[test]
+    fn a_unit_that_does_not_exist_is_not_active() {
+        // With systemd this is `systemctl is-active` saying inactive; without it, systemctl
+        // cannot be run. Either way the check fails, with a reason.
+        let check = HealthCheck::Service {
+            name: "ghost".into(),
+            unit: "tugboot-test-no-such-unit.service".into(),
+            timeout: Duration::from_secs(20),
+        };
+        let r = evaluate(&[check], Instant::now() + Duration::from_secs(60), true);
+        assert!(!r.checks[0].ok, "{r:?}");
+        assert_eq!(r.checks[0].kind, "service");
+        assert!(matches!(r.result, HealthResult::Unhealthy(_)));
+    }
+
+    /// Waits (bounded) until `f` holds.
+    fn eventually(f: impl Fn() -> bool) -> bool {
+        (0..500).any(|_| {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        })
+    }
+
+    #[test]
+    fn the_feeder_writes_only_while_healthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("watchdog");
+        std::fs::write(&device, b"").unwrap();
+        let live = Liveness::new(Duration::from_secs(3600));
+        live.beat();
+        spawn_feeder(
+            WatchdogTarget::Device(device.clone()),
+            Duration::from_millis(5),
+            live.clone(),
+        )
+        .unwrap();
+        let len = || std::fs::metadata(&device).unwrap().len();
+        assert!(eventually(|| len() >= 3), "fed while healthy");
+        live.set_healthy(false);
+        std::thread::sleep(Duration::from_millis(30)); // a feed in flight lands
+        let stopped = len();
+        std::thread::sleep(Duration::from_millis(100)); // twenty feed intervals
+        assert_eq!(len(), stopped, "no feed while unhealthy");
+        live.set_healthy(true);
+        assert!(eventually(|| len() > stopped), "fed again");
+        assert!(
+            spawn_feeder(
+                WatchdogTarget::Device(dir.path().join("missing/watchdog")),
+                Duration::from_secs(1),
+                live
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn systemd_is_notified_while_healthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let live = Liveness::new(Duration::from_secs(3600));
+        live.beat();
+        spawn_feeder(
+            WatchdogTarget::Systemd(path.display().to_string()),
+            Duration::from_millis(5),
+            live,
+        )
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
+    }
+
+    #[test]
     fn liveness_gates_feeding() {
         let live = Liveness::new(Duration::from_secs(3600));
         live.beat();

@@ -165,3 +165,13 @@ impl NetError {
         }
     }
 }
+
+/// The entry of the `device_api` fuzz target and of its seed test: the device API's JSON
+/// parsers (`tugboot_wire::device`), the certificate and key readers of enrollment, and the
+/// inventory's `/proc` text parsers, over the same untrusted bytes. Never panics (the wire
+/// crate asserts its round trips).
+pub fn fuzz_device_api(data: &[u8]) {
+    tugboot_wire::device::fuzz_device_json(data);
+    enroll::fuzz_certificate(data);
+    inventory::fuzz_texts(data);
+}
