@@ -103,12 +103,13 @@ impl Api {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let now = i64::try_from(now()).unwrap();
+        let unix = now();
+        let now = i64::try_from(unix).unwrap();
         let ca_dir = dir.path().join("ca");
         let ca = CertAuthority::init(&ca_dir, "agent test CA", now, ca::DEFAULT_CA_VALIDITY_SECS)
             .unwrap();
         let server = ca.issue_server(&["127.0.0.1".into()], now, 86_400).unwrap();
-        let root = TrustedRoot::bootstrap(&root_bytes(), Timestamp::from_unix(now as u64)).unwrap();
+        let root = TrustedRoot::bootstrap(&root_bytes(), Timestamp::from_unix(unix)).unwrap();
         let db = format!("sqlite://{}", dir.path().join("fleet.db").display());
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let handle = rt.block_on(async {

@@ -162,7 +162,8 @@ impl BootContext {
             "default" => Evidence::Default,
             _ => return None,
         };
-        (!boot_id.is_empty() && r.boot_id == boot_id).then(|| Self {
+        let same_boot = !boot_id.is_empty() && r.boot_id == boot_id;
+        same_boot.then_some(Self {
             slot: r.slot,
             evidence,
             boot_id: r.boot_id,

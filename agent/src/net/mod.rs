@@ -119,33 +119,6 @@ pub fn parse_assignment(url: &str, body: &[u8]) -> Result<Assignment, NetError> 
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const D: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-
-    #[test]
-    fn assignment_errors_name_the_url() {
-        let body = format!(
-            r#"{{"manifest_url":"/m/1","artifacts":{{"{D}":"https://cdn.example/a"}},"future":1}}"#
-        );
-        let a = parse_assignment("u", body.as_bytes()).unwrap();
-        let d = tugboot_firmware::Sha256Digest::of(b"test");
-        assert_eq!(a.artifact_url(&d.to_hex()), Some("https://cdn.example/a"));
-        let e = parse_assignment("https://s/a", br#"{"manifest_url":"//evil/x"}"#).unwrap_err();
-        assert!(
-            matches!(&e, NetError::Protocol { url, reason } if url == "https://s/a" && reason.contains("manifest_url")),
-            "{e}"
-        );
-        let big = vec![b' '; MAX_ASSIGNMENT_BYTES + 1];
-        assert!(matches!(
-            parse_assignment("u", &big),
-            Err(NetError::TooLarge { .. })
-        ));
-    }
-}
-
 impl NetError {
     /// The HTTP status, for a refusal.
     #[must_use]
@@ -174,4 +147,31 @@ pub fn fuzz_device_api(data: &[u8]) {
     tugboot_wire::device::fuzz_device_json(data);
     enroll::fuzz_certificate(data);
     inventory::fuzz_texts(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn assignment_errors_name_the_url() {
+        let body = format!(
+            r#"{{"manifest_url":"/m/1","artifacts":{{"{D}":"https://cdn.example/a"}},"future":1}}"#
+        );
+        let a = parse_assignment("u", body.as_bytes()).unwrap();
+        let d = tugboot_firmware::Sha256Digest::of(b"test");
+        assert_eq!(a.artifact_url(&d.to_hex()), Some("https://cdn.example/a"));
+        let e = parse_assignment("https://s/a", br#"{"manifest_url":"//evil/x"}"#).unwrap_err();
+        assert!(
+            matches!(&e, NetError::Protocol { url, reason } if url == "https://s/a" && reason.contains("manifest_url")),
+            "{e}"
+        );
+        let big = vec![b' '; MAX_ASSIGNMENT_BYTES + 1];
+        assert!(matches!(
+            parse_assignment("u", &big),
+            Err(NetError::TooLarge { .. })
+        ));
+    }
 }

@@ -16,6 +16,11 @@ pub use tugboot_wire::device::{
     UpdateStatus, WireError, capped,
 };
 
+// Whatever the wire crate accepts, the store can hold (checked when compiling).
+const _: () = assert!(MAX_REPORT_BYTES <= tugboot_store::MAX_CHECKS_BYTES);
+const _: () = assert!(tugboot_wire::device::MAX_TEXT_LEN <= tugboot_store::MAX_ERROR_LEN);
+const _: () = assert!(tugboot_wire::device::MAX_NAME_LEN <= tugboot_store::MAX_NAME_LEN);
+
 /// A report POSTed by a device (outcome, status, inventory; see
 /// [`tugboot_wire::DeviceReport`], to which it dereferences), with the store's view of the
 /// slot.
@@ -95,14 +100,6 @@ pub fn fuzz_bodies(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wire_caps_fit_the_store() {
-        // Whatever the wire crate accepts, the store can hold.
-        assert!(MAX_REPORT_BYTES <= tugboot_store::MAX_CHECKS_BYTES);
-        assert!(tugboot_wire::device::MAX_TEXT_LEN <= tugboot_store::MAX_ERROR_LEN);
-        assert!(tugboot_wire::device::MAX_NAME_LEN <= tugboot_store::MAX_NAME_LEN);
-    }
 
     #[test]
     fn agent_outcome_report_parses() {
