@@ -1157,6 +1157,25 @@ fn plain_http_client_cannot_reach_a_tls_server_without_identity() {
 // ---------------------------------------------------------------------------------------------
 // Issue #10: refused assignments, rejections, the server's reasons, resuming across restarts.
 
+/// The agent binary; under a cross-test runner (`CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=
+/// qemu-aarch64-static`) it runs through the same runner as this test.
+fn agent_command() -> std::process::Command {
+    let bin = env!("CARGO_BIN_EXE_tugboot-agent");
+    let runner = if cfg!(all(target_arch = "aarch64", target_env = "musl")) {
+        std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER").ok()
+    } else {
+        None
+    };
+    match runner {
+        Some(r) => {
+            let mut c = std::process::Command::new(r);
+            c.arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    }
+}
+
 fn gets(server: &Server, path: &str) -> usize {
     server
         .seen()
@@ -1214,7 +1233,7 @@ fn a_failed_update_is_reported_once_and_not_fetched_again() {
     d.cycle().unwrap();
     assert_eq!(gets(&server, &blob), 2);
     // `tugboot-agent retry`.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tugboot-agent"))
+    let o = agent_command()
         .args([
             "--config",
             dev.path("agent.toml").to_str().unwrap(),
@@ -1375,7 +1394,7 @@ fn the_servers_reason_is_kept_and_a_revocation_stops_the_agent() {
     assert!(matches!(d.cycle(), Err(DaemonError::Revoked(_))));
     assert_eq!(server.seen().len(), before, "nothing more sent");
     // `status` says so.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tugboot-agent"))
+    let o = agent_command()
         .args([
             "--config",
             dev.path("agent.toml").to_str().unwrap(),
@@ -1410,7 +1429,7 @@ fn a_download_resumes_after_the_agent_is_killed() {
     );
     let config = dev.path("agent.toml");
     let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tugboot-agent"))
+        agent_command()
             .args(["--config", config.to_str().unwrap(), "run", "--once"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
