@@ -226,7 +226,7 @@ fn main() {
     let manifest = sign(Manifest {
         name: "bench".into(),
         version: 1,
-        boards: vec!["bench".into()],
+        boards: vec!["x86_64-uefi".into()],
         artifacts: vec![Artifact {
             role: Role::Slot,
             name: "rootfs.img".into(),
@@ -250,7 +250,7 @@ fn main() {
         d.join("agent.toml"),
         format!(
             r#"server = "https://127.0.0.1:1"
-board = "bench"
+board = "x86_64-uefi"
 state_file = "{p}/state.json"
 trust_root = "{p}/root.json"
 report_queue = "{p}/reports"

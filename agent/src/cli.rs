@@ -17,7 +17,7 @@ use crate::net::daemon::{
     self, BootContext, CHUNK, Daemon, DaemonError, DeviceAgent, Step, agent_config,
     describe_outcome, open_bootloader,
 };
-use crate::net::{HttpClient, NetError, ReportQueue, ResumableDownload, TlsIdentity};
+use crate::net::{HttpClient, NetError, ReportQueue, ResumableDownload, TlsIdentity, health};
 use crate::slot::{self, SlotError};
 use crate::update::{
     AbBootloader, Agent, AgentError, AgentState, BootError, Next, Phase, image_of,
@@ -30,6 +30,8 @@ commands:
   status [--json]         show slots, update phase, last result, queued reports
   install (--manifest FILE --artifacts DIR | --manifest-url URL) [--slot A|B]
                           provision a slot from local files or a URL and make it the default
+  enroll [--once]         get the device certificate: key made here, CSR to the server, wait for approval
+  retry                   try a refused assignment again (it is otherwise skipped until it changes)
   mark-good               commit the slot on trial without running the health checks
   rollback                abandon the slot on trial and reboot into the committed one
   check-config            print the configuration as the agent understands it
@@ -167,6 +169,13 @@ pub enum Command {
         /// The slot to install into.
         slot: Slot,
     },
+    /// Enroll (make the key, get the certificate).
+    Enroll {
+        /// One attempt only.
+        once: bool,
+    },
+    /// Forget a refused assignment.
+    Retry,
     /// Commit the trial slot.
     MarkGood,
     /// Abandon the trial slot.
@@ -251,6 +260,10 @@ pub fn parse(args: &[String]) -> Result<Invocation, CliError> {
             };
             Command::Install { source, slot }
         }
+        "enroll" => Command::Enroll {
+            once: opts.flag("--once"),
+        },
+        "retry" => Command::Retry,
         "mark-good" => Command::MarkGood,
         "rollback" => Command::Rollback,
         "check-config" => Command::CheckConfig,
@@ -380,6 +393,8 @@ pub fn execute(inv: &Invocation) -> Result<(), CliError> {
         }
         Command::Status { json } => status(&config::load(&inv.config)?, *json),
         Command::Run { once } => run_daemon(config::load(&inv.config)?, *once),
+        Command::Enroll { once } => enroll(config::load(&inv.config)?, *once),
+        Command::Retry => retry(&config::load(&inv.config)?),
         Command::MarkGood => mark_good(&config::load(&inv.config)?),
         Command::Rollback => rollback(&config::load(&inv.config)?),
         Command::Install { source, slot } => install(&config::load(&inv.config)?, source, *slot),
@@ -450,9 +465,11 @@ fn read_state(config: &DeviceConfig) -> Result<Option<AgentState>, CliError> {
         .transpose()
 }
 
-fn phase_name(p: &Phase) -> String {
+fn phase_name(p: &Phase, downloaded: u64, size: u64) -> String {
     match p {
-        Phase::Downloading => "downloading".into(),
+        Phase::Downloading => {
+            format!("downloading ({downloaded} of {size} bytes safely in the slot)")
+        }
         Phase::Installed => "installed".into(),
         Phase::Trying { .. } => "trying (waiting for the trial boot)".into(),
         Phase::RollingBack { reason } => format!("rolling back ({reason})"),
@@ -467,6 +484,14 @@ struct StatusJson<'a> {
     queued_reports: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_error: Option<&'a str>,
+    /// Expiry of the device certificate (unix), if there is one.
+    certificate_not_after: Option<i64>,
+    /// An assignment not tried again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a crate::net::memory::Refusal>,
+    /// Why the server revoked the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked: Option<&'a str>,
 }
 
 #[derive(serde::Serialize)]
@@ -489,6 +514,9 @@ fn status(config: &DeviceConfig, json: bool) -> Result<(), CliError> {
     let queued = ReportQueue::open(&config.report_queue, config.report_queue_max)
         .and_then(|q| q.len())
         .map_err(|e| e.to_string());
+    let not_after = crate::net::enroll::certificate_not_after(&config.tls.cert);
+    let refused = crate::net::memory::Refusal::load(config);
+    let revoked = crate::net::memory::Revocation::load(config);
     if json {
         let report = StatusJson {
             state: state.as_ref(),
@@ -501,6 +529,9 @@ fn status(config: &DeviceConfig, json: bool) -> Result<(), CliError> {
             },
             queued_reports: queued.as_ref().ok().copied(),
             queue_error: queued.as_ref().err().map(String::as_str),
+            certificate_not_after: not_after,
+            refused: refused.as_ref(),
+            revoked: revoked.as_ref().map(|r| r.reason.as_str()),
         };
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
         return Ok(());
@@ -528,7 +559,7 @@ fn status(config: &DeviceConfig, json: bool) -> Result<(), CliError> {
                     u.image.name,
                     u.image.version,
                     u.slot,
-                    phase_name(&u.phase)
+                    phase_name(&u.phase, u.downloaded, u.image.size)
                 ),
                 None => println!("update: none"),
             }
@@ -554,6 +585,20 @@ fn status(config: &DeviceConfig, json: bool) -> Result<(), CliError> {
         Ok(n) => println!("queued reports: {n}"),
         Err(e) => println!("queued reports: unreadable: {e}"),
     }
+    match not_after {
+        Some(t) => println!("certificate: valid until {t} (unix)"),
+        None => println!("certificate: none (`run` or `enroll` gets one)"),
+    }
+    if let Some(r) = &refused {
+        println!(
+            "refused: {} ({}); not tried again until the assignment changes or `retry`",
+            r.manifest_url,
+            describe_outcome(&r.outcome)
+        );
+    }
+    if let Some(r) = &revoked {
+        println!("revoked by the server: {}", r.reason);
+    }
     Ok(())
 }
 
@@ -576,9 +621,32 @@ fn reboot(argv: &[String]) -> Result<(), CliError> {
 }
 
 fn run_daemon(config: DeviceConfig, once: bool) -> Result<(), CliError> {
-    let poll = config.poll_interval;
-    let ctx = BootContext::detect_with(Some(&config), &mut *open_bootloader(&config)?)?;
+    let ctx = BootContext::detect(
+        &mut *open_bootloader(&config)?,
+        &daemon::boot_memory(&config),
+    )?;
+    eprintln!(
+        "tugboot-agent: running slot {} ({})",
+        ctx.slot,
+        ctx.evidence.as_str()
+    );
+    // Counted as hung without a sign of life for two of the longest waits plus the checks.
+    let hang = 2 * config.poll_interval.max(config.status_interval) + config.watchdog;
+    let live = health::Liveness::new(hang);
+    if let Some((device, every)) = &config.watchdog_device {
+        health::spawn_feeder(
+            health::WatchdogTarget::Device(device.clone()),
+            *every,
+            live.clone(),
+        )
+        .map_err(|e| CliError::Refused(format!("watchdog.device {}: {e}", device.display())))?;
+    }
+    if let Some((socket, every)) = health::systemd_watchdog() {
+        let _ = health::spawn_feeder(health::WatchdogTarget::Systemd(socket), every, live.clone());
+    }
     let mut d = Daemon::new(config, ctx)?;
+    d.set_liveness(live);
+    health::notify_ready();
     loop {
         let result = d.cycle();
         for line in &d.log.lines {
@@ -600,19 +668,83 @@ fn run_daemon(config: DeviceConfig, once: bool) -> Result<(), CliError> {
             Err(e) if once => return Err(e.into()),
             Err(e) => eprintln!("tugboot-agent: error: {}", one_line(&e.to_string())),
         }
-        std::thread::sleep(poll);
+        std::thread::sleep(d.next_delay());
     }
+}
+
+/// `enroll`: attempts until a certificate is issued (waiting for approval with backoff), or
+/// one attempt with `--once`.
+fn enroll(config: DeviceConfig, once: bool) -> Result<(), CliError> {
+    if config.tls.cert.exists() && config.tls.key.exists() {
+        let not_after = crate::net::enroll::certificate_not_after(&config.tls.cert);
+        let now = i64::try_from(crate::net::enroll::unix_now()).unwrap_or(i64::MAX);
+        if not_after.is_some_and(|t| t > now) {
+            return Err(CliError::Refused(format!(
+                "{} already holds a valid certificate (until {} unix); it is renewed by `run`",
+                config.tls.cert.display(),
+                not_after.unwrap_or_default()
+            )));
+        }
+    }
+    let ctx = BootContext::new(crate::bootloader::Slot::A, "enroll");
+    let poll = config.poll_interval;
+    let mut d = Daemon::new(config, ctx)?;
+    let mut attempt = 0;
+    loop {
+        match d.enroll()? {
+            crate::net::enroll::EnrollStep::Issued {
+                device_id,
+                not_after,
+            } => {
+                crate::net::memory::Revocation::clear(d.config()).map_err(DaemonError::from)?;
+                println!(
+                    "enrolled as device {device_id}; certificate valid until {not_after} (unix)"
+                );
+                return Ok(());
+            }
+            crate::net::enroll::EnrollStep::Pending { device_id } => {
+                if once {
+                    return Err(CliError::Refused(format!(
+                        "enrollment pending: device {device_id} waits for an operator's approval"
+                    )));
+                }
+                let wait = crate::net::enroll::pending_backoff(attempt, poll);
+                attempt += 1;
+                eprintln!(
+                    "enrollment pending: device {device_id} waits for an operator's approval;                      asking again in {}s",
+                    wait.as_secs()
+                );
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// `retry`: forget a refused assignment so the next cycle tries it again.
+fn retry(config: &DeviceConfig) -> Result<(), CliError> {
+    match crate::net::memory::Refusal::load(config) {
+        Some(r) => {
+            crate::net::memory::Refusal::clear(config).map_err(DaemonError::from)?;
+            println!(
+                "forgot {}: {}; the next cycle tries it again",
+                r.manifest_url,
+                describe_outcome(&r.outcome)
+            );
+        }
+        None => println!("nothing refused; nothing to retry"),
+    }
+    Ok(())
 }
 
 /// Starts the shell for an operator command that acts on a trial boot.
 fn trial_agent(config: &DeviceConfig, what: &str) -> Result<(DeviceAgent, BootContext), CliError> {
     let mut boot = open_bootloader(config)?;
-    let ctx = BootContext::detect_with(Some(config), &mut *boot)?;
+    let ctx = BootContext::detect(&mut *boot, &daemon::boot_memory(config))?;
     let (agent, next) = Agent::start(
         RealIo::new(),
         boot,
         agent_config(config),
-        ctx.slot,
+        ctx.booted(),
         &ctx.boot_id,
     )?;
     match next {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod toml;
+
 use crate::bootloader::efi::EFIVARFS;
 use crate::bootloader::rpi::{AUTOBOOT_FILE, PROC_DEVICE_TREE, REBOOT_ARG};
 use crate::slot::SlotPaths;
@@ -28,6 +30,29 @@ pub const DEFAULT_QUEUE_MAX: usize = 256;
 pub const MAX_SECS: u64 = 86_400;
 /// Most health checks of each kind.
 pub const MAX_CHECKS: usize = 32;
+/// Default interval of status reports (and of the periodic health checks).
+pub const DEFAULT_STATUS_SECS: u64 = 900;
+/// Default renewal window: renew in the last 28 days of the certificate's life (inside the
+/// server's 30, with room for clock skew).
+pub const DEFAULT_RENEW_BEFORE_DAYS: u64 = 28;
+/// Default distance between download checkpoints, MiB.
+pub const DEFAULT_CHECKPOINT_MIB: u64 = 16;
+/// Default interval at which a hardware watchdog is fed.
+pub const DEFAULT_WATCHDOG_FEED_SECS: u64 = 10;
+
+/// The boards of the catalogue (`boards/*.toml`, `tugboot_boards::Catalog::builtin()`): a
+/// device's `board` must be one of them (or listed in `extra_boards`). Kept as a list of names
+/// rather than linking the catalogue crate into the static agent; a test checks it against the
+/// catalogue.
+pub const KNOWN_BOARDS: &[&str] = &[
+    "arm64-uefi",
+    "qemu-arm64-uboot",
+    "raspberrypi-3",
+    "raspberrypi-4",
+    "raspberrypi-5",
+    "x86_64-bios",
+    "x86_64-uefi",
+];
 
 /// The configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +132,75 @@ pub struct RawConfig {
     /// Post-reboot health checks.
     #[serde(default)]
     pub health: RawHealth,
+    /// Board names of a server-side catalogue beyond the built-in one (`boards_dir`).
+    #[serde(default)]
+    pub extra_boards: Vec<String>,
+    /// Seconds between status reports (and periodic health checks).
+    #[serde(default = "default_status")]
+    pub status_interval_secs: u64,
+    /// MiB of a download between checkpoints (slot synced, offset saved for a resume).
+    #[serde(default = "default_checkpoint")]
+    pub download_checkpoint_mib: u64,
+    /// Enrollment and renewal.
+    #[serde(default)]
+    pub enroll: RawEnroll,
+    /// A hardware watchdog fed while the device is healthy.
+    #[serde(default)]
+    pub watchdog: RawWatchdog,
+}
+
+fn default_status() -> u64 {
+    DEFAULT_STATUS_SECS
+}
+fn default_checkpoint() -> u64 {
+    DEFAULT_CHECKPOINT_MIB
+}
+
+/// `[enroll]`: everything optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnroll {
+    /// File holding a one-time bootstrap token.
+    pub token_file: Option<PathBuf>,
+    /// Interface whose MAC identifies the machine (default: `BOOTIF=`, else the first wired
+    /// interface).
+    pub interface: Option<String>,
+    /// The MAC to enroll with, instead of reading one.
+    pub mac: Option<String>,
+    /// Serial number to present (default: device tree or DMI).
+    pub serial: Option<String>,
+    /// SHA-256 fingerprint (64 hex digits, `:` allowed) a certificate in `tls.ca` must have.
+    pub ca_sha256: Option<String>,
+    /// Renew within this many days of the certificate's expiry.
+    #[serde(default = "default_renew_days")]
+    pub renew_before_days: u64,
+}
+
+impl Default for RawEnroll {
+    fn default() -> Self {
+        Self {
+            token_file: None,
+            interface: None,
+            mac: None,
+            serial: None,
+            ca_sha256: None,
+            renew_before_days: DEFAULT_RENEW_BEFORE_DAYS,
+        }
+    }
+}
+
+fn default_renew_days() -> u64 {
+    DEFAULT_RENEW_BEFORE_DAYS
+}
+
+/// `[watchdog]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWatchdog {
+    /// The watchdog device (`/dev/watchdog`); unset: none.
+    pub device: Option<PathBuf>,
+    /// Seconds between feeds (well below the device's timeout).
+    pub feed_secs: Option<u64>,
 }
 
 fn default_queue_max() -> usize {
@@ -229,6 +323,38 @@ pub struct RawHealth {
     /// `[[health.http]]`: URLs that must answer 2xx.
     #[serde(default)]
     pub http: Vec<RawHttpCheck>,
+    /// `[[health.file]]`: files that must exist.
+    #[serde(default)]
+    pub file: Vec<RawFileCheck>,
+    /// `[[health.service]]`: systemd units that must be active.
+    #[serde(default)]
+    pub service: Vec<RawServiceCheck>,
+}
+
+/// One `[[health.file]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileCheck {
+    /// Name in reports.
+    pub name: String,
+    /// Absolute path that must exist.
+    pub path: PathBuf,
+    /// Also refuse an empty file.
+    #[serde(default)]
+    pub non_empty: bool,
+}
+
+/// One `[[health.service]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServiceCheck {
+    /// Name in reports.
+    pub name: String,
+    /// The unit (`nginx.service`, `nginx`).
+    pub unit: String,
+    /// Seconds before the check counts as failed.
+    #[serde(default = "default_check_timeout")]
+    pub timeout_secs: u64,
 }
 
 /// One `[[health.command]]`.
@@ -290,8 +416,33 @@ pub struct DeviceConfig {
     pub slots: SlotPaths,
     /// Bootloader backend.
     pub bootloader: BootloaderConfig,
-    /// Health checks, commands first.
+    /// Health checks: commands, HTTP probes, files, services, in that order.
     pub health: Vec<HealthCheck>,
+    /// Between status reports and periodic health checks.
+    pub status_interval: Duration,
+    /// Enrollment and renewal.
+    pub enroll: EnrollConfig,
+    /// A hardware watchdog: the device and the feeding interval.
+    pub watchdog_device: Option<(PathBuf, Duration)>,
+    /// Bytes of a download between checkpoints.
+    pub checkpoint: u64,
+}
+
+/// Validated `[enroll]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollConfig {
+    /// Token file.
+    pub token_file: Option<PathBuf>,
+    /// Interface for the MAC.
+    pub interface: Option<String>,
+    /// Fixed MAC.
+    pub mac: Option<tugboot_wire::Mac>,
+    /// Fixed serial.
+    pub serial: Option<String>,
+    /// Pinned CA fingerprint.
+    pub ca_sha256: Option<[u8; 32]>,
+    /// Renewal window.
+    pub renew_before: Duration,
 }
 
 /// TLS files.
@@ -406,6 +557,24 @@ pub enum HealthCheck {
         /// Deadline.
         timeout: Duration,
     },
+    /// A file must exist (and not be empty, if asked).
+    File {
+        /// Name.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// Refuse an empty file.
+        non_empty: bool,
+    },
+    /// A systemd unit must be active (`systemctl is-active --quiet <unit>`).
+    Service {
+        /// Name.
+        name: String,
+        /// The unit.
+        unit: String,
+        /// Deadline.
+        timeout: Duration,
+    },
 }
 
 impl HealthCheck {
@@ -413,7 +582,21 @@ impl HealthCheck {
     #[must_use]
     pub fn name(&self) -> &str {
         match self {
-            HealthCheck::Command { name, .. } | HealthCheck::Http { name, .. } => name,
+            HealthCheck::Command { name, .. }
+            | HealthCheck::Http { name, .. }
+            | HealthCheck::File { name, .. }
+            | HealthCheck::Service { name, .. } => name,
+        }
+    }
+
+    /// `command`, `http`, `file`, `service`.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HealthCheck::Command { .. } => "command",
+            HealthCheck::Http { .. } => "http",
+            HealthCheck::File { .. } => "file",
+            HealthCheck::Service { .. } => "service",
         }
     }
 }
@@ -474,7 +657,24 @@ impl TryFrom<RawConfig> for DeviceConfig {
 
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
         let server = url("server", &raw.server, &["https"])?;
-        let board = name("board", &raw.board)?;
+        let mut extra_boards = Vec::with_capacity(raw.extra_boards.len());
+        for (i, b) in raw.extra_boards.iter().enumerate() {
+            extra_boards.push(board_name(&format!("extra_boards[{i}]"), b)?);
+        }
+        let board = board_name("board", &raw.board)?;
+        if !KNOWN_BOARDS.contains(&board.as_str()) && !extra_boards.contains(&board) {
+            return Err(invalid(
+                "board",
+                format!(
+                    "{board:?} is not a board of the catalogue{}; known: {} (a board of your \
+                     own catalogue goes in extra_boards)",
+                    suggest_board(&board)
+                        .map(|b| format!(" (did you mean {b:?}?)"))
+                        .unwrap_or_default(),
+                    KNOWN_BOARDS.join(", ")
+                ),
+            ));
+        }
         let slots = SlotPaths {
             a: absolute("slots.a", &raw.slots.a)?,
             b: absolute("slots.b", &raw.slots.b)?,
@@ -596,7 +796,10 @@ impl TryFrom<RawConfig> for DeviceConfig {
             }
             None => raw.reboot_command.clone(),
         };
-        let checks = raw.health.command.len() + raw.health.http.len();
+        let checks = raw.health.command.len()
+            + raw.health.http.len()
+            + raw.health.file.len()
+            + raw.health.service.len();
         if checks > MAX_CHECKS {
             return Err(invalid(
                 "health",
@@ -617,12 +820,68 @@ impl TryFrom<RawConfig> for DeviceConfig {
         }
         for (i, c) in raw.health.http.iter().enumerate() {
             let key = format!("health.http[{i}]");
+            // Plain HTTP only: the probe has no roots to check a local service's certificate
+            // with (the pinned CA is the device API's, not the service's).
             health.push(HealthCheck::Http {
                 name: name(&format!("{key}.name"), &c.name)?,
-                url: url(&format!("{key}.url"), &c.url, &["http", "https"])?,
+                url: url(&format!("{key}.url"), &c.url, &["http"])?,
                 timeout: secs(&format!("{key}.timeout_secs"), c.timeout_secs)?,
             });
         }
+        for (i, c) in raw.health.file.iter().enumerate() {
+            let key = format!("health.file[{i}]");
+            health.push(HealthCheck::File {
+                name: name(&format!("{key}.name"), &c.name)?,
+                path: absolute(&format!("{key}.path"), &c.path)?,
+                non_empty: c.non_empty,
+            });
+        }
+        for (i, c) in raw.health.service.iter().enumerate() {
+            let key = format!("health.service[{i}]");
+            let unit_ok = !c.unit.is_empty()
+                && c.unit.len() <= 255
+                && !c.unit.starts_with('-')
+                && c.unit.chars().all(|ch| {
+                    ch.is_ascii_alphanumeric() || matches!(ch, ':' | '-' | '_' | '.' | '@' | '\\')
+                });
+            if !unit_ok {
+                return Err(invalid(
+                    format!("{key}.unit"),
+                    format!(
+                        "must be a systemd unit name such as nginx.service, not {:?}",
+                        c.unit
+                    ),
+                ));
+            }
+            health.push(HealthCheck::Service {
+                name: name(&format!("{key}.name"), &c.name)?,
+                unit: c.unit.clone(),
+                timeout: secs(&format!("{key}.timeout_secs"), c.timeout_secs)?,
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &health {
+            if !seen.insert(c.name()) {
+                return Err(invalid(
+                    "health",
+                    format!("two checks are named {:?}", c.name()),
+                ));
+            }
+        }
+        let enroll = enroll_config(&raw.enroll)?;
+        let watchdog_device = match (&raw.watchdog.device, raw.watchdog.feed_secs) {
+            (Some(d), feed) => Some((
+                absolute("watchdog.device", d)?,
+                secs(
+                    "watchdog.feed_secs",
+                    feed.unwrap_or(DEFAULT_WATCHDOG_FEED_SECS),
+                )?,
+            )),
+            (None, Some(_)) => {
+                return Err(invalid("watchdog.feed_secs", "needs watchdog.device"));
+            }
+            (None, None) => None,
+        };
         Ok(Self {
             server,
             board,
@@ -642,8 +901,122 @@ impl TryFrom<RawConfig> for DeviceConfig {
             slots,
             bootloader,
             health,
+            status_interval: secs("status_interval_secs", raw.status_interval_secs)?,
+            enroll,
+            watchdog_device,
+            checkpoint: if (1..=4096).contains(&raw.download_checkpoint_mib) {
+                raw.download_checkpoint_mib << 20
+            } else {
+                return Err(invalid("download_checkpoint_mib", "must be 1..=4096"));
+            },
         })
     }
+}
+
+/// A board name as the catalogue spells them: 1–64 of `a-z 0-9 - _`, starting with a letter
+/// or digit.
+fn board_name(key: &str, value: &str) -> Result<String, ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(
+            key,
+            format!("{value:?} is not a board name (1..=64 of a-z 0-9 - _)"),
+        ))
+    }
+}
+
+/// The known board a mistyped name most likely means: one that contains its digits and
+/// shares its first letter (`rpi4` → `raspberrypi-4`), if exactly one does.
+fn suggest_board(name: &str) -> Option<&'static str> {
+    let digits: String = name.chars().filter(char::is_ascii_digit).collect();
+    let first = name.chars().next()?;
+    let mut hits = KNOWN_BOARDS.iter().filter(|b| {
+        b.starts_with(first) && b.chars().filter(char::is_ascii_digit).collect::<String>() == digits
+    });
+    match (hits.next(), hits.next()) {
+        (Some(b), None) => Some(b),
+        _ => None,
+    }
+}
+
+fn enroll_config(raw: &RawEnroll) -> Result<EnrollConfig, ConfigError> {
+    let mac = raw
+        .mac
+        .as_deref()
+        .map(|m| {
+            m.parse::<tugboot_wire::Mac>()
+                .map_err(|e| invalid("enroll.mac", e.to_string()))
+        })
+        .transpose()?;
+    let ca_sha256 = raw
+        .ca_sha256
+        .as_deref()
+        .map(|f| {
+            parse_fingerprint(f).ok_or_else(|| {
+                invalid(
+                    "enroll.ca_sha256",
+                    "must be 64 hex digits (colons allowed), the CA's SHA-256 fingerprint",
+                )
+            })
+        })
+        .transpose()?;
+    if let Some(i) = &raw.interface
+        && (i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) || i == "." || i == "..")
+    {
+        return Err(invalid(
+            "enroll.interface",
+            "must be an interface name such as eth0",
+        ));
+    }
+    if let Some(s) = &raw.serial {
+        name("enroll.serial", s)?;
+    }
+    if !(1..=365).contains(&raw.renew_before_days) {
+        return Err(invalid("enroll.renew_before_days", "must be 1..=365"));
+    }
+    Ok(EnrollConfig {
+        token_file: raw
+            .token_file
+            .as_deref()
+            .map(|p| absolute("enroll.token_file", p))
+            .transpose()?,
+        interface: raw.interface.clone(),
+        mac,
+        serial: raw.serial.clone(),
+        ca_sha256,
+        renew_before: Duration::from_secs(raw.renew_before_days * 86_400),
+    })
+}
+
+/// A SHA-256 fingerprint: 64 hex digits, optionally `sha256:`-prefixed and `:`-separated
+/// (as `tugboot ca init` and `openssl x509 -fingerprint` print it).
+#[must_use]
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let hex: Vec<u8> = text
+        .strip_prefix("sha256:")
+        .unwrap_or(text)
+        .bytes()
+        .filter(|&b| b != b':')
+        .collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn rpi_tryboot(
@@ -842,6 +1215,45 @@ impl DeviceConfig {
                     .map_or(String::new(), |d| format!(" {d:?}")),
             ),
         };
+        let _ = writeln!(s, "status_interval = {}s", self.status_interval.as_secs());
+        let _ = writeln!(s, "download_checkpoint = {} MiB", self.checkpoint >> 20);
+        let _ = writeln!(
+            s,
+            "enroll = token {}, MAC {}, serial {}, CA {}, renew {} days before expiry",
+            self.enroll
+                .token_file
+                .as_ref()
+                .map_or("none (or tugboot.enroll_token=)".to_owned(), |p| p
+                    .display()
+                    .to_string()),
+            self.enroll.mac.map_or_else(
+                || {
+                    self.enroll
+                        .interface
+                        .as_ref()
+                        .map_or("BOOTIF= or the first wired interface".to_owned(), |i| {
+                            format!("of {i}")
+                        })
+                },
+                |m| m.to_string()
+            ),
+            self.enroll.serial.as_deref().unwrap_or("from the device"),
+            self.enroll
+                .ca_sha256
+                .map_or("tls.ca as is".to_owned(), |f| format!(
+                    "tls.ca pinned to sha256:{}",
+                    f.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                )),
+            self.enroll.renew_before.as_secs() / 86_400
+        );
+        if let Some((dev, feed)) = &self.watchdog_device {
+            let _ = writeln!(
+                s,
+                "watchdog = {} fed every {}s while healthy",
+                dev.display(),
+                feed.as_secs()
+            );
+        }
         for c in &self.health {
             let _ = match c {
                 HealthCheck::Command {
@@ -856,6 +1268,25 @@ impl DeviceConfig {
                 HealthCheck::Http { name, url, timeout } => {
                     writeln!(s, "health {name}: GET {url} within {}s", timeout.as_secs())
                 }
+                HealthCheck::File {
+                    name,
+                    path,
+                    non_empty,
+                } => writeln!(
+                    s,
+                    "health {name}: file {} exists{}",
+                    path.display(),
+                    if *non_empty { " and is not empty" } else { "" }
+                ),
+                HealthCheck::Service {
+                    name,
+                    unit,
+                    timeout,
+                } => writeln!(
+                    s,
+                    "health {name}: systemd unit {unit} active within {}s",
+                    timeout.as_secs()
+                ),
             };
         }
         s
@@ -926,7 +1357,7 @@ mod tests {
 
     pub(crate) const EXAMPLE: &str = r#"
 server = "https://tugboot.example:8443/"
-board = "rpi4"
+board = "raspberrypi-4"
 state_file = "/data/tugboot/state.json"
 trust_root = "/etc/tugboot/root.json"
 report_queue = "/data/tugboot/reports"
@@ -1090,8 +1521,9 @@ url = "http://127.0.0.1:8080/healthz"
             ),
             (
                 swap("boot_partition_b = 3", "boot_partition_b = -1"),
-                // toml reports type errors inside a tagged enum by table, not by key.
-                "[bootloader] invalid value: integer `-1`, expected u32",
+                // Type errors inside the tagged table are found after its variant is known:
+                // reported for the table, not the key.
+                "key `bootloader`: invalid value: integer `-1`, expected u32",
             ),
             (swap("\nboot_partition_b = 3", ""), "boot_partition_b"),
             (
@@ -1249,6 +1681,36 @@ url = "http://127.0.0.1:8080/healthz"
         ))
         .unwrap();
         assert_eq!(c.trial_reboot_command, vec!["kexec-reboot"]);
+    }
+
+    /// The list of board names compiled into the agent is the catalogue's (`boards/*.toml`).
+    #[test]
+    fn known_boards_are_the_catalogue() {
+        let catalogue: Vec<String> = tugboot_boards::Catalog::builtin()
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        let mut known: Vec<String> = KNOWN_BOARDS.iter().map(|s| (*s).to_owned()).collect();
+        known.sort();
+        let mut catalogue_sorted = catalogue.clone();
+        catalogue_sorted.sort();
+        assert_eq!(known, catalogue_sorted, "update config::KNOWN_BOARDS");
+    }
+
+    #[test]
+    fn board_suggestions() {
+        assert_eq!(suggest_board("rpi4"), Some("raspberrypi-4"));
+        assert_eq!(suggest_board("rpi5"), Some("raspberrypi-5"));
+        assert_eq!(suggest_board("x86"), None, "two x86_64 boards");
+        assert_eq!(suggest_board("zzz"), None);
+        assert_eq!(
+            parse_fingerprint("sha256:00:11").map(|f| f[0]),
+            None,
+            "too short"
+        );
+        let full = "ab".repeat(32);
+        assert_eq!(parse_fingerprint(&full), Some([0xab; 32]));
+        assert_eq!(parse_fingerprint(&full.replacen('a', "g", 1)), None);
     }
 
     #[test]

@@ -131,8 +131,163 @@ pub fn write_slot(
 ) -> Result<(), SlotError> {
     check_fits(io, path, size)?;
     let mut verifier = ArtifactVerifier::new(sha256, size);
+    stream(
+        io,
+        path,
+        &mut verifier,
+        source,
+        chunk,
+        &mut Progress(progress),
+    )?;
+    verifier.finish()?;
+    Ok(())
+}
+
+/// Where an artifact's bytes come from, from any offset: a download that can start with
+/// `Range: bytes=N-`, a file, a buffer.
+pub trait ArtifactSource {
+    /// A reader of the artifact from byte `from` on.
+    ///
+    /// # Errors
+    /// The source cannot be opened there.
+    fn open_at(&mut self, from: u64) -> io::Result<Box<dyn Read + '_>>;
+
+    /// Whether an error of this source is worth trying again later (the network went away)
+    /// rather than a sign that the artifact is bad or unobtainable. The update of a download
+    /// that stops this way stays resumable; any other failure ends it as failed.
+    fn is_transient(&self, _error: &io::Error) -> bool {
+        false
+    }
+}
+
+impl ArtifactSource for &[u8] {
+    fn open_at(&mut self, from: u64) -> io::Result<Box<dyn Read + '_>> {
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(self.len());
+        Ok(Box::new(self.get(start..).unwrap_or_default()))
+    }
+}
+
+/// Follows a slot write: progress, and checkpoints (`offset` bytes written and synced).
+pub trait WriteObserver {
+    /// `len` more bytes were written.
+    fn written(&mut self, _len: u64) {}
+
+    /// Bytes between checkpoints (0: none).
+    fn checkpoint_every(&self) -> u64 {
+        0
+    }
+
+    /// Called after the slot was synced up to `offset`; records it (a failure stops the write).
+    ///
+    /// # Errors
+    /// Whatever recording it failed with.
+    fn checkpoint(&mut self, _io: &mut dyn Io, _offset: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Progress only.
+struct Progress<'a>(&'a mut dyn FnMut(u64));
+
+impl WriteObserver for Progress<'_> {
+    fn written(&mut self, len: u64) {
+        (self.0)(len);
+    }
+}
+
+/// Writes the artifact into the slot from byte `from` (bytes before it are already in the slot
+/// from an earlier, interrupted attempt), syncing the slot and calling `observer.checkpoint`
+/// every `observer.checkpoint_every()` bytes so that a later attempt can start from there.
+///
+/// Resuming: the verifier's state cannot be saved, so the first `from` bytes are read back
+/// from the slot and hashed again (a local read, much faster than the network) before the
+/// source is opened at `from`. The final digest then covers exactly what the slot holds. If
+/// it does not match after a resume (storage that lost synced data, or a prefix written by
+/// something else), the write starts once more from byte 0 (checkpoint 0 first) before the
+/// artifact is declared bad: a resume never turns a good download into a failed update.
+///
+/// # Errors
+/// As for [`write_slot`]; errors of the source are [`SlotError::Source`].
+#[allow(clippy::too_many_arguments)] // the shell's one call site names each; a struct adds nothing
+pub fn write_slot_from(
+    io: &mut dyn Io,
+    path: &Path,
+    sha256: Sha256Digest,
+    size: u64,
+    from: u64,
+    source: &mut dyn ArtifactSource,
+    chunk: usize,
+    observer: &mut dyn WriteObserver,
+) -> Result<(), SlotError> {
+    check_fits(io, path, size)?;
+    let mut from = if from > size { 0 } else { from };
+    loop {
+        let mut verifier = ArtifactVerifier::new(sha256, size);
+        if from > 0 {
+            rehash_prefix(io, path, &mut verifier, from, chunk)?;
+        }
+        if verifier.remaining() > 0 {
+            let mut reader = source.open_at(from).map_err(SlotError::Source)?;
+            stream(io, path, &mut verifier, &mut reader, chunk, observer)?;
+        }
+        match verifier.finish() {
+            Err(StreamError::DigestMismatch { .. }) if from > 0 => {
+                observer
+                    .checkpoint(io, 0)
+                    .map_err(io_err("checkpoint", path))?;
+                from = 0;
+            }
+            result => return result.map(|_| ()).map_err(Into::into),
+        }
+    }
+}
+
+/// Hashes the slot's first `len` bytes into `verifier`.
+fn rehash_prefix(
+    io: &mut dyn Io,
+    path: &Path,
+    verifier: &mut ArtifactVerifier,
+    len: u64,
+    chunk: usize,
+) -> Result<(), SlotError> {
     let mut buf = vec![0u8; chunk.max(1)];
-    let mut offset = 0u64;
+    while verifier.bytes_seen() < len {
+        let want = usize::try_from(len - verifier.bytes_seen())
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let Some(dst) = buf.get_mut(..want) else {
+            break;
+        };
+        let n = io
+            .read_at(path, verifier.bytes_seen(), dst)
+            .map_err(io_err("read", path))?;
+        let Some(data) = buf.get(..n).filter(|d| !d.is_empty()) else {
+            return Err(SlotError::Io {
+                op: "read",
+                path: path.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "slot shorter than resumed"),
+            });
+        };
+        verifier.update(data)?;
+    }
+    Ok(())
+}
+
+/// Reads `source` to its end into the slot at the verifier's position: every chunk through
+/// the verifier first, then written; a checkpoint (sync, then record) each time another
+/// `every()` bytes are in.
+fn stream(
+    io: &mut dyn Io,
+    path: &Path,
+    verifier: &mut ArtifactVerifier,
+    source: &mut dyn Read,
+    chunk: usize,
+    observer: &mut dyn WriteObserver,
+) -> Result<(), SlotError> {
+    let mut buf = vec![0u8; chunk.max(1)];
+    let every = observer.checkpoint_every();
+    let mut offset = verifier.bytes_seen();
+    let mut last = offset;
     loop {
         let n = match source.read(&mut buf) {
             Ok(n) => n,
@@ -145,16 +300,21 @@ pub fn write_slot(
             )));
         };
         if data.is_empty() {
-            break;
+            return Ok(());
         }
         verifier.update(data)?;
         io.write_at(path, offset, data)
             .map_err(io_err("write", path))?;
         offset += u64_of(n);
-        progress(u64_of(n));
+        observer.written(u64_of(n));
+        if every > 0 && offset - last >= every && verifier.remaining() > 0 {
+            io.sync(path).map_err(io_err("sync", path))?;
+            observer
+                .checkpoint(io, offset)
+                .map_err(io_err("checkpoint", path))?;
+            last = offset;
+        }
     }
-    verifier.finish()?;
-    Ok(())
 }
 
 /// Makes the slot's content durable (`fsync`), then reads the first `size` bytes back and checks

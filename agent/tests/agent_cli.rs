@@ -43,7 +43,7 @@ fn assert_fails(o: &Output, want: &str) {
 
 const BASE: &str = r#"
 server = "https://tugboot.example:8443"
-board = "rpi4"
+board = "raspberrypi-4"
 state_file = "/data/state.json"
 trust_root = "/etc/tugboot/root.json"
 report_queue = "/data/reports"
@@ -69,7 +69,7 @@ fn config_err(text: &str) -> String {
 #[test]
 fn config_base_is_valid() {
     let c = DeviceConfig::parse(BASE).unwrap();
-    assert_eq!(c.board, "rpi4");
+    assert_eq!(c.board, "raspberrypi-4");
     assert!(c.health.is_empty());
 }
 
@@ -78,7 +78,10 @@ fn config_errors_name_the_key() {
     for (edit, want) in [
         // Unknown keys, at the top and in tables.
         (
-            ("board = \"rpi4\"", "board = \"rpi4\"\nboard_name = \"x\""),
+            (
+                "board = \"raspberrypi-4\"",
+                "board = \"raspberrypi-4\"\nboard_name = \"x\"",
+            ),
             "board_name",
         ),
         (
@@ -87,7 +90,7 @@ fn config_errors_name_the_key() {
         ),
         (("[tls]", "[tls]\npassword = \"x\""), "password"),
         // Wrong types and missing keys.
-        (("board = \"rpi4\"", "board = 4"), "board"),
+        (("board = \"raspberrypi-4\"", "board = 4"), "board"),
         (
             ("server = \"https://tugboot.example:8443\"\n", ""),
             "server",
@@ -115,16 +118,65 @@ fn config_errors_name_the_key() {
         ),
         (
             (
-                "board = \"rpi4\"",
-                "board = \"rpi4\"\npoll_interval_secs = 0",
+                "board = \"raspberrypi-4\"",
+                "board = \"raspberrypi-4\"\npoll_interval_secs = 0",
             ),
             "poll_interval_secs",
         ),
         (
-            ("board = \"rpi4\"", "board = \"rpi4\"\nreboot_command = []"),
+            (
+                "board = \"raspberrypi-4\"",
+                "board = \"raspberrypi-4\"\nreboot_command = []",
+            ),
             "reboot_command",
         ),
-        (("board = \"rpi4\"", "board = \"\""), "board: must be"),
+        (
+            ("board = \"raspberrypi-4\"", "board = \"\""),
+            "board: \"\" is not a board name",
+        ),
+        // Issue #10: a board the catalogue does not know.
+        (
+            ("board = \"raspberrypi-4\"", "board = \"rpi4\""),
+            "board: \"rpi4\" is not a board of the catalogue (did you mean \"raspberrypi-4\"?)",
+        ),
+        (
+            (
+                "board = \"raspberrypi-4\"",
+                "board = \"my-board\"\nextra_boards = [\"My Board\"]",
+            ),
+            "extra_boards[0]: \"My Board\" is not a board name",
+        ),
+        (
+            (
+                "board = \"raspberrypi-4\"",
+                "board = \"raspberrypi-4\"\nstatus_interval_secs = 0",
+            ),
+            "status_interval_secs",
+        ),
+        (
+            ("[slots]", "[enroll]\nca_sha256 = \"abc\"\n[slots]"),
+            "enroll.ca_sha256: must be 64 hex digits",
+        ),
+        (
+            ("[slots]", "[enroll]\nmac = \"02:00\"\n[slots]"),
+            "enroll.mac",
+        ),
+        (
+            ("[slots]", "[enroll]\nrenew_before_days = 0\n[slots]"),
+            "enroll.renew_before_days: must be 1..=365",
+        ),
+        (
+            ("[slots]", "[enroll]\ntoken_file = \"token\"\n[slots]"),
+            "enroll.token_file: must be an absolute path",
+        ),
+        (
+            ("[slots]", "[watchdog]\nfeed_secs = 5\n[slots]"),
+            "watchdog.feed_secs: needs watchdog.device",
+        ),
+        (
+            ("[slots]", "[watchdog]\ndevice = \"watchdog\"\n[slots]"),
+            "watchdog.device: must be an absolute path",
+        ),
         (("/etc/tugboot/device.key", "device.key"), "tls.key"),
     ] {
         let text = BASE.replacen(edit.0, edit.1, 1);
@@ -132,6 +184,54 @@ fn config_errors_name_the_key() {
         let e = config_err(&text);
         assert!(e.contains(want), "{edit:?}: {e}");
     }
+}
+
+#[test]
+fn custom_boards_and_the_new_tables_parse() {
+    let text = BASE.replacen(
+        "board = \"raspberrypi-4\"",
+        "board = \"lab-gateway-2\"\nextra_boards = [\"lab-gateway-2\"]\nstatus_interval_secs = 60",
+        1,
+    ) + "[enroll]\ntoken_file = \"/etc/tugboot/token\"\ninterface = \"eth0\"\n\
+         ca_sha256 = \"sha256:AB:cd:000000000000000000000000000000000000000000000000000000000000\"\n\
+         [watchdog]\ndevice = \"/dev/watchdog\"\n\
+         [[health.file]]\nname = \"data\"\npath = \"/data/ok\"\nnon_empty = true\n\
+         [[health.service]]\nname = \"web\"\nunit = \"nginx.service\"\n";
+    let c = DeviceConfig::parse(&text).unwrap();
+    assert_eq!(c.board, "lab-gateway-2");
+    assert_eq!(c.status_interval.as_secs(), 60);
+    assert_eq!(c.enroll.ca_sha256.unwrap()[..2], [0xab, 0xcd]);
+    assert_eq!(c.enroll.renew_before.as_secs(), 28 * 86_400);
+    assert_eq!(c.watchdog_device.as_ref().unwrap().1.as_secs(), 10);
+    let kinds: Vec<_> = c.health.iter().map(|h| h.kind()).collect();
+    assert_eq!(kinds, ["file", "service"]);
+    let d = c.describe();
+    assert!(
+        d.contains("health web: systemd unit nginx.service active within 30s"),
+        "{d}"
+    );
+    assert!(
+        d.contains("watchdog = /dev/watchdog fed every 10s while healthy"),
+        "{d}"
+    );
+    assert!(d.contains("tls.ca pinned to sha256:abcd0000"), "{d}");
+}
+
+/// `check-config` refuses a board the catalogue does not know, naming the right one.
+#[test]
+fn check_config_validates_the_board_against_the_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, BASE.replacen("raspberrypi-4", "rpi4", 1)).unwrap();
+    let o = agent(&["--config", path.to_str().unwrap(), "check-config"]);
+    assert_fails(
+        &o,
+        "board: \"rpi4\" is not a board of the catalogue (did you mean \"raspberrypi-4\"?)",
+    );
+    std::fs::write(&path, BASE).unwrap();
+    let o = agent(&["--config", path.to_str().unwrap(), "check-config"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("board = raspberrypi-4"));
 }
 
 #[test]
@@ -226,7 +326,7 @@ fn manifest_by(content: &[u8], signers: &[u8]) -> Vec<u8> {
         Manifest {
             name: "edge-gw".into(),
             version: 7,
-            boards: vec!["rpi4".into()],
+            boards: vec!["raspberrypi-4".into()],
             artifacts: vec![Artifact {
                 role: Role::Slot,
                 name: "rootfs.img".into(),
@@ -289,7 +389,7 @@ impl Fixture {
             format!(
                 r#"
 server = "https://127.0.0.1:1"
-board = "rpi4"
+board = "raspberrypi-4"
 state_file = "{p}/state.json"
 trust_root = "{p}/root.json"
 report_queue = "{p}/reports"
@@ -436,7 +536,7 @@ fn status_without_state_and_verify_keep_working() {
         "--manifest",
         p(&f.path("m.json")),
         "--board",
-        "rpi4",
+        "raspberrypi-4",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "edge-gw version 7 verified");
@@ -477,6 +577,7 @@ fn on_trial() -> Fixture {
         phase: Phase::Trying {
             boot_id: "an-earlier-boot".into(),
         },
+        downloaded: 0,
     });
     std::fs::write(f.path("state.json"), state.to_bytes()).unwrap();
     let mut vars = Vars::new();
@@ -595,6 +696,7 @@ fn write_trying_state(f: &Fixture) {
         phase: Phase::Trying {
             boot_id: "an-earlier-boot".into(),
         },
+        downloaded: 0,
     });
     std::fs::write(f.path("state.json"), state.to_bytes()).unwrap();
 }

@@ -23,9 +23,9 @@ use tugboot_agent::bootloader::{BootEnv, Slot, Vars};
 use tugboot_agent::config::DeviceConfig;
 use tugboot_agent::io::RealIo;
 use tugboot_agent::net::client::Timeouts;
-use tugboot_agent::net::daemon::{BootContext, Daemon, Step};
+use tugboot_agent::net::daemon::{BootContext, Daemon, DaemonError, Step, open_bootloader};
 use tugboot_agent::net::{HttpClient, NetError, Report, ReportQueue, TlsIdentity};
-use tugboot_agent::update::{AgentState, Image, Outcome, Phase, PlainFileEnv};
+use tugboot_agent::update::{AgentState, Evidence, Image, Outcome, Phase, PlainFileEnv};
 use tugboot_firmware::{
     Artifact, Document, Manifest, Role, SecretKey, Sha256Digest, Signed, Timestamp, TrustRoot,
 };
@@ -130,6 +130,8 @@ struct Route {
     truncate_to: Option<usize>,
     /// Answer range requests with the whole body and `200`.
     ignore_range: bool,
+    /// Send full (non-range) bodies in pieces of this many bytes with a pause after each.
+    throttle: Option<(usize, Duration)>,
 }
 
 impl Route {
@@ -140,6 +142,7 @@ impl Route {
             cut_after: None,
             truncate_to: None,
             ignore_range: false,
+            throttle: None,
         }
     }
 }
@@ -287,6 +290,11 @@ fn serve<S: Read + Write>(stream: S, tcp: &TcpStream, shared: &Mutex<Shared>) {
         range: range.clone(),
         body: body.clone(),
     });
+    let throttle = if range.is_none() {
+        s.routes.get(&path).and_then(|r| r.throttle)
+    } else {
+        None
+    };
     let (status, payload, extra, cut) = if method == "POST" {
         let status = if s.report_statuses.is_empty() {
             200
@@ -355,7 +363,23 @@ fn serve<S: Read + Write>(stream: S, tcp: &TcpStream, shared: &Mutex<Shared>) {
             let _ = tcp.shutdown(Shutdown::Both);
         }
         None => {
-            let _ = stream.write_all(&payload);
+            match throttle {
+                Some((piece, pause)) => {
+                    for chunk in payload.chunks(piece) {
+                        if stream
+                            .write_all(chunk)
+                            .and_then(|()| stream.flush())
+                            .is_err()
+                        {
+                            return; // the client went away
+                        }
+                        std::thread::sleep(pause);
+                    }
+                }
+                None => {
+                    let _ = stream.write_all(&payload);
+                }
+            }
             let _ = stream.flush();
             drop(stream);
             let _ = tcp.shutdown(Shutdown::Write);
@@ -544,7 +568,7 @@ fn manifest(version: u64, content: &[u8]) -> Vec<u8> {
         Manifest {
             name: "edge-gw".into(),
             version,
-            boards: vec!["rpi4".into()],
+            boards: vec!["raspberrypi-4".into()],
             artifacts: vec![Artifact {
                 role: Role::Slot,
                 name: "rootfs.img".into(),
@@ -577,6 +601,11 @@ struct Device {
 
 impl Device {
     fn new(server: &str, pki: &Pki) -> Self {
+        Self::with_extra(server, pki, "")
+    }
+
+    /// With `extra` top-level configuration keys; the configuration is also in `agent.toml`.
+    fn with_extra(server: &str, pki: &Pki, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
         let v1 = noise(100_000, 0x11);
@@ -601,12 +630,13 @@ impl Device {
         let toml = format!(
             r#"
 server = "{server}"
-board = "rpi4"
+board = "raspberrypi-4"
 state_file = "{d}/state.json"
 trust_root = "{d}/root.json"
 report_queue = "{d}/reports"
 watchdog_secs = 60
 reboot_command = ["true"]
+{extra}
 [tls]
 ca = "{d}/ca.pem"
 cert = "{d}/device.pem"
@@ -626,6 +656,7 @@ timeout_secs = 10
 "#
         );
         let config = DeviceConfig::parse(&toml).unwrap();
+        std::fs::write(p("agent.toml"), &toml).unwrap();
         Self { dir, config, v1 }
     }
 
@@ -634,20 +665,19 @@ timeout_secs = 10
     }
 
     fn daemon(&self, slot: Slot, boot_id: &str) -> Daemon {
-        let mut d = Daemon::new(
-            self.config.clone(),
-            BootContext {
-                slot,
-                boot_id: boot_id.into(),
-            },
-        )
-        .unwrap();
+        let mut d = Daemon::new(self.config.clone(), BootContext::new(slot, boot_id)).unwrap();
         d.set_retry_delay(Duration::ZERO);
         d
     }
 
     fn state(&self) -> AgentState {
         AgentState::parse(&std::fs::read(self.path("state.json")).unwrap()).unwrap()
+    }
+
+    /// The device reboots: the simulated U-Boot counts the trial and picks the slot.
+    fn power_on(&self) -> Slot {
+        let mut env = PlainFileEnv::new(RealIo::new(), self.path("boot.env"));
+        tugboot_agent::update::sim::uboot_power_on(&mut env).unwrap()
     }
 
     fn env(&self) -> Vars {
@@ -677,7 +707,7 @@ fn accepted_outcomes(server: &Server) -> Vec<Outcome> {
         .unwrap()
         .accepted
         .iter()
-        .map(|b| serde_json::from_slice::<Report>(b).unwrap().outcome)
+        .filter_map(|b| serde_json::from_slice::<Report>(b).unwrap().outcome)
         .collect()
 }
 
@@ -727,6 +757,7 @@ fn update_resumes_with_range_after_a_dropped_connection_then_commits() {
     assert_eq!(env.get_str("upgrade_available"), Some("1"));
 
     // The trial boot of B: health checks pass, the agent commits and reports.
+    assert_eq!(dev.power_on(), Slot::B);
     let mut d = dev.daemon(Slot::B, "boot-2");
     assert_eq!(d.cycle().unwrap(), Step::Idle, "{:?}", d.log);
     let state = dev.state();
@@ -749,6 +780,107 @@ fn update_resumes_with_range_after_a_dropped_connection_then_commits() {
         before
     );
     assert!(d.queue().is_empty().unwrap());
+}
+
+/// Issue #10: without `tugboot.slot=` the agent took the booted slot from the environment,
+/// where arming had already set `tugboot_slot=B`, and a second `run --once` before any reboot
+/// committed v2, raised the floor and cleared `upgrade_available`. Now: in the boot that armed
+/// the trial nothing is ever committed, however often the agent runs; after the reboot U-Boot's
+/// counter proves the trial and the commit happens; a fallback is rolled back and reported.
+#[test]
+fn runs_before_the_reboot_never_commit_the_trial() {
+    let pki = Pki::new("tugboot test CA");
+    let server = Server::start(Some(pki.server_config()));
+    let dev = Device::new(&server.url(), &pki);
+    let v2 = noise(100_000, 0x23);
+    serve_update(&server, &v2, Route::ok(v2.clone()));
+    let detect = |boot_id: &str| {
+        let mut boot = open_bootloader(&dev.config).unwrap();
+        BootContext::from_sources("console=ttyS0 root=/dev/mmcblk0p2", boot_id, &mut *boot).unwrap()
+    };
+    let daemon = |ctx: BootContext| {
+        let mut d = Daemon::new(dev.config.clone(), ctx).unwrap();
+        d.set_retry_delay(Duration::ZERO);
+        d
+    };
+    let ctx = detect("boot-1");
+    assert_eq!((ctx.slot, ctx.evidence), (Slot::A, Evidence::Default));
+    assert_eq!(daemon(ctx).cycle().unwrap(), Step::Reboot);
+    assert_eq!(dev.env().get_str("tugboot_slot"), Some("B"), "armed");
+    for _ in 0..3 {
+        // The agent restarts (or `run --once` again) in the same boot.
+        let ctx = detect("boot-1");
+        assert_eq!(
+            ctx.slot,
+            Slot::A,
+            "an armed, untouched trial is not running"
+        );
+        assert_eq!(daemon(ctx).cycle().unwrap(), Step::Reboot);
+    }
+    // Even a shell that wrongly believes B runs cannot commit in the arming boot.
+    assert_eq!(
+        daemon(BootContext::new(Slot::B, "boot-1")).cycle().unwrap(),
+        Step::Reboot
+    );
+    let state = dev.state();
+    assert_eq!((state.committed.slot, state.floor), (Slot::A, 41));
+    assert!(matches!(
+        state.update.map(|u| u.phase),
+        Some(Phase::Trying { boot_id }) if boot_id == "boot-1"
+    ));
+    let env = dev.env();
+    assert_eq!(
+        env.get_str("upgrade_available"),
+        Some("1"),
+        "fallback intact"
+    );
+    assert_eq!(env.get_str("bootcount"), Some("0"));
+    assert!(accepted_outcomes(&server).is_empty());
+
+    // The reboot: U-Boot counts the trial; its counter is the proof.
+    assert_eq!(dev.power_on(), Slot::B);
+    let ctx = detect("boot-2");
+    assert_eq!((ctx.slot, ctx.evidence), (Slot::B, Evidence::TrialCounter));
+    assert_eq!(daemon(ctx).cycle().unwrap(), Step::Idle);
+    let state = dev.state();
+    assert_eq!((state.committed.slot, state.floor), (Slot::B, 42));
+    assert_eq!(
+        accepted_outcomes(&server),
+        vec![Outcome::Committed {
+            name: "edge-gw".into(),
+            version: 42,
+            slot: Slot::B
+        }]
+    );
+}
+
+#[test]
+fn a_trial_that_falls_back_is_rolled_back_and_reported() {
+    let pki = Pki::new("tugboot test CA");
+    let server = Server::start(Some(pki.server_config()));
+    let dev = Device::new(&server.url(), &pki);
+    let v2 = noise(100_000, 0x23);
+    serve_update(&server, &v2, Route::ok(v2.clone()));
+    let detect = |boot_id: &str| {
+        let mut boot = open_bootloader(&dev.config).unwrap();
+        BootContext::from_sources("", boot_id, &mut *boot).unwrap()
+    };
+    let mut d = Daemon::new(dev.config.clone(), detect("boot-1")).unwrap();
+    assert_eq!(d.cycle().unwrap(), Step::Reboot);
+    // The trial boot hangs before the agent runs; the next boot exceeds bootlimit=1.
+    assert_eq!(dev.power_on(), Slot::B);
+    assert_eq!(dev.power_on(), Slot::A);
+    let ctx = detect("boot-3");
+    assert_eq!(ctx.slot, Slot::A);
+    let mut d = Daemon::new(dev.config.clone(), ctx).unwrap();
+    d.cycle().unwrap();
+    let outcomes = accepted_outcomes(&server);
+    assert!(
+        matches!(outcomes.as_slice(), [Outcome::RolledBack { version: 42, slot: Slot::A, reason, .. }] if reason.contains("fell back")),
+        "{outcomes:?}"
+    );
+    let state = dev.state();
+    assert_eq!((state.committed.slot, state.floor), (Slot::A, 41));
 }
 
 fn assert_failed_and_untouched(route_for: impl Fn(&[u8]) -> Route, reason: &str) {
@@ -842,6 +974,7 @@ fn outcome(version: u64) -> Outcome {
         name: "edge-gw".into(),
         version,
         reason: format!("attempt {version}"),
+        rejected: None,
     }
 }
 
@@ -895,7 +1028,7 @@ fn reports_survive_an_outage_and_arrive_in_order_exactly_once() {
     assert_eq!(
         reports
             .iter()
-            .map(|r| r.outcome.clone())
+            .filter_map(|r| r.outcome.clone())
             .collect::<Vec<_>>(),
         (1..=4).map(outcome).collect::<Vec<_>>()
     );
@@ -920,6 +1053,7 @@ fn report_queue_is_bounded_and_recovers_lost_outcomes() {
             serde_json::from_slice::<Report>(&std::fs::read(p).unwrap())
                 .unwrap()
                 .outcome
+                .unwrap()
         })
         .collect();
     assert_eq!(
@@ -939,7 +1073,12 @@ fn report_queue_is_bounded_and_recovers_lost_outcomes() {
     let mut got = Vec::new();
     let (sent, err) = queue
         .flush(&mut |b| {
-            got.push(serde_json::from_slice::<Report>(b).unwrap().outcome);
+            got.push(
+                serde_json::from_slice::<Report>(b)
+                    .unwrap()
+                    .outcome
+                    .unwrap(),
+            );
             Ok(())
         })
         .unwrap();
@@ -966,12 +1105,28 @@ fn daemon_queues_reports_while_the_server_is_down() {
     let shared = server.stop();
 
     // Trial boot with the server down: the commit happens, its report is queued.
+    assert_eq!(dev.power_on(), Slot::B);
     let mut d = dev.daemon(Slot::B, "boot-2");
     let err = d.cycle().unwrap_err();
     assert!(err.to_string().contains("127.0.0.1"), "{err}");
     assert_eq!(dev.state().committed.slot, Slot::B);
-    assert_eq!(d.queue().len().unwrap(), 1);
-    assert!(shared.lock().unwrap().accepted.is_empty());
+    assert_eq!(
+        d.queue().len().unwrap(),
+        2,
+        "the outcome and a status report"
+    );
+    assert!(
+        shared
+            .lock()
+            .unwrap()
+            .accepted
+            .iter()
+            .all(|b| serde_json::from_slice::<Report>(b)
+                .unwrap()
+                .outcome
+                .is_none()),
+        "no outcome delivered yet"
+    );
 
     // Back up: the next cycle delivers it, once.
     let server = Server::start_at(addr, Some(pki.server_config()), shared);
@@ -997,4 +1152,346 @@ fn plain_http_client_cannot_reach_a_tls_server_without_identity() {
     server.route("/api/v1/device/assignment", Route::ok("{}"));
     let c = HttpClient::new(&server.url(), None, Timeouts::default());
     assert_refused(&server, c.assignment());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue #10: refused assignments, rejections, the server's reasons, resuming across restarts.
+
+/// The agent binary; under a cross-test runner (`CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=
+/// qemu-aarch64-static`) it runs through the same runner as this test.
+fn agent_command() -> std::process::Command {
+    let bin = env!("CARGO_BIN_EXE_tugboot-agent");
+    let runner = if cfg!(all(target_arch = "aarch64", target_env = "musl")) {
+        std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER").ok()
+    } else {
+        None
+    };
+    match runner {
+        Some(r) => {
+            let mut c = std::process::Command::new(r);
+            c.arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    }
+}
+
+fn gets(server: &Server, path: &str) -> usize {
+    server
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path == path)
+        .count()
+}
+
+fn route_assignment(server: &Server, content: &[u8], rollout: i64) {
+    let d = Sha256Digest::of(content).to_hex();
+    server.route(
+        "/api/v1/device/assignment",
+        Route::ok(format!(
+            r#"{{"manifest_url":"/m/42","artifacts":{{"{d}":"/blobs/{d}"}},"rollout":{rollout}}}"#
+        )),
+    );
+}
+
+/// A failed update was downloaded in full and reported again on every poll while its rollout
+/// was paused. Now: reported once, not fetched again until the assignment changes or the
+/// operator says `retry`.
+#[test]
+fn a_failed_update_is_reported_once_and_not_fetched_again() {
+    let pki = Pki::new("tugboot test CA");
+    let server = Server::start(Some(pki.server_config()));
+    let dev = Device::new(&server.url(), &pki);
+    let v2 = noise(100_000, 0x23);
+    let mut tampered = v2.clone();
+    tampered[50_000] ^= 1;
+    let blob = serve_update(&server, &v2, Route::ok(tampered));
+    route_assignment(&server, &v2, 7);
+    let mut d = dev.daemon(Slot::A, "boot-1");
+    assert_eq!(d.cycle().unwrap(), Step::Idle);
+    assert_eq!(gets(&server, &blob), 1);
+    assert_eq!(accepted_outcomes(&server).len(), 1);
+    for _ in 0..3 {
+        assert_eq!(d.cycle().unwrap(), Step::Idle);
+    }
+    assert!(
+        d.log
+            .lines
+            .iter()
+            .any(|l| l.contains("not trying /m/42 again")),
+        "{:?}",
+        d.log
+    );
+    assert_eq!(gets(&server, &blob), 1, "never downloaded again");
+    assert_eq!(gets(&server, "/m/42"), 1, "the manifest neither");
+    assert_eq!(accepted_outcomes(&server).len(), 1, "reported once");
+    // A new rollout of the same image is a new assignment: tried (and reported) again.
+    route_assignment(&server, &v2, 8);
+    d.cycle().unwrap();
+    assert_eq!(gets(&server, &blob), 2);
+    assert_eq!(accepted_outcomes(&server).len(), 2);
+    d.cycle().unwrap();
+    assert_eq!(gets(&server, &blob), 2);
+    // `tugboot-agent retry`.
+    let o = agent_command()
+        .args([
+            "--config",
+            dev.path("agent.toml").to_str().unwrap(),
+            "retry",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("forgot /m/42"));
+    d.cycle().unwrap();
+    assert_eq!(gets(&server, &blob), 3);
+}
+
+/// Manifests refused on the device were never reported; the server counted the device as
+/// pending until its timeout. Now: outcome `rejected` with the firmware's code, once.
+#[test]
+fn rejected_manifests_are_reported_with_their_code() {
+    let mk = |board: &str, created: u64, expires: u64, role: Role, signers: &[u8]| {
+        sign(
+            Manifest {
+                name: "edge-gw".into(),
+                version: 42,
+                boards: vec![board.into()],
+                artifacts: vec![Artifact {
+                    role,
+                    name: "rootfs.img".into(),
+                    sha256: Sha256Digest::of(b"x"),
+                    size: 1,
+                }],
+                created: Timestamp::from_unix(created),
+                expires: Timestamp::from_unix(expires),
+                min_version: None,
+                labels: BTreeMap::new(),
+            },
+            signers,
+        )
+    };
+    let (now, later) = (NOW_ISH.unix(), EXPIRES.unix());
+    for (code, manifest_bytes) in [
+        (
+            "wrong-board",
+            mk("raspberrypi-5", now, later, Role::Slot, &[1, 2]),
+        ),
+        (
+            "expired",
+            mk(
+                "raspberrypi-4",
+                1_600_000_000,
+                1_700_000_000,
+                Role::Slot,
+                &[1, 2],
+            ),
+        ),
+        ("rollback", manifest(40, &noise(10, 1))),
+        (
+            "below-threshold",
+            mk("raspberrypi-4", now, later, Role::Slot, &[1]),
+        ),
+        (
+            "no-slot-artifact",
+            mk("raspberrypi-4", now, later, Role::Kernel, &[1, 2]),
+        ),
+        ("malformed", b"{not a manifest".to_vec()),
+    ] {
+        let pki = Pki::new("tugboot test CA");
+        let server = Server::start(Some(pki.server_config()));
+        let dev = Device::new(&server.url(), &pki);
+        server.route("/m/42", Route::ok(manifest_bytes.clone()));
+        route_assignment(&server, b"whatever", 3);
+        let state_before = std::fs::read(dev.path("state.json")).unwrap();
+        let slot_b = std::fs::read(dev.path("slotB")).unwrap();
+        let mut d = dev.daemon(Slot::A, "boot-1");
+        assert_eq!(d.cycle().unwrap(), Step::Idle, "{code}");
+        d.cycle().unwrap();
+        let outcomes = accepted_outcomes(&server);
+        let [
+            Outcome::Failed {
+                rejected: Some(r),
+                version,
+                ..
+            },
+        ] = outcomes.as_slice()
+        else {
+            panic!("{code}: {outcomes:?}")
+        };
+        assert_eq!(r.code, code);
+        assert_eq!(
+            r.manifest_sha256,
+            Sha256Digest::of(&manifest_bytes).to_hex()
+        );
+        assert_eq!(
+            *version,
+            if code == "malformed" {
+                0
+            } else if code == "rollback" {
+                40
+            } else {
+                42
+            }
+        );
+        // The JSON the server received says `rejected`.
+        let raw = server.shared.lock().unwrap().accepted.clone();
+        assert!(
+            raw.iter()
+                .any(|b| String::from_utf8_lossy(b).contains(r#""outcome":"rejected""#)),
+            "{code}"
+        );
+        assert_eq!(gets(&server, "/m/42"), 1, "{code}: fetched once");
+        assert_eq!(
+            std::fs::read(dev.path("state.json")).unwrap(),
+            state_before,
+            "{code}"
+        );
+        assert_eq!(std::fs::read(dev.path("slotB")).unwrap(), slot_b, "{code}");
+    }
+}
+
+/// `HTTP 403` used to drop the server's reason. A revocation now stops the agent: no more
+/// requests, reports or updates, with the server's words.
+#[test]
+fn the_servers_reason_is_kept_and_a_revocation_stops_the_agent() {
+    let pki = Pki::new("tugboot test CA");
+    let server = Server::start(Some(pki.server_config()));
+    let dev = Device::new(&server.url(), &pki);
+    let refuse = |why: &str| Route {
+        status: 403,
+        ..Route::ok(format!(r#"{{"error":"{why}"}}"#))
+    };
+    server.route(
+        "/api/v1/device/assignment",
+        refuse("certificate 01ab is not on record"),
+    );
+    let mut d = dev.daemon(Slot::A, "boot-1");
+    let e = d.cycle().unwrap_err().to_string();
+    assert!(
+        e.ends_with("/api/v1/device/assignment: HTTP 403: certificate 01ab is not on record"),
+        "{e}"
+    );
+    server.route(
+        "/api/v1/device/assignment",
+        refuse("certificate 01ab is revoked"),
+    );
+    let e = d.cycle().unwrap_err();
+    assert!(
+        matches!(&e, DaemonError::Revoked(r) if r == "certificate 01ab is revoked"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("updates and reports have stopped"),
+        "{e}"
+    );
+    assert!(dev.path("revoked.json").exists());
+    let before = server.seen().len();
+    for _ in 0..2 {
+        assert!(matches!(d.cycle(), Err(DaemonError::Revoked(_))));
+    }
+    let mut d = dev.daemon(Slot::A, "boot-2");
+    assert!(matches!(d.cycle(), Err(DaemonError::Revoked(_))));
+    assert_eq!(server.seen().len(), before, "nothing more sent");
+    // `status` says so.
+    let o = agent_command()
+        .args([
+            "--config",
+            dev.path("agent.toml").to_str().unwrap(),
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("revoked by the server: certificate 01ab is revoked")
+    );
+}
+
+/// The agent is killed (SIGKILL) in the middle of a download; the restarted agent continues
+/// with `Range` from the last checkpoint instead of starting over, and the slot ends up
+/// byte-identical.
+#[test]
+fn a_download_resumes_after_the_agent_is_killed() {
+    let pki = Pki::new("tugboot test CA");
+    let server = Server::start(Some(pki.server_config()));
+    let dev = Device::with_extra(&server.url(), &pki, "download_checkpoint_mib = 1");
+    // slot B must hold the whole image.
+    std::fs::write(dev.path("slotB"), vec![0u8; 6 << 20]).unwrap();
+    let v2 = noise(5 << 20, 0x77);
+    let blob = serve_update(
+        &server,
+        &v2,
+        Route {
+            throttle: Some((128 << 10, Duration::from_millis(40))),
+            ..Route::ok(v2.clone())
+        },
+    );
+    let config = dev.path("agent.toml");
+    let run = || {
+        agent_command()
+            .args(["--config", config.to_str().unwrap(), "run", "--once"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = run();
+    // Wait (bounded) until a checkpoint of at least 2 MiB is on disk, then kill.
+    let mut checkpoint = 0;
+    for _ in 0..600 {
+        if let Ok(bytes) = std::fs::read(dev.path("state.json"))
+            && let Ok(state) = AgentState::parse(&bytes)
+            && let Some(u) = &state.update
+        {
+            checkpoint = u.downloaded;
+            if checkpoint >= 2 << 20 {
+                break;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the agent finished before it was killed");
+    assert!(checkpoint >= 2 << 20, "no checkpoint: {checkpoint}");
+    let state = dev.state();
+    let u = state.update.as_ref().unwrap();
+    assert_eq!(u.phase, Phase::Downloading);
+    let saved = u.downloaded;
+    assert!(saved >= checkpoint && saved < v2.len() as u64, "{saved}");
+    // Restarted, at full speed.
+    server.route(&blob, Route::ok(v2.clone()));
+    let out = run().wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests: Vec<_> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == blob)
+        .collect();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0].range, None);
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(format!("bytes={saved}-").as_str()),
+        "resumed from the checkpoint"
+    );
+    let slot_b = std::fs::read(dev.path("slotB")).unwrap();
+    assert_eq!(&slot_b[..v2.len()], &v2[..], "byte-identical");
+    assert!(matches!(
+        dev.state().update.map(|u| u.phase),
+        Some(Phase::Trying { .. })
+    ));
+    assert!(
+        accepted_outcomes(&server).is_empty(),
+        "nothing to report before the trial: {:?}",
+        accepted_outcomes(&server)
+    );
 }

@@ -10,8 +10,8 @@ use tugboot_agent::bootloader::{BootEnv, Slot, Vars};
 use tugboot_agent::io::{FaultyIo, LossMode};
 use tugboot_agent::slot::SlotPaths;
 use tugboot_agent::update::{
-    AbBootloader, Agent, AgentConfig, AgentError, AgentState, BootStatus, Grub, Image, Next,
-    Outcome, PlainFileEnv, Uboot, UpdateError, sim,
+    AbBootloader, Agent, AgentConfig, AgentError, AgentState, BootStatus, Booted, Grub, Image,
+    Next, Outcome, PlainFileEnv, Uboot, UpdateError, sim,
 };
 use tugboot_firmware::{
     Artifact, Document, MAX_MANIFEST_BYTES, Manifest, Role, SecretKey, Sha256Digest, Signed,
@@ -29,7 +29,7 @@ const ENV: &str = "/boot/tugboot.env";
 const SLOT_A: &str = "/dev/slotA";
 const SLOT_B: &str = "/dev/slotB";
 const CAPACITY: usize = 32 * 1024;
-const BOARD: &str = "rpi4";
+const BOARD: &str = "raspberrypi-4";
 
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed(&[n; 32])
@@ -108,12 +108,25 @@ enum Kind {
 
 const KINDS: [Kind; 2] = [Kind::Uboot, Kind::Grub];
 
+/// How the agent learns which slot runs: the truth (as `tugboot.slot=` on the kernel command
+/// line gives it), or the bootloader's own records only ([`AbBootloader::booted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detect {
+    Cmdline,
+    Bootloader,
+}
+
 type DeviceAgent = Agent<FaultyIo, Box<dyn AbBootloader>>;
 
 /// One simulated device: image v1 committed in slot A, noise in slot B, v2 offered.
 struct World {
     io: FaultyIo,
     kind: Kind,
+    detect: Detect,
+    /// The slot this boot started with, and what the agent detected at its first start in it
+    /// (the daemon remembers that per boot id: an environment the agent rewrote in this boot
+    /// no longer says what booted).
+    running: (Slot, Option<Booted>),
     boots: u64,
     v1: Vec<u8>,
     v2: Vec<u8>,
@@ -141,6 +154,8 @@ impl World {
         Self {
             io,
             kind,
+            detect: Detect::Cmdline,
+            running: (Slot::A, None),
             boots: 0,
             v1,
             v2,
@@ -168,6 +183,7 @@ impl World {
             },
             board: Some(BOARD.into()),
             chunk: 4096,
+            checkpoint: 4096,
         }
     }
 
@@ -185,6 +201,7 @@ impl World {
             match booted {
                 Ok(slot) => {
                     self.check_invariants(slot);
+                    self.running = (slot, None);
                     return (slot, format!("boot-{}", self.boots));
                 }
                 Err(e) => assert!(self.io.power_lost(), "the bootloader cannot boot: {e}"),
@@ -227,14 +244,33 @@ impl World {
     }
 
     fn start(&mut self) -> Result<(DeviceAgent, Next), AgentError> {
-        let (slot, id) = self.power_on();
+        let (_, id) = self.power_on();
+        let booted = self.detected()?;
         Agent::start(
             self.io.clone(),
             self.bootloader(),
             Self::config(),
-            slot,
+            booted,
             &id,
         )
+    }
+
+    /// What the agent learns about the running slot: at the first start in a boot from the
+    /// bootloader's records, which must be the truth whatever moment the power failed; later
+    /// in the same boot, what it learnt then.
+    fn detected(&mut self) -> Result<Booted, AgentError> {
+        let (truth, known) = self.running;
+        let booted = match (self.detect, known) {
+            (Detect::Cmdline, _) => Booted::from(truth),
+            (Detect::Bootloader, Some(b)) => b,
+            (Detect::Bootloader, None) => {
+                let b = self.bootloader().booted()?;
+                assert_eq!(b.slot, truth, "detected {b:?}");
+                b
+            }
+        };
+        self.running.1 = Some(booted);
+        Ok(booted)
     }
 
     fn start_ok(&mut self) -> (DeviceAgent, Next) {
@@ -423,16 +459,17 @@ fn agent_restart_without_reboot_asks_again() {
 }
 
 /// Drives the device until v2 is committed (health always good), rebooting when asked and
-/// power-cycling after every error. Returns every report.
+/// power-cycling after every error. Before each reboot the agent is also restarted in the
+/// same boot, which must ask for the reboot again and never commit. Returns every report.
 fn run_to_commit(w: &mut World, max_boots: usize) -> Vec<Outcome> {
     let mut reports = Vec::new();
     for _ in 0..max_boots {
         let Ok((mut agent, mut next)) = w.start() else {
             continue;
         };
-        loop {
+        let reboot = loop {
             let result = match next {
-                Next::Reboot => break,
+                Next::Reboot => break true,
                 Next::HealthCheck => agent.health(Ok(())),
                 Next::Idle if agent.state().committed.slot == Slot::B => {
                     reports.extend(agent.take_reports());
@@ -443,19 +480,64 @@ fn run_to_commit(w: &mut World, max_boots: usize) -> Vec<Outcome> {
             reports.extend(agent.take_reports());
             match result {
                 Ok(n) => next = n,
-                Err(_) => break,
+                Err(_) => break false,
             }
-        }
+        };
         reports.extend(agent.take_reports());
+        drop(agent);
+        if reboot {
+            restart_before_reboot(w);
+        }
     }
     panic!("not committed after {max_boots} boots: {reports:?}");
+}
+
+/// The agent restarts in the boot that asked for the reboot (a crash, `run --once` again):
+/// whatever the environment says, it asks for the reboot again and commits nothing.
+fn restart_before_reboot(w: &mut World) {
+    if w.io.power_lost() {
+        return;
+    }
+    let id = format!("boot-{}", w.boots);
+    let before = w.state();
+    let Ok(booted) = w.detected() else {
+        return;
+    };
+    if let Ok((mut agent, next)) =
+        Agent::start(w.io.clone(), w.bootloader(), World::config(), booted, &id)
+    {
+        assert!(
+            agent
+                .take_reports()
+                .iter()
+                .all(|r| !matches!(r, Outcome::Committed { .. })),
+            "committed in the boot that asked for the reboot"
+        );
+        if !w.io.power_lost() {
+            assert_eq!(next, Next::Reboot, "{booted:?}");
+        }
+    }
+    let after = w.state();
+    assert_eq!(after.floor, before.floor, "floor moved before the reboot");
+    assert_eq!(after.committed, before.committed);
 }
 
 #[test]
 fn power_loss_at_every_step_keeps_the_device_bootable() {
     for kind in KINDS {
         for mode in [LossMode::DropUnsynced, LossMode::KeepWrites] {
-            power_loss_at_every_step(kind, mode);
+            power_loss_at_every_step(kind, mode, Detect::Cmdline);
+        }
+    }
+}
+
+/// The same matrix with the running slot taken from the bootloader's records only (no
+/// `tugboot.slot=`): at every boot the inference must be the truth.
+#[test]
+fn power_loss_at_every_step_with_the_slot_from_the_bootloader() {
+    for kind in KINDS {
+        for mode in [LossMode::DropUnsynced, LossMode::KeepWrites] {
+            power_loss_at_every_step(kind, mode, Detect::Bootloader);
         }
     }
 }
@@ -464,9 +546,10 @@ fn power_loss_at_every_step_keeps_the_device_bootable() {
 /// sync, arm, reboot, bootloader counters, health, commit), then keep booting through the
 /// simulated bootloader until the update is committed. `World::power_on` checks at every boot
 /// that the booted slot holds verified content and the committed slot its recorded image.
-fn power_loss_at_every_step(kind: Kind, mode: LossMode) {
+fn power_loss_at_every_step(kind: Kind, mode: LossMode, detect: Detect) {
     let clean = {
         let mut w = World::new(kind);
+        w.detect = detect;
         let reports = run_to_commit(&mut w, 4);
         assert!(committed_v2(&reports));
         w.io.steps()
@@ -474,10 +557,11 @@ fn power_loss_at_every_step(kind: Kind, mode: LossMode) {
     let mut n = 0;
     loop {
         let mut w = World::new(kind);
+        w.detect = detect;
         w.io.set_loss_mode(mode);
         w.io.cut_power_after(n);
         let reports = run_to_commit(&mut w, 12);
-        let at = format!("{kind:?} {mode:?} cut after {n}");
+        let at = format!("{kind:?} {mode:?} {detect:?} cut after {n}");
         // Success is reported once, last, and only once the commit is durable.
         assert!(committed_v2(&reports), "{at}: {reports:?}");
         let successes = reports
@@ -676,6 +760,7 @@ fn installed_slot_is_verified_again_before_arming() {
             image: image_of(42, &w.v2),
             manifest_sha256: Sha256Digest::of(&w.manifest_v2),
             phase: tugboot_agent::update::Phase::Installed,
+            downloaded: 0,
         });
         w.io.add_file(STATE, &state.to_bytes());
         let mut decayed = w.v2.clone();

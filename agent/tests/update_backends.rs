@@ -147,6 +147,7 @@ impl Device {
             slots: self.slots.clone(),
             board: Some("x86-64-uefi".into()),
             chunk: 4096,
+            checkpoint: 4096,
         }
     }
 

@@ -18,9 +18,7 @@ pub mod rpi;
 pub mod uboot;
 mod vars;
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 pub use vars::{VarError, Vars};
 
@@ -105,57 +103,9 @@ pub enum BootEnvError {
     NotRedundant,
 }
 
-/// One of the two A/B slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Slot {
-    /// Slot A (the default when the environment names none).
-    A,
-    /// Slot B.
-    B,
-}
-
-impl Slot {
-    /// The other slot.
-    #[must_use]
-    pub fn other(self) -> Self {
-        match self {
-            Self::A => Self::B,
-            Self::B => Self::A,
-        }
-    }
-
-    /// `"A"` or `"B"`, the spelling stored in environments and tested by boot scripts.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::A => "A",
-            Self::B => "B",
-        }
-    }
-}
-
-impl fmt::Display for Slot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Text that is not `A` or `B`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a slot (A or B)")]
-pub struct SlotParseError(pub String);
-
-impl FromStr for Slot {
-    type Err = SlotParseError;
-
-    fn from_str(s: &str) -> Result<Self, SlotParseError> {
-        match s {
-            "A" => Ok(Self::A),
-            "B" => Ok(Self::B),
-            _ => Err(SlotParseError(s.to_owned())),
-        }
-    }
-}
+/// One of the two A/B slots: the device API's own type (`tugboot_wire::Slot`), so the state
+/// file, reports and environments spell it the same way (`A`/`B`).
+pub use tugboot_wire::{Slot, SlotParseError};
 
 /// A variable of the A/B contract holds something the agent cannot interpret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

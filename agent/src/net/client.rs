@@ -10,10 +10,124 @@ use std::time::Duration;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 
 use crate::config::{CappedReadError, TlsFiles, read_capped};
-use crate::net::{ASSIGNMENT_PATH, Assignment, MAX_ASSIGNMENT_BYTES, NetError, REPORTS_PATH};
+use crate::net::{
+    ASSIGNMENT_PATH, Assignment, MAX_ASSIGNMENT_BYTES, NetError, REPORTS_PATH, parse_assignment,
+};
 
 /// Size cap of a PEM file.
 pub const MAX_PEM_BYTES: usize = 64 * 1024;
+
+/// The TLS algorithms of the agent: rustls' *ring* provider cut to what a device API with the
+/// built-in CA (ECDSA P-256) or an operator's own CA (ECDSA or RSA) needs.
+///
+/// Why not `default_provider()`: it names every suite, group and key type, so none of their
+/// code can be dropped from the static binary. Left out here, and so not linked: X25519 and
+/// Ed25519 (P-256 ECDHE and ECDSA are linked anyway for the device key; about 45 KB of
+/// curve25519 code and tables), the AES-256/SHA-384 suites, and RSA and Ed25519 *device* keys
+/// (the agent makes and presents ECDSA keys only; server certificates may still be RSA).
+/// Offered: TLS 1.3 AES-128-GCM and ChaCha20-Poly1305 (boards without AES instructions, such
+/// as the Raspberry Pi 4, are faster with ChaCha20), the same over TLS 1.2 with ECDSA or RSA
+/// server keys, key exchange P-256 and P-384.
+#[must_use]
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::{cipher_suite as cs, kx_group};
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: vec![kx_group::SECP256R1, kx_group::SECP384R1],
+        signature_verification_algorithms: SIGNATURE_ALGORITHMS,
+        secure_random: &RingRandom,
+        key_provider: &EcdsaKeys,
+    }
+}
+
+/// Server certificate signatures the agent can check (ECDSA P-256/P-384, RSA PKCS#1 and PSS).
+pub(crate) static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms =
+    rustls::crypto::WebPkiSupportedAlgorithms {
+        all: &[
+            webpki::ring::ECDSA_P256_SHA256,
+            webpki::ring::ECDSA_P256_SHA384,
+            webpki::ring::ECDSA_P384_SHA256,
+            webpki::ring::ECDSA_P384_SHA384,
+            webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            webpki::ring::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            webpki::ring::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+            webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+            webpki::ring::RSA_PKCS1_2048_8192_SHA384,
+            webpki::ring::RSA_PKCS1_2048_8192_SHA512,
+        ],
+        mapping: &[
+            (
+                rustls::SignatureScheme::ECDSA_NISTP384_SHA384,
+                &[
+                    webpki::ring::ECDSA_P384_SHA384,
+                    webpki::ring::ECDSA_P256_SHA384,
+                ],
+            ),
+            (
+                rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+                &[
+                    webpki::ring::ECDSA_P256_SHA256,
+                    webpki::ring::ECDSA_P384_SHA256,
+                ],
+            ),
+            (
+                rustls::SignatureScheme::RSA_PSS_SHA512,
+                &[webpki::ring::RSA_PSS_2048_8192_SHA512_LEGACY_KEY],
+            ),
+            (
+                rustls::SignatureScheme::RSA_PSS_SHA384,
+                &[webpki::ring::RSA_PSS_2048_8192_SHA384_LEGACY_KEY],
+            ),
+            (
+                rustls::SignatureScheme::RSA_PSS_SHA256,
+                &[webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY],
+            ),
+            (
+                rustls::SignatureScheme::RSA_PKCS1_SHA512,
+                &[webpki::ring::RSA_PKCS1_2048_8192_SHA512],
+            ),
+            (
+                rustls::SignatureScheme::RSA_PKCS1_SHA384,
+                &[webpki::ring::RSA_PKCS1_2048_8192_SHA384],
+            ),
+            (
+                rustls::SignatureScheme::RSA_PKCS1_SHA256,
+                &[webpki::ring::RSA_PKCS1_2048_8192_SHA256],
+            ),
+        ],
+    };
+
+#[derive(Debug)]
+struct RingRandom;
+
+impl rustls::crypto::SecureRandom for RingRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        use ring::rand::SecureRandom as _;
+        ring::rand::SystemRandom::new()
+            .fill(buf)
+            .map_err(|_| rustls::crypto::GetRandomFailed)
+    }
+}
+
+/// Loads device keys: ECDSA (P-256, P-384) in PKCS#8 or SEC1 only.
+#[derive(Debug)]
+struct EcdsaKeys;
+
+impl rustls::crypto::KeyProvider for EcdsaKeys {
+    fn load_private_key(
+        &self,
+        key_der: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        rustls::crypto::ring::sign::any_ecdsa_type(&key_der)
+    }
+}
 
 /// The device's TLS identity and the pinned server CA, parsed and checked.
 pub struct TlsIdentity {
@@ -87,8 +201,13 @@ impl TlsIdentity {
         use rustls::pki_types::pem::PemObject as _;
         let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem_key)
             .map_err(|e| pem_err("tls.key", e.to_string()))?;
-        rustls::crypto::ring::sign::any_supported_type(&der)
-            .map_err(|e| pem_err("tls.key", format!("unsupported key: {e}")))?;
+        // ureq panics on a key the provider cannot load: refuse it here, clearly.
+        rustls::crypto::ring::sign::any_ecdsa_type(&der).map_err(|_| {
+            pem_err(
+                "tls.key",
+                "unsupported key: the agent uses ECDSA P-256 or P-384 keys (PKCS#8 or SEC1)",
+            )
+        })?;
         id.client = Some((chain, key));
         Ok(id)
     }
@@ -168,7 +287,7 @@ impl HttpClient {
     pub fn new(server: &str, identity: Option<&TlsIdentity>, timeouts: Timeouts) -> Self {
         let mut tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()));
+            .unversioned_rustls_crypto_provider(Arc::new(crypto_provider()));
         if let Some(id) = identity {
             tls = tls
                 .root_certs(RootCerts::Specific(Arc::new(id.ca.clone())))
@@ -234,7 +353,7 @@ impl HttpClient {
         let resp = self.get(&url, None)?;
         let status = resp.status().as_u16();
         if status != 200 {
-            return Err(NetError::Status { url, status });
+            return Err(refused(url, status, resp.into_body()));
         }
         read_body(&url, resp.into_body(), limit)
     }
@@ -250,9 +369,9 @@ impl HttpClient {
             204 => Ok(None),
             200 => {
                 let body = read_body(&url, resp.into_body(), MAX_ASSIGNMENT_BYTES)?;
-                Assignment::parse(&url, &body).map(Some)
+                parse_assignment(&url, &body).map(Some)
             }
-            status => Err(NetError::Status { url, status }),
+            status => Err(refused(url, status, resp.into_body())),
         }
     }
 
@@ -261,7 +380,30 @@ impl HttpClient {
     /// # Errors
     /// Transport errors and any other status.
     pub fn post_report(&self, body: &[u8]) -> Result<(), NetError> {
-        let url = self.resolve(REPORTS_PATH);
+        let (url, status, resp) = self.post_json(REPORTS_PATH, body, 4096)?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(NetError::Status {
+                url,
+                status,
+                reason: tugboot_wire::ErrorBody::reason(&resp),
+            })
+        }
+    }
+
+    /// POSTs JSON to `path` (below the server) and returns the URL, the status and the body
+    /// (at most `limit` bytes; a longer body is an error).
+    ///
+    /// # Errors
+    /// Transport errors, a body over the cap.
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &[u8],
+        limit: usize,
+    ) -> Result<(String, u16, Vec<u8>), NetError> {
+        let url = self.resolve(path);
         let resp = self
             .agent
             .post(&url)
@@ -269,13 +411,8 @@ impl HttpClient {
             .send(body)
             .map_err(|e| transport(&url, e))?;
         let status = resp.status().as_u16();
-        // Drain a small acknowledgement so the connection can be reused.
-        let _ = read_body(&url, resp.into_body(), 4096);
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(NetError::Status { url, status })
-        }
+        let body = read_body(&url, resp.into_body(), limit)?;
+        Ok((url, status, body))
     }
 }
 
@@ -283,6 +420,19 @@ fn transport(url: &str, e: ureq::Error) -> NetError {
     NetError::Transport {
         url: url.to_owned(),
         source: Box::new(e),
+    }
+}
+
+/// A refusal: the status and the server's `{"error": "…"}` reason, if it gave one (the body is
+/// read up to 16 KiB; anything else is ignored).
+pub(crate) fn refused(url: String, status: u16, body: ureq::Body) -> NetError {
+    let reason = read_body(&url, body, 16 * 1024)
+        .ok()
+        .and_then(|b| tugboot_wire::ErrorBody::reason(&b));
+    NetError::Status {
+        url,
+        status,
+        reason,
     }
 }
 

@@ -7,11 +7,14 @@
 //! the configuration, the HTTP client and the trust root.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tugboot_firmware::{
-    MAX_MANIFEST_BYTES, MAX_ROOT_BYTES, Policy, Timestamp, TrustedRoot, verify_manifest,
+    MAX_MANIFEST_BYTES, MAX_ROOT_BYTES, Manifest, Policy, Sha256Digest, Signed, Timestamp,
+    TrustedRoot, verify_manifest,
 };
+use tugboot_wire::{CheckResult, Inventory, Rejection, UpdateStatus};
 
 use crate::bootloader::efi::{EfiBootNext, EfiError, EfiSlot, Efivarfs};
 use crate::bootloader::grub::GrubEnvFile;
@@ -20,14 +23,23 @@ use crate::bootloader::uboot::UbootEnvFile;
 use crate::bootloader::{BootEnv, Slot};
 use crate::config::{BootloaderConfig, Contract, DeviceConfig, EfiSlotConfig, read_capped};
 use crate::io::RealIo;
-use crate::net::health::{HealthResult, run_checks};
+use crate::net::client::Timeouts;
+use crate::net::enroll::{
+    EnrollError, EnrollFacts, EnrollStep, certificate_not_after, enroll_once, pending_backoff,
+    renew_once, renewal_due, unix_now,
+};
+use crate::net::health::{HealthReport, HealthResult, Liveness, evaluate};
+use crate::net::inventory::{self, SysRoot};
+use crate::net::memory::{MemoryError, Refusal, Revocation};
 use crate::net::{
-    Assignment, HttpClient, NetError, QueueError, ReportQueue, ResumableDownload, TlsIdentity,
+    ArtifactDownload, Assignment, HttpClient, NetError, QueueError, Report, ReportQueue,
+    TlsIdentity,
 };
 use crate::slot::DEFAULT_CHUNK;
+use crate::update::state::clip;
 use crate::update::{
-    AbBootloader, Agent, AgentConfig, AgentError, AgentState, BootError, Grub, Next, Outcome,
-    Phase, PlainFileEnv, Uboot, image_of,
+    AbBootloader, Agent, AgentConfig, AgentError, AgentState, BootError, Booted, Evidence, Grub,
+    Next, Outcome, Phase, PlainFileEnv, Uboot, UpdateError, image_of,
 };
 
 /// The update shell on a real device.
@@ -69,6 +81,17 @@ pub enum DaemonError {
     /// The TLS identity is unusable.
     #[error("tls: {0}")]
     Tls(String),
+    /// Enrollment or renewal failed.
+    #[error("enrollment: {0}")]
+    Enroll(#[from] EnrollError),
+    /// A memory file could not be written.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The server revoked this device: no more updates or reports until it is enrolled again.
+    #[error(
+        "the server revoked this device ({0}): updates and reports have stopped; once the          operator admits it again, enroll with `tugboot-agent enroll`"
+    )]
+    Revoked(String),
 }
 
 /// Which boot this is.
@@ -76,50 +99,135 @@ pub enum DaemonError {
 pub struct BootContext {
     /// The slot running now.
     pub slot: Slot,
+    /// How that is known.
+    pub evidence: Evidence,
     /// `/proc/sys/kernel/random/boot_id`.
     pub boot_id: String,
 }
 
 impl BootContext {
-    /// From `/proc`: the slot from `tugboot.slot=` on the kernel command line (else what the
-    /// bootloader says it booted: the armed trial if any, else its default), and the boot id.
-    ///
-    /// # Errors
-    /// No boot id, or no slot from either source.
-    pub fn detect(boot: &mut dyn AbBootloader) -> Result<Self, DaemonError> {
-        Self::detect_with(None, boot)
+    /// A context whose slot is known for certain (as from the kernel command line).
+    #[must_use]
+    pub fn new(slot: Slot, boot_id: &str) -> Self {
+        Self {
+            slot,
+            evidence: Evidence::KernelCmdline,
+            boot_id: boot_id.to_owned(),
+        }
     }
 
-    /// As [`BootContext::detect`], but between the kernel command line and the bootloader's
-    /// configuration it asks the firmware ([`firmware_booted_slot`]: the Raspberry Pi device
-    /// tree, EFI `BootCurrent`), which alone knows whether a trial fell back.
+    /// The slot and its evidence, for [`Agent::start`].
+    #[must_use]
+    pub fn booted(&self) -> Booted {
+        Booted {
+            slot: self.slot,
+            evidence: self.evidence,
+        }
+    }
+
+    /// From `/proc`: the slot from `tugboot.slot=` on the kernel command line, else from the
+    /// bootloader's own records ([`AbBootloader::booted`]: the Raspberry Pi device tree, EFI
+    /// `BootCurrent`, the U-Boot or GRUB trial counter, else its default), and the boot id.
+    ///
+    /// The answer is remembered for the boot in `remember` (a small file next to the state
+    /// file, keyed by boot id): the running slot cannot change within a boot, but the agent
+    /// rewrites the environment during it (arming, aborting a trial), after which the
+    /// environment no longer says what booted. A later start in the same boot (a crash, `run
+    /// --once` again, `mark-good`) reuses the first answer.
     ///
     /// # Errors
-    /// No boot id, or no slot from any source.
-    pub fn detect_with(
-        config: Option<&DeviceConfig>,
-        boot: &mut dyn AbBootloader,
-    ) -> Result<Self, DaemonError> {
+    /// No boot id, or an unreadable bootloader when the command line does not say.
+    pub fn detect(boot: &mut dyn AbBootloader, remember: &Path) -> Result<Self, DaemonError> {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let firmware = match config {
-            Some(c) => firmware_booted_slot(c)?,
-            None => None,
-        };
-        let slot = match crate::slot::booted_slot_from_cmdline(&cmdline).or(firmware) {
-            Some(s) => s,
-            None => {
-                let status = boot.status()?;
-                status.trial.unwrap_or(status.default)
-            }
-        };
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        if boot_id.is_empty() {
+        if let Some(known) = Self::remembered(remember, &boot_id) {
+            return Ok(known);
+        }
+        let ctx = Self::from_sources(&cmdline, &boot_id, boot)?;
+        ctx.remember(remember);
+        Ok(ctx)
+    }
+
+    /// The context remembered for boot `boot_id` in `path`, if any.
+    #[must_use]
+    pub fn remembered(path: &Path, boot_id: &str) -> Option<Self> {
+        let bytes = read_capped(path, 4096).ok()?;
+        let r: Remembered = serde_json::from_slice(&bytes).ok()?;
+        let evidence = match r.evidence.as_str() {
+            "kernel-cmdline" => Evidence::KernelCmdline,
+            "firmware" => Evidence::Firmware,
+            "trial-counter" => Evidence::TrialCounter,
+            "default" => Evidence::Default,
+            _ => return None,
+        };
+        let same_boot = !boot_id.is_empty() && r.boot_id == boot_id;
+        same_boot.then_some(Self {
+            slot: r.slot,
+            evidence,
+            boot_id: r.boot_id,
+        })
+    }
+
+    /// Writes this context to `path` (atomically; a failure only costs the memory).
+    pub fn remember(&self, path: &Path) {
+        let evidence = match self.evidence {
+            Evidence::KernelCmdline => "kernel-cmdline",
+            Evidence::Firmware => "firmware",
+            Evidence::TrialCounter => "trial-counter",
+            Evidence::Default => "default",
+        };
+        let r = Remembered {
+            boot_id: self.boot_id.clone(),
+            slot: self.slot,
+            evidence: evidence.to_owned(),
+        };
+        let bytes = serde_json::to_vec(&r).unwrap_or_default();
+        let _ = crate::io::write_atomic(&mut RealIo::new(), path, &bytes);
+    }
+
+    /// [`BootContext::detect`] from given texts (tests).
+    ///
+    /// # Errors
+    /// An empty boot id, or an unreadable bootloader when the command line does not say.
+    pub fn from_sources(
+        cmdline: &str,
+        boot_id: &str,
+        boot: &mut dyn AbBootloader,
+    ) -> Result<Self, DaemonError> {
+        if boot_id.is_empty() || boot_id.len() > 128 {
             return Err(DaemonError::BootId);
         }
-        Ok(Self { slot, boot_id })
+        let booted = match crate::slot::booted_slot_from_cmdline(cmdline) {
+            Some(slot) => Booted::from(slot),
+            None => boot.booted()?,
+        };
+        Ok(Self {
+            slot: booted.slot,
+            evidence: booted.evidence,
+            boot_id: boot_id.to_owned(),
+        })
     }
+}
+
+/// What [`BootContext::remember`] writes.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Remembered {
+    boot_id: String,
+    slot: Slot,
+    evidence: String,
+}
+
+/// Where the running slot is remembered for the boot: `boot.json` beside the state file.
+#[must_use]
+pub fn boot_memory(config: &DeviceConfig) -> std::path::PathBuf {
+    config
+        .state_file
+        .parent()
+        .unwrap_or_else(|| Path::new("/"))
+        .join("boot.json")
 }
 
 /// Opens the configured bootloader environment.
@@ -300,7 +408,7 @@ pub fn reboot_command<'a>(config: &'a DeviceConfig, state: &AgentState) -> &'a [
 /// # Errors
 /// The parse error, or [`AssignmentPropertyError`] if a parsed URL does not resolve.
 pub fn check_assignment(server: &str, body: &[u8]) -> Result<Assignment, AssignmentCheck> {
-    let a = Assignment::parse(server, body).map_err(AssignmentCheck::Refused)?;
+    let a = crate::net::parse_assignment(server, body).map_err(AssignmentCheck::Refused)?;
     let base = server.trim_end_matches('/');
     for url in std::iter::once(&a.manifest_url).chain(a.artifacts.values()) {
         let resolved = if url.starts_with('/') {
@@ -364,6 +472,7 @@ pub fn agent_config(config: &DeviceConfig) -> AgentConfig {
         slots: config.slots.clone(),
         board: Some(config.board.clone()),
         chunk: CHUNK,
+        checkpoint: 0,
     }
 }
 
@@ -388,7 +497,7 @@ pub fn load_root(path: &Path) -> Result<TrustedRoot, DaemonError> {
 /// What the device must do after a cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Nothing until the next poll.
+    /// Nothing until the next poll ([`Daemon::next_delay`]).
     Idle,
     /// Reboot (into the trial, or back to the committed slot).
     Reboot,
@@ -405,26 +514,56 @@ pub struct CycleLog {
 #[derive(Debug)]
 pub struct Daemon {
     config: DeviceConfig,
-    client: HttpClient,
+    client: Option<HttpClient>,
+    timeouts: Timeouts,
     root: TrustedRoot,
     queue: ReportQueue,
     ctx: BootContext,
     retry_delay: Duration,
     reboot_argv: Vec<String>,
+    sys: SysRoot,
+    cmdline: String,
+    live: Option<Arc<Liveness>>,
+    last_status: Option<Instant>,
+    inventory_sent: Option<Inventory>,
+    /// Queued in a status report not yet delivered.
+    inventory_unsent: Option<Inventory>,
+    last_error: Option<String>,
+    pending_attempts: u32,
+    delay: Duration,
     /// Log of the last cycle.
     pub log: CycleLog,
 }
 
 impl Daemon {
-    /// From the configuration: loads the TLS identity and the trust root, opens the queue.
+    /// From the configuration: loads the trust root and opens the queue. The TLS identity is
+    /// loaded at the first cycle that needs the server (after enrolling, if there is none).
     ///
     /// # Errors
-    /// Unusable TLS files, trust root or queue directory.
+    /// Unusable trust root or queue directory.
     pub fn new(config: DeviceConfig, ctx: BootContext) -> Result<Self, DaemonError> {
-        let identity =
-            TlsIdentity::load(&config.tls).map_err(|e| DaemonError::Tls(e.to_string()))?;
-        let client = HttpClient::new(&config.server, Some(&identity), Default::default());
-        Self::with_client(config, client, ctx)
+        let root = load_root(&config.trust_root)?;
+        let queue = ReportQueue::open(&config.report_queue, config.report_queue_max)?;
+        Ok(Self {
+            delay: config.poll_interval,
+            config,
+            client: None,
+            timeouts: Timeouts::default(),
+            root,
+            queue,
+            ctx,
+            retry_delay: Duration::from_secs(1),
+            reboot_argv: Vec::new(),
+            sys: SysRoot::default(),
+            cmdline: std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            live: None,
+            last_status: None,
+            inventory_sent: None,
+            inventory_unsent: None,
+            last_error: None,
+            pending_attempts: 0,
+            log: CycleLog::default(),
+        })
     }
 
     /// With a given client (tests, benchmarks).
@@ -436,23 +575,32 @@ impl Daemon {
         client: HttpClient,
         ctx: BootContext,
     ) -> Result<Self, DaemonError> {
-        let root = load_root(&config.trust_root)?;
-        let queue = ReportQueue::open(&config.report_queue, config.report_queue_max)?;
-        Ok(Self {
-            config,
-            client,
-            root,
-            queue,
-            ctx,
-            retry_delay: Duration::from_secs(1),
-            reboot_argv: Vec::new(),
-            log: CycleLog::default(),
-        })
+        let mut d = Self::new(config, ctx)?;
+        d.client = Some(client);
+        Ok(d)
     }
 
     /// Pause between download retries (tests use zero).
     pub fn set_retry_delay(&mut self, delay: Duration) {
         self.retry_delay = delay;
+    }
+
+    /// Client timeouts (tests use short ones).
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+        self.client = None;
+    }
+
+    /// Where `/proc` and `/sys` are read (tests use a fixture tree), and the kernel command
+    /// line the enrollment reads (`BOOTIF=`, `tugboot.enroll_token=`, `tugboot.ca_sha256=`).
+    pub fn set_system(&mut self, sys: SysRoot, cmdline: &str) {
+        self.sys = sys;
+        cmdline.clone_into(&mut self.cmdline);
+    }
+
+    /// Shares the health verdict and signs of life with a watchdog feeder.
+    pub fn set_liveness(&mut self, live: Arc<Liveness>) {
+        self.live = Some(live);
     }
 
     /// The report queue.
@@ -465,6 +613,13 @@ impl Daemon {
     #[must_use]
     pub fn config(&self) -> &DeviceConfig {
         &self.config
+    }
+
+    /// How long to wait before the next cycle: the poll interval, shorter while a status report
+    /// is due sooner, and the enrollment backoff while an approval is pending.
+    #[must_use]
+    pub fn next_delay(&self) -> Duration {
+        self.delay
     }
 
     /// The command to run after a cycle returned [`Step::Reboot`] (see [`reboot_command`]):
@@ -487,13 +642,21 @@ impl Daemon {
         self.log.lines.push(line);
     }
 
+    fn beat(&self) {
+        if let Some(l) = &self.live {
+            l.beat();
+        }
+    }
+
     fn start(&mut self) -> Result<(DeviceAgent, Next), DaemonError> {
         let boot = open_bootloader(&self.config)?;
+        let mut config = agent_config(&self.config);
+        config.checkpoint = self.config.checkpoint;
         let (agent, next) = Agent::start(
             RealIo::new(),
             boot,
-            agent_config(&self.config),
-            self.ctx.slot,
+            config,
+            self.ctx.booted(),
             &self.ctx.boot_id,
         )?;
         Ok((agent, next))
@@ -514,18 +677,181 @@ impl Daemon {
         Ok(())
     }
 
+    /// The client with the device's certificate, enrolling first (or again, after the
+    /// certificate expired) when there is none. `Ok(None)`: waiting for approval.
+    fn client(&mut self) -> Result<Option<HttpClient>, DaemonError> {
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        let not_after = certificate_not_after(&self.config.tls.cert);
+        let expired = not_after.is_some_and(|t| now > t);
+        if not_after.is_none() || expired || !self.config.tls.key.exists() {
+            self.client = None;
+            match self.enroll()? {
+                EnrollStep::Pending { device_id } => {
+                    self.delay = pending_backoff(self.pending_attempts, self.config.poll_interval);
+                    self.pending_attempts = self.pending_attempts.saturating_add(1);
+                    self.note(format!(
+                        "enrollment pending: device {device_id} waits for an operator's approval; \
+                         asking again in {}s",
+                        self.delay.as_secs()
+                    ));
+                    return Ok(None);
+                }
+                EnrollStep::Issued {
+                    device_id,
+                    not_after,
+                } => {
+                    self.pending_attempts = 0;
+                    self.note(format!(
+                        "enrolled as device {device_id}; certificate valid until {not_after} (unix)"
+                    ));
+                    Revocation::clear(&self.config)?;
+                }
+            }
+        }
+        if self.client.is_none() {
+            let identity =
+                TlsIdentity::load(&self.config.tls).map_err(|e| DaemonError::Tls(e.to_string()))?;
+            self.client = Some(HttpClient::new(
+                &self.config.server,
+                Some(&identity),
+                self.timeouts,
+            ));
+        }
+        Ok(self.client.clone())
+    }
+
+    /// One enrollment attempt with what the configuration and the device say.
+    ///
+    /// # Errors
+    /// See [`EnrollError`].
+    pub fn enroll(&mut self) -> Result<EnrollStep, DaemonError> {
+        let facts = enroll_facts(&self.config, &self.sys, &self.cmdline)?;
+        let pin = enroll_pin(&self.config, &self.cmdline)?;
+        let step = enroll_once(&self.config, &facts, pin.as_ref(), self.timeouts)
+            .map_err(|e| self.refusal(e))?;
+        Ok(step)
+    }
+
+    /// A refusal that says the device is revoked is recorded; everything else passes through.
+    fn refusal(&mut self, e: EnrollError) -> DaemonError {
+        match e {
+            EnrollError::Refused(n) | EnrollError::Net(n) => self.net_error(n),
+            other => DaemonError::Enroll(other),
+        }
+    }
+
+    /// A `403` that says the certificate or the machine is revoked stops the agent's talk with
+    /// the server for good (until it enrolls again): recorded, and returned as
+    /// [`DaemonError::Revoked`].
+    fn net_error(&mut self, e: NetError) -> DaemonError {
+        if e.status() == Some(403)
+            && let Some(reason) = e.reason().filter(|r| r.contains("revoked"))
+        {
+            let reason = reason.to_owned();
+            if let Err(w) = Revocation::store(&self.config, &reason, unix_now()) {
+                self.note(format!("cannot record the revocation: {w}"));
+            }
+            return DaemonError::Revoked(reason);
+        }
+        DaemonError::Net(e)
+    }
+
     /// Sends queued reports; a server that cannot be reached is not an error (they stay
     /// queued). Returns how many were delivered.
     ///
     /// # Errors
-    /// Queue file errors.
+    /// Queue file errors; [`DaemonError::Revoked`].
     pub fn send_reports(&mut self) -> Result<usize, DaemonError> {
-        let client = self.client.clone();
+        let Some(client) = self.client.clone() else {
+            return Ok(0);
+        };
         let (sent, err) = self.queue.flush(&mut |body| client.post_report(body))?;
+        if self.inventory_unsent.is_some() && !self.queue.status_pending()? {
+            // The status report carrying it was delivered.
+            self.inventory_sent = self.inventory_unsent.take();
+        }
         if let Some(e) = err {
+            if e.status() == Some(403) {
+                return Err(self.net_error(e));
+            }
             self.note(format!("reports stay queued: {e}"));
         }
         Ok(sent)
+    }
+
+    /// Runs the health checks for the status report and the watchdog: all of them, within
+    /// the deadline.
+    fn periodic_checks(&mut self) -> HealthReport {
+        let report = evaluate(
+            &self.config.health,
+            Instant::now() + self.config.watchdog,
+            false,
+        );
+        if let Some(l) = &self.live {
+            l.set_healthy(report.result == HealthResult::Healthy);
+        }
+        report
+    }
+
+    /// Queues a status report when one is due (and the inventory with the first one of the
+    /// process, or when it changed).
+    fn status_report(&mut self, agent: &DeviceAgent) -> Result<(), DaemonError> {
+        if self
+            .last_status
+            .is_some_and(|t| t.elapsed() < self.config.status_interval)
+        {
+            return Ok(());
+        }
+        self.last_status = Some(Instant::now());
+        let health = self.periodic_checks();
+        let state = agent.state();
+        let checks: std::collections::BTreeMap<String, CheckResult> = health
+            .checks
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    CheckResult {
+                        ok: c.ok,
+                        kind: c.kind.to_owned(),
+                        detail: c.detail.as_deref().map(clip_line),
+                        millis: Some(c.millis),
+                    },
+                )
+            })
+            .collect();
+        let inventory = inventory::collect(&self.sys, &self.config.board);
+        let send_inventory = self.inventory_sent.as_ref() != Some(&inventory);
+        let report = Report {
+            boot_id: self.ctx.boot_id.clone(),
+            slot: Some(self.ctx.slot),
+            image_name: state.committed.image.as_ref().map(|i| i.name.clone()),
+            image_version: state.committed.image.as_ref().map(|i| i.version),
+            checks: serde_json::to_value(&checks).ok(),
+            uptime_secs: inventory::uptime(&self.sys),
+            last_error: self.last_error.clone(),
+            update: state.update.as_ref().map(|u| UpdateStatus {
+                name: u.image.name.clone(),
+                version: u.image.version,
+                phase: phase_word(&u.phase).to_owned(),
+                downloaded: (u.phase == Phase::Downloading).then_some(u.downloaded),
+                size: Some(u.image.size),
+            }),
+            inventory: send_inventory.then(|| inventory.clone()),
+            ..Report::default()
+        };
+        match self.queue.push_status(report) {
+            Ok(_) => {}
+            Err(QueueError::Invalid(e)) => {
+                self.note(format!("status report not queued: {e}"));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if send_inventory {
+            self.inventory_unsent = Some(inventory);
+        }
+        Ok(())
     }
 
     /// One cycle. Network failures end the cycle with an error after the reports were queued.
@@ -535,34 +861,137 @@ impl Daemon {
     pub fn cycle(&mut self) -> Result<Step, DaemonError> {
         self.log = CycleLog::default();
         self.reboot_argv.clear();
+        self.delay = self.config.poll_interval.min(self.config.status_interval);
+        self.beat();
+        let result = self.cycle_inner();
+        self.beat();
+        self.last_error = match &result {
+            Ok(_) => None,
+            Err(e) => Some(clip_line(&e.to_string())),
+        };
+        result
+    }
+
+    fn cycle_inner(&mut self) -> Result<Step, DaemonError> {
+        // The local part first: whatever the server says, a trial is judged and committed or
+        // rolled back, and outcomes are queued durably.
         let (mut agent, mut next) = self.start()?;
         if next == Next::HealthCheck {
             let deadline = Instant::now() + self.config.watchdog;
-            next = match run_checks(&self.config.health, deadline) {
+            let report = evaluate(&self.config.health, deadline, true);
+            if let Some(l) = &self.live {
+                l.set_healthy(report.result == HealthResult::Healthy);
+            }
+            next = match report.result {
                 HealthResult::Healthy => agent.health(Ok(()))?,
                 HealthResult::Unhealthy(why) => agent.health(Err(why))?,
                 HealthResult::WatchdogExpired => agent.watchdog_timeout()?,
             };
         }
         self.queue_reports(&mut agent)?;
+        if let Some(r) = Revocation::load(&self.config) {
+            return Err(DaemonError::Revoked(r.reason));
+        }
+        if next != Next::Reboot {
+            self.status_report(&agent)?;
+        }
+        let Some(client) = self.client()? else {
+            return Ok(if next == Next::Reboot {
+                self.reboot_step(&agent)
+            } else {
+                Step::Idle
+            });
+        };
         self.send_reports()?;
         if next == Next::Reboot {
             return Ok(self.reboot_step(&agent));
         }
-        let Some(assignment) = self.client.assignment()? else {
+        self.renew_if_due(&client)?;
+        let assignment = match client.assignment() {
+            Ok(a) => a,
+            Err(e) => return Err(self.net_error(e)),
+        };
+        let Some(assignment) = assignment else {
             self.note("nothing assigned".into());
+            Refusal::clear(&self.config)?;
             return Ok(Step::Idle);
         };
-        let manifest = self
-            .client
-            .get_capped(&assignment.manifest_url, MAX_MANIFEST_BYTES)?;
+        match Refusal::load(&self.config) {
+            Some(r) if r.is_for(&assignment) => {
+                self.note(format!(
+                    "not trying {} again: {} (reported; waiting for another assignment, or \
+                     `tugboot-agent retry`)",
+                    assignment.manifest_url,
+                    describe_outcome(&r.outcome)
+                ));
+                return Ok(Step::Idle);
+            }
+            Some(_) => Refusal::clear(&self.config)?,
+            None => {}
+        }
+        let next = self.install(&client, &mut agent, &assignment)?;
+        self.queue_reports(&mut agent)?;
+        self.send_reports()?;
+        Ok(if next == Next::Reboot {
+            self.reboot_step(&agent)
+        } else {
+            Step::Idle
+        })
+    }
+
+    /// Renews the certificate when it is within the renewal window; a refusal is logged, not
+    /// fatal (the certificate is still valid).
+    fn renew_if_due(&mut self, client: &HttpClient) -> Result<(), DaemonError> {
+        let Some(not_after) = certificate_not_after(&self.config.tls.cert) else {
+            return Ok(());
+        };
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        if !renewal_due(not_after, now, self.config.enroll.renew_before.as_secs()) {
+            return Ok(());
+        }
+        match renew_once(&self.config, client) {
+            Ok(EnrollStep::Issued { not_after, .. }) => {
+                self.client = None;
+                self.note(format!(
+                    "certificate renewed; valid until {not_after} (unix)"
+                ));
+                Ok(())
+            }
+            Ok(EnrollStep::Pending { .. }) => {
+                self.note("certificate renewal pending".into());
+                Ok(())
+            }
+            Err(e) => match self.refusal(e) {
+                DaemonError::Revoked(r) => Err(DaemonError::Revoked(r)),
+                other => {
+                    self.note(format!("certificate renewal failed: {other}"));
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// The assignment's manifest: refused on the device (reported once, remembered), already
+    /// running, rolled back before, or installed (resuming an interrupted download of it).
+    fn install(
+        &mut self,
+        client: &HttpClient,
+        agent: &mut DeviceAgent,
+        assignment: &Assignment,
+    ) -> Result<Next, DaemonError> {
+        let manifest = client
+            .get_capped(&assignment.manifest_url, MAX_MANIFEST_BYTES)
+            .map_err(|e| self.net_error(e))?;
+        let manifest_sha256 = Sha256Digest::of(&manifest);
         let state = agent.state().clone();
-        if let Some(update) = &state.update {
+        if let Some(update) = &state.update
+            && update.phase != Phase::Downloading
+        {
             self.note(format!(
                 "update of version {} still in progress",
                 update.image.version
             ));
-            return Ok(Step::Idle);
+            return Ok(Next::Idle);
         }
         // Check first (cheap, no write) whether this is something to install at all.
         let policy = Policy {
@@ -571,15 +1000,31 @@ impl Daemon {
             floor: state.floor,
             current_version: state.committed.image.as_ref().map(|i| i.version),
         };
-        let verified = verify_manifest(&manifest, &self.root, &policy)
-            .map_err(|e| DaemonError::Agent(AgentError::Manifest(e)))?;
-        let (image, _) = image_of(&verified).map_err(|e| DaemonError::Agent(e.into()))?;
+        let verified = match verify_manifest(&manifest, &self.root, &policy) {
+            Ok(v) => v,
+            Err(e) => return self.reject(assignment, &manifest, e.code(), &e.to_string()),
+        };
+        let image = match image_of(&verified) {
+            Ok((image, _)) => image,
+            Err(e) => {
+                let code = match e {
+                    UpdateError::SeveralSlotArtifacts(_) => "several-slot-artifacts",
+                    _ => "no-slot-artifact",
+                };
+                return self.reject(assignment, &manifest, code, &e.to_string());
+            }
+        };
         if state.committed.image.as_ref() == Some(&image) {
             self.note(format!(
                 "running the assigned {} {}",
                 image.name, image.version
             ));
-            return Ok(Step::Idle);
+            if state.update.is_some() {
+                // A download of something else was under way: it is no longer wanted.
+                let next = agent.abandon_download()?;
+                return Ok(next);
+            }
+            return Ok(Next::Idle);
         }
         if let Some(Outcome::RolledBack { name, version, .. }) = &state.last_result
             && *name == image.name
@@ -588,32 +1033,158 @@ impl Daemon {
             self.note(format!(
                 "not retrying {name} {version}: it was rolled back on this device"
             ));
-            return Ok(Step::Idle);
+            return Ok(Next::Idle);
         }
         let url = assignment
-            .artifact_url(&image.sha256)
+            .artifact_url(&image.sha256.to_hex())
             .ok_or_else(|| DaemonError::NoArtifactUrl(image.sha256.to_hex()))?
             .to_owned();
-        self.note(format!(
-            "installing {} {} from {url}",
-            image.name, image.version
-        ));
-        let mut download = ResumableDownload::new(&self.client, &url)
-            .expect_len(image.size)
-            .retry_delay(self.retry_delay);
-        let result = agent.update(&manifest, &self.root, Timestamp::now(), &mut download);
-        if !download.resumes().is_empty() {
-            let resumes = download.resumes().to_vec();
+        let resuming = state
+            .update
+            .as_ref()
+            .filter(|u| u.manifest_sha256 == manifest_sha256)
+            .map(|u| u.downloaded);
+        self.note(match resuming {
+            Some(from) => format!(
+                "resuming {} {} from {url} at byte {from}",
+                image.name, image.version
+            ),
+            None => format!("installing {} {} from {url}", image.name, image.version),
+        });
+        let mut source = ArtifactDownload::new(client, &url, image.size)
+            .retry_delay(self.retry_delay)
+            .liveness(self.live.clone());
+        let result = agent.update(&manifest, &self.root, Timestamp::now(), &mut source);
+        if !source.resumes.is_empty() {
+            let resumes = source.resumes.clone();
             self.note(format!("download resumed at bytes {resumes:?}"));
         }
-        let next = result?;
-        self.queue_reports(&mut agent)?;
+        let next = match result {
+            Ok(next) => next,
+            Err(e) => {
+                // Outcomes of this attempt (an abandoned download) are queued either way.
+                self.queue_reports(agent)?;
+                return Err(e.into());
+            }
+        };
+        let reports = agent.take_reports();
+        for outcome in &reports {
+            if matches!(outcome, Outcome::Failed { .. }) {
+                Refusal::store(&self.config, assignment, outcome)?;
+            }
+            self.note(format!("outcome: {}", describe_outcome(outcome)));
+            self.queue.push(outcome, &self.ctx.boot_id)?;
+        }
+        Ok(next)
+    }
+
+    /// A manifest refused on the device: reported once (`rejected`, with the firmware's error
+    /// code), remembered so the same assignment is not fetched again, never written anywhere
+    /// else (the update's state does not change).
+    fn reject(
+        &mut self,
+        assignment: &Assignment,
+        manifest: &[u8],
+        code: &str,
+        reason: &str,
+    ) -> Result<Next, DaemonError> {
+        // Name and version as the manifest states them, when it can be read at all; they are
+        // not trusted for anything but the report.
+        let (name, version) = Signed::<Manifest>::from_bytes(manifest)
+            .ok()
+            .map(|m| (m.value().name.clone(), m.value().version))
+            .filter(|(n, v)| !n.is_empty() && n.len() <= 255 && i64::try_from(*v).is_ok())
+            .unwrap_or_default();
+        let outcome = Outcome::Failed {
+            name,
+            version,
+            reason: clip(reason),
+            rejected: Some(Rejection {
+                code: code.to_owned(),
+                manifest_sha256: Sha256Digest::of(manifest).to_hex(),
+            }),
+        };
+        self.note(format!("outcome: {}", describe_outcome(&outcome)));
+        self.queue.push_unrecorded(&outcome, &self.ctx.boot_id)?;
+        Refusal::store(&self.config, assignment, &outcome)?;
         self.send_reports()?;
-        Ok(if next == Next::Reboot {
-            self.reboot_step(&agent)
-        } else {
-            Step::Idle
-        })
+        Ok(Next::Idle)
+    }
+}
+
+/// `downloading`, `installed`, `trying`, `rolling-back`.
+#[must_use]
+pub fn phase_word(p: &Phase) -> &'static str {
+    match p {
+        Phase::Downloading => "downloading",
+        Phase::Installed => "installed",
+        Phase::Trying { .. } => "trying",
+        Phase::RollingBack { .. } => "rolling-back",
+    }
+}
+
+/// One line of at most 1024 bytes.
+fn clip_line(text: &str) -> String {
+    clip(&crate::cli::one_line(text))
+}
+
+/// What the device presents at enrollment: the configured or detected MAC (`BOOTIF=` first),
+/// the serial, and the token (`[enroll] token_file`, else `tugboot.enroll_token=`).
+///
+/// # Errors
+/// No MAC; an unreadable token file.
+pub fn enroll_facts(
+    config: &DeviceConfig,
+    sys: &SysRoot,
+    cmdline: &str,
+) -> Result<EnrollFacts, DaemonError> {
+    let mac = match config.enroll.mac {
+        Some(m) => m,
+        None => inventory::enroll_mac(sys, cmdline, config.enroll.interface.as_deref())
+            .map_err(|r| DaemonError::Enroll(EnrollError::NoMac(r)))?,
+    };
+    let token = match &config.enroll.token_file {
+        Some(path) => {
+            let bytes = read_capped(path, 4096).map_err(|_| {
+                DaemonError::Enroll(EnrollError::Key {
+                    path: path.display().to_string(),
+                    reason: "the token file cannot be read".into(),
+                })
+            })?;
+            inventory::clean(&String::from_utf8_lossy(&bytes))
+        }
+        None => inventory::cmdline_value(cmdline, "tugboot.enroll_token").map(str::to_owned),
+    };
+    Ok(EnrollFacts {
+        mac,
+        serial: config
+            .enroll
+            .serial
+            .clone()
+            .or_else(|| inventory::serial(sys)),
+        token,
+    })
+}
+
+/// The CA fingerprint the first enrollment pins `tls.ca` to: `[enroll] ca_sha256`, else
+/// `tugboot.ca_sha256=` on the kernel command line.
+///
+/// # Errors
+/// A malformed fingerprint on the command line.
+pub fn enroll_pin(config: &DeviceConfig, cmdline: &str) -> Result<Option<[u8; 32]>, DaemonError> {
+    if let Some(p) = config.enroll.ca_sha256 {
+        return Ok(Some(p));
+    }
+    match inventory::cmdline_value(cmdline, "tugboot.ca_sha256") {
+        None => Ok(None),
+        Some(text) => crate::config::parse_fingerprint(text)
+            .map(Some)
+            .ok_or_else(|| {
+                DaemonError::Enroll(EnrollError::Ca {
+                    path: "tugboot.ca_sha256=".into(),
+                    reason: "not a SHA-256 fingerprint".into(),
+                })
+            }),
     }
 }
 
@@ -636,7 +1207,17 @@ pub fn describe_outcome(o: &Outcome) -> String {
             name,
             version,
             reason,
+            rejected: None,
         } => format!("failed to install {name} {version}: {reason}"),
+        Outcome::Failed {
+            name,
+            version,
+            reason,
+            rejected: Some(r),
+        } => format!(
+            "refused the manifest of {name} {version} ({}): {reason}",
+            r.code
+        ),
         Outcome::Interrupted { name, version } => {
             format!("installation of {name} {version} was interrupted")
         }
@@ -651,7 +1232,7 @@ mod tests {
 
     const BASE: &str = r#"
 server = "https://s.example"
-board = "rpi4"
+board = "raspberrypi-4"
 state_file = "/d/state.json"
 trust_root = "/d/root.json"
 report_queue = "/d/reports"
@@ -681,6 +1262,7 @@ b = "/dev/mmcblk0p6"
             },
             manifest_sha256: Sha256Digest::of(b"m"),
             phase,
+            downloaded: 0,
         });
         s
     }
@@ -725,6 +1307,57 @@ b = "/dev/mmcblk0p6"
     }
 
     const D: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn the_slot_is_remembered_per_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot.json");
+        assert_eq!(BootContext::remembered(&path, "b1"), None);
+        let ctx = BootContext {
+            slot: Slot::B,
+            evidence: Evidence::TrialCounter,
+            boot_id: "b1".into(),
+        };
+        ctx.remember(&path);
+        assert_eq!(BootContext::remembered(&path, "b1"), Some(ctx));
+        assert_eq!(BootContext::remembered(&path, "b2"), None, "another boot");
+        assert_eq!(BootContext::remembered(&path, ""), None);
+        std::fs::write(
+            &path,
+            b"{\"boot_id\":\"b1\",\"slot\":\"B\",\"evidence\":\"guess\"}",
+        )
+        .unwrap();
+        assert_eq!(
+            BootContext::remembered(&path, "b1"),
+            None,
+            "unknown evidence"
+        );
+        std::fs::write(&path, b"garbage").unwrap();
+        assert_eq!(BootContext::remembered(&path, "b1"), None);
+    }
+
+    #[test]
+    fn detection_prefers_the_kernel_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("env");
+        let mut vars = crate::bootloader::Vars::new();
+        vars.set("tugboot_slot", "B").unwrap();
+        vars.set("upgrade_available", "1").unwrap();
+        vars.set("bootcount", "0").unwrap();
+        PlainFileEnv::new(RealIo::new(), &env)
+            .initialize(&vars)
+            .unwrap();
+        let mut boot = Uboot::new(PlainFileEnv::new(RealIo::new(), &env), 1);
+        let ctx = BootContext::from_sources("quiet tugboot.slot=B", "b", &mut boot).unwrap();
+        assert_eq!((ctx.slot, ctx.evidence), (Slot::B, Evidence::KernelCmdline));
+        // Without it: armed but not counted, so A runs.
+        let ctx = BootContext::from_sources("quiet", "b", &mut boot).unwrap();
+        assert_eq!((ctx.slot, ctx.evidence), (Slot::A, Evidence::Default));
+        assert!(matches!(
+            BootContext::from_sources("quiet", "", &mut boot),
+            Err(DaemonError::BootId)
+        ));
+    }
 
     #[test]
     fn assignment_urls_resolve_against_the_server() {

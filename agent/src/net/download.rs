@@ -16,6 +16,27 @@ use crate::net::{HttpClient, NetError};
 /// Consecutive failed attempts (no byte received) before the download gives up.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 
+/// What a download gives up with (inside the `io::Error` its `read` returns).
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct DownloadError {
+    /// The failures were of a kind that may go away (transport errors, 5xx, 408, 429, a body
+    /// cut short): the update stays resumable. Otherwise (another status, a server that
+    /// ignores or misanswers the range) the download cannot succeed as asked.
+    pub retryable: bool,
+    /// The last failure.
+    #[source]
+    pub source: NetError,
+}
+
+impl DownloadError {
+    /// The `DownloadError` inside an `io::Error` from [`ResumableDownload`], if it is one.
+    #[must_use]
+    pub fn from_io(e: &io::Error) -> Option<&Self> {
+        e.get_ref()?.downcast_ref::<Self>()
+    }
+}
+
 /// A resumable GET of one artifact.
 pub struct ResumableDownload<'a> {
     client: &'a HttpClient,
@@ -54,6 +75,14 @@ impl<'a> ResumableDownload<'a> {
             retry_delay: Duration::from_secs(1),
             resumes: Vec::new(),
         }
+    }
+
+    /// Starts at byte `from` (the bytes before it are already in the slot from an earlier
+    /// attempt): the first request already asks for `Range: bytes=from-`.
+    #[must_use]
+    pub fn starting_at(mut self, from: u64) -> Self {
+        self.offset = from;
+        self
     }
 
     /// The signed size: a body that ends before it is a dropped connection, resumed. (Without
@@ -125,10 +154,13 @@ impl<'a> ResumableDownload<'a> {
                     },
                 ));
             }
-            (s, _) if s >= 500 || s == 408 || s == 429 => {
-                return Err((true, NetError::Status { url: url(), status }));
+            (s, _) => {
+                let retry = s >= 500 || s == 408 || s == 429;
+                return Err((
+                    retry,
+                    crate::net::client::refused(url(), status, resp.into_body()),
+                ));
             }
-            _ => return Err((false, NetError::Status { url: url(), status })),
         }
         if from.is_some() {
             self.resumes.push(self.offset);
@@ -140,7 +172,10 @@ impl<'a> ResumableDownload<'a> {
         self.body = None;
         self.failures += 1;
         if self.failures >= self.max_attempts {
-            return Err(io::Error::other(err));
+            return Err(io::Error::other(DownloadError {
+                retryable: true,
+                source: err,
+            }));
         }
         std::thread::sleep(self.retry_delay * self.failures);
         Ok(())
@@ -161,7 +196,12 @@ impl Read for ResumableDownload<'_> {
                         self.failed(e)?;
                         continue;
                     }
-                    Err((false, e)) => return Err(io::Error::other(e)),
+                    Err((false, e)) => {
+                        return Err(io::Error::other(DownloadError {
+                            retryable: false,
+                            source: e,
+                        }));
+                    }
                 },
             };
             match body.read(buf) {
@@ -193,5 +233,99 @@ impl Read for ResumableDownload<'_> {
                 }
             }
         }
+    }
+}
+
+/// An artifact on the server as an [`ArtifactSource`]: each `open_at` is a
+/// [`ResumableDownload`] from that byte (which itself resumes after dropped connections).
+/// Errors are transient when the download gave up on failures that may go away.
+#[derive(Debug)]
+pub struct ArtifactDownload<'a> {
+    client: &'a HttpClient,
+    url: String,
+    size: u64,
+    retry_delay: Duration,
+    max_attempts: u32,
+    live: Option<std::sync::Arc<crate::net::health::Liveness>>,
+    /// Every offset a request started at other than 0, in order (a resumed download, or an
+    /// earlier attempt's checkpoint).
+    pub resumes: Vec<u64>,
+}
+
+impl<'a> ArtifactDownload<'a> {
+    /// The artifact of signed `size` at `url`.
+    #[must_use]
+    pub fn new(client: &'a HttpClient, url: &str, size: u64) -> Self {
+        Self {
+            client,
+            url: url.to_owned(),
+            size,
+            retry_delay: Duration::from_secs(1),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            live: None,
+            resumes: Vec::new(),
+        }
+    }
+
+    /// Pause before the k-th retry in a row: `k * delay`.
+    #[must_use]
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// Each read is a sign of life for the watchdog feeder (a long download is not a hang).
+    #[must_use]
+    pub fn liveness(mut self, live: Option<std::sync::Arc<crate::net::health::Liveness>>) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// Attempts in a row without a byte before a download gives up.
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+}
+
+/// Records the offsets of a download's range requests into its source's list when dropped.
+struct Tracked<'a, 'b> {
+    inner: ResumableDownload<'a>,
+    resumes: &'b mut Vec<u64>,
+    live: Option<&'b crate::net::health::Liveness>,
+}
+
+impl Read for Tracked<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(l) = self.live {
+            l.beat();
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl Drop for Tracked<'_, '_> {
+    fn drop(&mut self) {
+        self.resumes.extend_from_slice(self.inner.resumes());
+    }
+}
+
+impl crate::slot::ArtifactSource for ArtifactDownload<'_> {
+    fn open_at(&mut self, from: u64) -> io::Result<Box<dyn Read + '_>> {
+        let inner = ResumableDownload::new(self.client, &self.url)
+            .starting_at(from)
+            .expect_len(self.size)
+            .retry_delay(self.retry_delay)
+            .max_attempts(self.max_attempts);
+        Ok(Box::new(Tracked {
+            inner,
+            resumes: &mut self.resumes,
+            live: self.live.as_deref(),
+        }))
+    }
+
+    fn is_transient(&self, error: &io::Error) -> bool {
+        DownloadError::from_io(error).is_some_and(|d| d.retryable)
     }
 }

@@ -9,42 +9,39 @@
 //! - `GET  <manifest_url>` → the signed manifest envelope (at most `MAX_MANIFEST_BYTES`).
 //! - `GET  <artifact url>` (with `Range: bytes=N-` when resuming) → the artifact.
 //! - `POST {server}/api/v1/device/reports` with a [`queue::Report`] → any `2xx` acknowledges it.
+//! - `POST {server}/api/v1/enroll` (no client certificate) and `POST
+//!   {server}/api/v1/device/renew` (mutual TLS) → the device certificate ([`enroll`]).
 //!
-//! The device is identified by its client certificate only.
+//! The device is identified by its client certificate only. Every shape is the device API's
+//! one definition in `tugboot_wire::device`; refusals carry `{"error": "…"}`, which ends up in
+//! [`NetError::Status`].
 
 pub mod client;
 pub mod daemon;
 pub mod download;
+pub mod enroll;
 pub mod health;
+pub mod inventory;
+pub mod memory;
 pub mod queue;
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
 pub use client::{HttpClient, TlsIdentity};
-pub use download::ResumableDownload;
+pub use download::{ArtifactDownload, DownloadError, ResumableDownload};
 pub use queue::{QueueError, Report, ReportQueue};
 
 /// Path of the assignment, below the server URL.
 pub const ASSIGNMENT_PATH: &str = "/api/v1/device/assignment";
 /// Path reports are POSTed to, below the server URL.
 pub const REPORTS_PATH: &str = "/api/v1/device/reports";
-/// Size cap of an assignment document.
-pub const MAX_ASSIGNMENT_BYTES: usize = 64 * 1024;
+/// Path of enrollment (no client certificate), below the server URL.
+pub const ENROLL_PATH: &str = "/api/v1/enroll";
+/// Path of certificate renewal (mutual TLS), below the server URL.
+pub const RENEW_PATH: &str = "/api/v1/device/renew";
+pub use tugboot_wire::device::MAX_ASSIGNMENT_BYTES;
 
-/// What the server wants the device to run: the signed manifest, and where each of its artifacts
-/// can be downloaded. URLs are absolute (`http(s)://…`) or absolute paths on the server
-/// (`/…`). Unknown fields are ignored (a newer server may add some); integrity comes from the
-/// signed manifest, never from this document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Assignment {
-    /// Where the signed manifest envelope is.
-    pub manifest_url: String,
-    /// Artifact URLs keyed by lowercase hex SHA-256.
-    #[serde(default)]
-    pub artifacts: BTreeMap<String, String>,
-}
+/// What the server wants the device to run (`tugboot_wire::Assignment`): the signed manifest,
+/// where each of its artifacts can be downloaded, and the rollout that assigned it.
+pub use tugboot_wire::Assignment;
 
 /// A network operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,13 +64,16 @@ pub enum NetError {
         #[source]
         source: Box<ureq::Error>,
     },
-    /// The server answered with an unexpected status.
-    #[error("{url}: HTTP {status}")]
+    /// The server answered with an unexpected status (and, when it said why in
+    /// `{"error": "…"}`, its reason: one line, bounded).
+    #[error("{url}: HTTP {status}{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     Status {
         /// The URL.
         url: String,
         /// The status.
         status: u16,
+        /// The server's reason.
+        reason: Option<String>,
     },
     /// A body was larger than its cap.
     #[error("{url}: body larger than {limit} bytes")]
@@ -102,62 +102,51 @@ pub enum NetError {
     },
 }
 
-impl Assignment {
-    /// Parses an assignment body (capped).
-    ///
-    /// # Errors
-    /// [`NetError::TooLarge`] or [`NetError::Protocol`].
-    pub fn parse(url: &str, body: &[u8]) -> Result<Self, NetError> {
-        if body.len() > MAX_ASSIGNMENT_BYTES {
-            return Err(NetError::TooLarge {
-                url: url.to_owned(),
-                limit: MAX_ASSIGNMENT_BYTES,
-            });
-        }
-        let a: Self = serde_json::from_slice(body).map_err(|e| NetError::Protocol {
+/// Parses an assignment body from `url` (capped, checked: `tugboot_wire::Assignment::parse`).
+///
+/// # Errors
+/// [`NetError::TooLarge`] or [`NetError::Protocol`].
+pub fn parse_assignment(url: &str, body: &[u8]) -> Result<Assignment, NetError> {
+    Assignment::parse(body).map_err(|e| match e {
+        tugboot_wire::WireError::TooLarge { limit, .. } => NetError::TooLarge {
             url: url.to_owned(),
-            reason: format!("assignment: {e}"),
-        })?;
-        for (digest, target) in &a.artifacts {
-            let ok = digest.len() == 64
-                && digest
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if !ok {
-                return Err(NetError::Protocol {
-                    url: url.to_owned(),
-                    reason: format!(
-                        "assignment: artifact key {digest:?} is not a lowercase sha256"
-                    ),
-                });
-            }
-            check_url(url, target)?;
+            limit,
+        },
+        other => NetError::Protocol {
+            url: url.to_owned(),
+            reason: format!("assignment: {other}"),
+        },
+    })
+}
+
+impl NetError {
+    /// The HTTP status, for a refusal.
+    #[must_use]
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
         }
-        check_url(url, &a.manifest_url)?;
-        Ok(a)
     }
 
-    /// The URL of the artifact with digest `sha256`.
+    /// The server's reason, for a refusal that gave one.
     #[must_use]
-    pub fn artifact_url(&self, sha256: &tugboot_firmware::Sha256Digest) -> Option<&str> {
-        self.artifacts.get(&sha256.to_hex()).map(String::as_str)
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Status { reason, .. } => reason.as_deref(),
+            _ => None,
+        }
     }
 }
 
-fn check_url(context: &str, u: &str) -> Result<(), NetError> {
-    // An absolute URL must name a host: `https:///x` would only fail later, in the transport.
-    let has_host = |rest: &str| !rest.is_empty() && !rest.starts_with(['/', '?', '#', '@', ':']);
-    let ok = (u.starts_with('/') && !u.starts_with("//"))
-        || u.strip_prefix("https://").is_some_and(has_host)
-        || u.strip_prefix("http://").is_some_and(has_host);
-    if ok && u.len() <= 4096 && !u.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Ok(())
-    } else {
-        Err(NetError::Protocol {
-            url: context.to_owned(),
-            reason: format!("assignment: bad URL {u:?}"),
-        })
-    }
+/// The entry of the `device_api` fuzz target and of its seed test: the device API's JSON
+/// parsers (`tugboot_wire::device`), the certificate and key readers of enrollment, and the
+/// inventory's `/proc` text parsers, over the same untrusted bytes. Never panics (the wire
+/// crate asserts its round trips).
+pub fn fuzz_device_api(data: &[u8]) {
+    tugboot_wire::device::fuzz_device_json(data);
+    enroll::fuzz_certificate(data);
+    inventory::fuzz_texts(data);
 }
 
 #[cfg(test)]
@@ -167,58 +156,21 @@ mod tests {
     const D: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
     #[test]
-    fn urls_without_a_host_are_refused() {
-        for bad in [
-            "https:///x",
-            "http://",
-            "https://?q",
-            "http://:80/x",
-            "https://@h/x",
-            "//h/x",
-        ] {
-            assert!(check_url("u", bad).is_err(), "{bad:?} accepted");
-        }
-        for good in ["/x", "https://h/x", "http://10.0.0.1:8080/a?b"] {
-            assert!(check_url("u", good).is_ok(), "{good:?} refused");
-        }
-    }
-
-    #[test]
-    fn assignment_parses_and_finds_artifacts() {
+    fn assignment_errors_name_the_url() {
         let body = format!(
             r#"{{"manifest_url":"/m/1","artifacts":{{"{D}":"https://cdn.example/a"}},"future":1}}"#
         );
-        let a = Assignment::parse("u", body.as_bytes()).unwrap();
-        assert_eq!(a.manifest_url, "/m/1");
+        let a = parse_assignment("u", body.as_bytes()).unwrap();
         let d = tugboot_firmware::Sha256Digest::of(b"test");
-        assert_eq!(a.artifact_url(&d), Some("https://cdn.example/a"));
-    }
-
-    #[test]
-    fn assignment_rejects_bad_shapes() {
-        for body in [
-            r#"{"artifacts":{}}"#.to_owned(),
-            r#"{"manifest_url":"ftp://x"}"#.to_owned(),
-            r#"{"manifest_url":"//evil/x"}"#.to_owned(),
-            format!(
-                r#"{{"manifest_url":"/m","artifacts":{{"{}":"/a"}}}}"#,
-                D.to_uppercase()
-            ),
-            r#"{"manifest_url":"/m","artifacts":{"abc":"/a"}}"#.to_owned(),
-            format!(r#"{{"manifest_url":"/m","artifacts":{{"{D}":"/a b"}}}}"#),
-            "[]".to_owned(),
-        ] {
-            assert!(
-                matches!(
-                    Assignment::parse("u", body.as_bytes()),
-                    Err(NetError::Protocol { .. })
-                ),
-                "{body}"
-            );
-        }
+        assert_eq!(a.artifact_url(&d.to_hex()), Some("https://cdn.example/a"));
+        let e = parse_assignment("https://s/a", br#"{"manifest_url":"//evil/x"}"#).unwrap_err();
+        assert!(
+            matches!(&e, NetError::Protocol { url, reason } if url == "https://s/a" && reason.contains("manifest_url")),
+            "{e}"
+        );
         let big = vec![b' '; MAX_ASSIGNMENT_BYTES + 1];
         assert!(matches!(
-            Assignment::parse("u", &big),
+            parse_assignment("u", &big),
             Err(NetError::TooLarge { .. })
         ));
     }

@@ -5,15 +5,13 @@
 //! After any error the agent must be dropped and started again from the persisted state
 //! ([`Agent::start`]): an error is usually a power loss, after which nothing in memory counts.
 
-use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tugboot_firmware::{Policy, Timestamp, TrustedRoot, VerifyError, verify_manifest};
 
-use crate::bootloader::Slot;
 use crate::io::{Io, read_file, write_atomic};
-use crate::slot::{self, SlotPaths};
-use crate::update::boot::{AbBootloader, BootError};
+use crate::slot::{self, ArtifactSource, SlotError, SlotPaths, WriteObserver};
+use crate::update::boot::{AbBootloader, BootError, Booted};
 use crate::update::machine::{Action, Event, Progress, UpdateError, UpdateMachine, image_of};
 use crate::update::state::{AgentState, MAX_STATE_BYTES, Outcome, StateError};
 
@@ -28,6 +26,8 @@ pub struct AgentConfig {
     pub board: Option<String>,
     /// Chunk size for streaming into slots.
     pub chunk: usize,
+    /// Bytes between download checkpoints (slot synced, offset persisted; 0: none).
+    pub checkpoint: u64,
 }
 
 /// What the device must do next.
@@ -78,6 +78,16 @@ pub enum AgentError {
     /// An action needed an artifact source and none was given.
     #[error("no artifact source for the download")]
     NoSource,
+    /// The download stopped for a while (the network); the update stays in `downloading` and
+    /// resumes from its last checkpoint at the next attempt.
+    #[error("download stopped at byte {offset}, resumable: {source}")]
+    Download {
+        /// The last checkpoint.
+        offset: u64,
+        /// The source's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The agent's update path on one device.
@@ -93,6 +103,8 @@ pub struct Agent<I, B> {
 impl<I: Io, B: AbBootloader> Agent<I, B> {
     /// Starts in a fresh boot: reads the state (or, if there is none, records `booted` as the
     /// committed slot with no known image), then does whatever the persisted phase calls for.
+    /// `booted` is the running slot with its evidence (a bare [`Slot`] counts as the kernel
+    /// command line's); `boot_id` must be non-empty.
     ///
     /// # Errors
     /// An unusable state file, I/O or bootloader errors.
@@ -100,9 +112,10 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
         mut io: I,
         boot: B,
         config: AgentConfig,
-        booted: Slot,
+        booted: impl Into<Booted>,
         boot_id: &str,
     ) -> Result<(Self, Next), AgentError> {
+        let booted: Booted = booted.into();
         let path = config.state_path.clone();
         let io_err = |op, source| AgentError::Io {
             op,
@@ -121,7 +134,7 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
             Some(bytes) => {
                 AgentState::parse(&bytes).map_err(|source| AgentError::State { path, source })?
             }
-            None => AgentState::provisioned(booted, None, 0),
+            None => AgentState::provisioned(booted.slot, None, 0),
         };
         let mut agent = Self {
             io,
@@ -131,7 +144,7 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
             reports: Vec::new(),
         };
         agent.machine.handle(Event::Booted {
-            slot: booted,
+            booted,
             boot_id: boot_id.to_owned(),
         })?;
         let next = agent.drive(None)?;
@@ -140,17 +153,20 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
 
     /// Verifies `manifest` against `root` (floor and installed version from the state) and, if
     /// it is good, installs its `slot` artifact read from `artifact` into the inactive slot and
-    /// arms the bootloader. A rejected manifest writes nothing at all.
+    /// arms the bootloader. A rejected manifest writes nothing at all. When an interrupted
+    /// download of the same manifest is in progress it resumes from its last checkpoint;
+    /// another manifest abandons it ([`Outcome::Interrupted`]) first.
     ///
     /// # Errors
-    /// [`AgentError::Manifest`] for a rejected manifest; I/O errors. A bad artifact is not an
-    /// error: it ends the update with [`Outcome::Failed`] (see [`Agent::take_reports`]).
+    /// [`AgentError::Manifest`] for a rejected manifest; [`AgentError::Download`] when the
+    /// source stopped for a while (resumable); I/O errors. A bad artifact is not an error: it
+    /// ends the update with [`Outcome::Failed`] (see [`Agent::take_reports`]).
     pub fn update(
         &mut self,
         manifest: &[u8],
         root: &TrustedRoot,
         now: Timestamp,
-        artifact: &mut dyn Read,
+        artifact: &mut dyn ArtifactSource,
     ) -> Result<Next, AgentError> {
         let state = self.machine.state();
         let policy = Policy {
@@ -166,6 +182,15 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
             manifest_sha256,
         })?;
         self.drive(Some(artifact))
+    }
+
+    /// Gives up an interrupted download ([`Outcome::Interrupted`]); nothing else changes.
+    ///
+    /// # Errors
+    /// No download in progress; I/O errors.
+    pub fn abandon_download(&mut self) -> Result<Next, AgentError> {
+        self.machine.handle(Event::AbandonDownload)?;
+        self.drive(None)
     }
 
     /// Result of the health checks in the trial boot.
@@ -217,7 +242,7 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
         Ok(self.machine.handle(event)?)
     }
 
-    fn drive(&mut self, mut source: Option<&mut dyn Read>) -> Result<Next, AgentError> {
+    fn drive(&mut self, mut source: Option<&mut dyn ArtifactSource>) -> Result<Next, AgentError> {
         while let Some(action) = self.machine.poll_action() {
             match action {
                 Action::Persist(state) => {
@@ -230,30 +255,43 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
                         }
                     })?;
                 }
-                Action::WriteSlot { slot, sha256, size } => {
+                Action::WriteSlot {
+                    slot,
+                    sha256,
+                    size,
+                    from,
+                } => {
                     let src = source.take().ok_or(AgentError::NoSource)?;
                     let path = self.config.slots.path(slot).to_path_buf();
-                    let machine = &mut self.machine;
-                    let mut progress = |len| {
-                        // Chunk events only update the progress counter; they cannot fail in
-                        // the downloading phase this callback runs in.
-                        let _ = machine.handle(Event::ChunkWritten { len });
+                    let mut observer = Observer {
+                        machine: &mut self.machine,
+                        state_path: &self.config.state_path,
+                        every: self.config.checkpoint,
+                        last: from,
                     };
-                    let result = slot::write_slot(
+                    let result = slot::write_slot_from(
                         &mut self.io,
                         &path,
                         sha256,
                         size,
+                        from,
                         src,
                         self.config.chunk,
-                        &mut progress,
+                        &mut observer,
                     );
-                    self.feed(match result {
-                        Ok(()) => Event::ArtifactComplete,
-                        Err(e) => Event::ArtifactFailed {
+                    let last = observer.last;
+                    match result {
+                        Ok(()) => self.feed(Event::ArtifactComplete)?,
+                        Err(SlotError::Source(e)) if src.is_transient(&e) => {
+                            return Err(AgentError::Download {
+                                offset: last,
+                                source: e,
+                            });
+                        }
+                        Err(e) => self.feed(Event::ArtifactFailed {
                             reason: e.to_string(),
-                        },
-                    })?;
+                        })?,
+                    }
                 }
                 Action::SyncAndVerifySlot { slot, sha256, size } => {
                     let path = self.config.slots.path(slot).to_path_buf();
@@ -289,5 +327,39 @@ impl<I: Io, B: AbBootloader> Agent<I, B> {
             }
         }
         Ok(Next::Idle)
+    }
+}
+
+/// The machine's view of a slot write: progress counts, and each checkpoint is fed to the
+/// machine and its `Persist` carried out at once (the slot is synced up to the checkpoint
+/// before, so the persisted offset never runs ahead of the data).
+struct Observer<'a> {
+    machine: &'a mut UpdateMachine,
+    state_path: &'a Path,
+    every: u64,
+    last: u64,
+}
+
+impl WriteObserver for Observer<'_> {
+    fn written(&mut self, len: u64) {
+        // Chunk events only update the progress counter; they cannot fail while downloading.
+        let _ = self.machine.handle(Event::ChunkWritten { len });
+    }
+
+    fn checkpoint_every(&self) -> u64 {
+        self.every
+    }
+
+    fn checkpoint(&mut self, io: &mut dyn Io, offset: u64) -> std::io::Result<()> {
+        self.machine
+            .handle(Event::Checkpoint { offset })
+            .map_err(std::io::Error::other)?;
+        while let Some(action) = self.machine.poll_action() {
+            if let Action::Persist(state) = action {
+                write_atomic(io, self.state_path, &state.to_bytes())?;
+            }
+        }
+        self.last = offset;
+        Ok(())
     }
 }

@@ -33,6 +33,64 @@ pub enum BootError {
         /// Slot the environment names.
         found: Slot,
     },
+    /// Commit of an armed trial the bootloader has not booted yet: its counter is untouched.
+    #[error("cannot commit slot {slot}: the bootloader has not booted its trial yet ({why})")]
+    TrialNotBooted {
+        /// Slot to commit.
+        slot: Slot,
+        /// What the environment shows.
+        why: String,
+    },
+}
+
+/// How the agent knows which slot is running. Every kind names the slot the bootloader really
+/// started *in this boot*, which is what makes a commit safe; what differs is who says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// `tugboot.slot=` on the kernel command line: the slot's own boot entry put it there.
+    KernelCmdline,
+    /// The firmware's record of this boot: EFI `BootCurrent`, the Raspberry Pi device tree's
+    /// `partition` (with the `tryboot` flag for the trial partition).
+    Firmware,
+    /// The bootloader counted this boot as the trial: U-Boot `bootcount` ≥ 1 with
+    /// `upgrade_available=1`, GRUB `tugboot_tries` below the number armed.
+    TrialCounter,
+    /// The bootloader's default, because no trial is pending, or because one is armed but its
+    /// counter shows it has not been booted (then the default is still the committed slot: an
+    /// armed environment alone never says the trial runs).
+    Default,
+}
+
+impl Evidence {
+    /// One word for logs and `status`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KernelCmdline => "kernel command line",
+            Self::Firmware => "firmware",
+            Self::TrialCounter => "trial counter",
+            Self::Default => "bootloader default",
+        }
+    }
+}
+
+/// The slot running now and how that is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Booted {
+    /// The slot.
+    pub slot: Slot,
+    /// Who says so.
+    pub evidence: Evidence,
+}
+
+impl From<Slot> for Booted {
+    /// A slot known for certain (the kernel command line; simulations know the truth).
+    fn from(slot: Slot) -> Self {
+        Self {
+            slot,
+            evidence: Evidence::KernelCmdline,
+        }
+    }
 }
 
 /// What the bootloader will boot.
@@ -70,6 +128,14 @@ pub trait AbBootloader {
     /// # Errors
     /// Environment errors.
     fn status(&mut self) -> Result<BootStatus, BootError>;
+
+    /// The slot this boot came from, as the bootloader's own records show it (used when the
+    /// kernel command line does not say). An armed trial whose counter is untouched is *not*
+    /// running: the default is.
+    ///
+    /// # Errors
+    /// Environment errors.
+    fn booted(&mut self) -> Result<Booted, BootError>;
 }
 
 impl<T: AbBootloader + ?Sized> AbBootloader for Box<T> {
@@ -84,6 +150,9 @@ impl<T: AbBootloader + ?Sized> AbBootloader for Box<T> {
     }
     fn status(&mut self) -> Result<BootStatus, BootError> {
         (**self).status()
+    }
+    fn booted(&mut self) -> Result<Booted, BootError> {
+        (**self).booted()
     }
 }
 
@@ -114,11 +183,20 @@ impl<E: BootEnv> AbBootloader for Uboot<E> {
         Ok(self.env.store(&vars)?)
     }
 
+    /// Refused unless `tugboot_slot` is `slot` and, while a trial is armed, U-Boot has counted
+    /// a boot of it (`bootcount` ≥ 1): committing an untouched trial would clear
+    /// `upgrade_available` for a slot that never ran, leaving U-Boot no fallback.
     fn commit(&mut self, slot: Slot) -> Result<(), BootError> {
         let mut vars = self.env.load()?;
         let found = uboot::ab::slot(&vars)?.unwrap_or(Slot::A);
         if found != slot {
             return Err(BootError::NotOnTrial { asked: slot, found });
+        }
+        if uboot::ab::upgrade_available(&vars)? && uboot::ab::bootcount(&vars)? == 0 {
+            return Err(BootError::TrialNotBooted {
+                slot,
+                why: "upgrade_available=1, bootcount=0".into(),
+            });
         }
         uboot::ab::commit(&mut vars);
         Ok(self.env.store(&vars)?)
@@ -143,6 +221,30 @@ impl<E: BootEnv> AbBootloader for Uboot<E> {
             BootStatus {
                 default: slot,
                 trial: None,
+            }
+        })
+    }
+
+    /// `upgrade_available=1`: U-Boot counts every boot before it starts the kernel, so
+    /// `bootcount` ≥ 1 means this boot is the trial of `tugboot_slot`, and 0 means the trial has
+    /// not been booted (the running slot is the other one). Otherwise `tugboot_slot`.
+    fn booted(&mut self) -> Result<Booted, BootError> {
+        let vars = self.env.load()?;
+        let slot = uboot::ab::slot(&vars)?.unwrap_or(Slot::A);
+        Ok(if !uboot::ab::upgrade_available(&vars)? {
+            Booted {
+                slot,
+                evidence: Evidence::Default,
+            }
+        } else if uboot::ab::bootcount(&vars)? >= 1 {
+            Booted {
+                slot,
+                evidence: Evidence::TrialCounter,
+            }
+        } else {
+            Booted {
+                slot: slot.other(),
+                evidence: Evidence::Default,
             }
         })
     }
@@ -175,11 +277,22 @@ impl<E: BootEnv> AbBootloader for Grub<E> {
         Ok(self.env.store(&vars)?)
     }
 
+    /// Refused unless `slot` is the trial and GRUB has counted a boot of it (`tugboot_tries`
+    /// below the number armed), or, with no trial, already the committed slot (idempotent).
     fn commit(&mut self, slot: Slot) -> Result<(), BootError> {
         let mut vars = self.env.load()?;
-        let found = grub::ab::trial(&vars)?.map_or(grub::ab::slot(&vars)?, |t| t.slot);
+        let trial = grub::ab::trial(&vars)?;
+        let found = trial.map_or(grub::ab::slot(&vars)?, |t| t.slot);
         if found != slot {
             return Err(BootError::NotOnTrial { asked: slot, found });
+        }
+        if let Some(t) = trial
+            && t.tries_left >= self.tries
+        {
+            return Err(BootError::TrialNotBooted {
+                slot,
+                why: format!("tugboot_tries={} of {} armed", t.tries_left, self.tries),
+            });
         }
         grub::ab::commit(&mut vars, slot);
         Ok(self.env.store(&vars)?)
@@ -198,6 +311,24 @@ impl<E: BootEnv> AbBootloader for Grub<E> {
             trial: grub::ab::trial(&vars)?
                 .filter(|t| t.tries_left > 0)
                 .map(|t| t.slot),
+        })
+    }
+
+    /// A pending trial whose `tugboot_tries` is below the number armed (this adapter's
+    /// `tries`) was booted by `grub-ab.cfg`, which counts down before it boots: this boot is
+    /// the trial. Otherwise (no trial, or one not booted yet) `tugboot_slot`. A fallback clears
+    /// the trial, so it reads as the committed slot again.
+    fn booted(&mut self) -> Result<Booted, BootError> {
+        let vars = self.env.load()?;
+        Ok(match grub::ab::trial(&vars)? {
+            Some(t) if t.tries_left < self.tries => Booted {
+                slot: t.slot,
+                evidence: Evidence::TrialCounter,
+            },
+            _ => Booted {
+                slot: grub::ab::slot(&vars)?,
+                evidence: Evidence::Default,
+            },
         })
     }
 }
@@ -406,7 +537,32 @@ mod tests {
             b.commit(Slot::A),
             Err(BootError::NotOnTrial { .. })
         ));
+        // Armed, not booted: A still runs, and B cannot be committed.
+        let default_a = Booted {
+            slot: Slot::A,
+            evidence: Evidence::Default,
+        };
+        assert_eq!(b.booted().unwrap(), default_a);
+        let err = b.commit(Slot::B).unwrap_err();
+        assert!(
+            matches!(err, BootError::TrialNotBooted { slot: Slot::B, .. }),
+            "{err}"
+        );
+        assert_eq!(b.status().unwrap().trial, Some(Slot::B), "still armed");
+        // U-Boot counts the trial boot: now B runs, and commits.
+        assert_eq!(
+            crate::update::sim::uboot_power_on(b.env_mut()).unwrap(),
+            Slot::B
+        );
+        assert_eq!(
+            b.booted().unwrap(),
+            Booted {
+                slot: Slot::B,
+                evidence: Evidence::TrialCounter
+            }
+        );
         b.commit(Slot::B).unwrap();
+        b.commit(Slot::B).unwrap(); // idempotent
         assert_eq!(
             b.status().unwrap(),
             BootStatus {
@@ -414,6 +570,7 @@ mod tests {
                 trial: None
             }
         );
+        assert_eq!(b.booted().unwrap().slot, Slot::B);
         b.arm_trial(Slot::A).unwrap();
         b.abort_trial(Slot::B).unwrap();
         assert_eq!(
@@ -421,6 +578,18 @@ mod tests {
             BootStatus {
                 default: Slot::B,
                 trial: None
+            }
+        );
+        // A trial that fell back (bootlimit 2 exceeded) reads as the committed slot.
+        b.arm_trial(Slot::A).unwrap();
+        for _ in 0..3 {
+            crate::update::sim::uboot_power_on(b.env_mut()).unwrap();
+        }
+        assert_eq!(
+            b.booted().unwrap(),
+            Booted {
+                slot: Slot::B,
+                evidence: Evidence::Default
             }
         );
     }
@@ -437,7 +606,24 @@ mod tests {
             }
         );
         assert!(b.commit(Slot::A).is_err());
+        assert_eq!(b.booted().unwrap().slot, Slot::A, "armed, not booted");
+        assert!(matches!(
+            b.commit(Slot::B),
+            Err(BootError::TrialNotBooted { .. })
+        ));
+        assert_eq!(
+            crate::update::sim::grub_power_on(b.env_mut()).unwrap(),
+            Slot::B
+        );
+        assert_eq!(
+            b.booted().unwrap(),
+            Booted {
+                slot: Slot::B,
+                evidence: Evidence::TrialCounter
+            }
+        );
         b.commit(Slot::B).unwrap();
+        b.commit(Slot::B).unwrap(); // idempotent
         assert_eq!(
             b.status().unwrap(),
             BootStatus {

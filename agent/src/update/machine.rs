@@ -11,17 +11,19 @@ use std::collections::VecDeque;
 use tugboot_firmware::{Role, Sha256Digest, VerifiedManifest};
 
 use crate::bootloader::Slot;
+use crate::update::boot::{Booted, Evidence};
 use crate::update::state::{AgentState, Committed, Image, Outcome, Phase, UpdateRecord, clip};
 
 /// Something that happened, fed to [`UpdateMachine::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// The agent started in a boot: which slot the bootloader booted (kernel command line), and
-    /// an identifier of this boot (`/proc/sys/kernel/random/boot_id`). Always the first event.
+    /// The agent started in a boot: which slot the bootloader booted and how that is known
+    /// (kernel command line, firmware, the bootloader's records), and an identifier of this
+    /// boot (`/proc/sys/kernel/random/boot_id`). Always the first event.
     Booted {
-        /// The slot running now.
-        slot: Slot,
+        /// The slot running now, and the evidence.
+        booted: Booted,
         /// Changes on every boot.
         boot_id: String,
     },
@@ -37,6 +39,14 @@ pub enum Event {
         /// How many.
         len: u64,
     },
+    /// The target slot holds the first `offset` bytes of the artifact, synced: a later attempt
+    /// may resume there.
+    Checkpoint {
+        /// Bytes written and synced.
+        offset: u64,
+    },
+    /// Give up an interrupted download (the server assigns something else now).
+    AbandonDownload,
     /// The whole artifact was streamed and matched its size and digest.
     ArtifactComplete,
     /// The artifact could not be written or is not the signed one.
@@ -74,8 +84,10 @@ pub enum Event {
 pub enum Action {
     /// Replace the state file with this state (atomically) before anything that follows.
     Persist(Box<AgentState>),
-    /// Stream the artifact into `slot`; answer with chunk events and then `ArtifactComplete`
-    /// or `ArtifactFailed`.
+    /// Stream the artifact into `slot` from byte `from` (the slot already holds the bytes
+    /// before it, synced); answer with chunk and checkpoint events and then `ArtifactComplete`
+    /// or `ArtifactFailed`. A source that fails for a while (network) is not answered at all:
+    /// the update stays resumable from its last checkpoint.
     WriteSlot {
         /// Target.
         slot: Slot,
@@ -83,6 +95,8 @@ pub enum Action {
         sha256: Sha256Digest,
         /// Expected size.
         size: u64,
+        /// Where to resume.
+        from: u64,
     },
     /// Sync `slot`, read back and check; answer `SlotVerified` or `SlotVerifyFailed`.
     SyncAndVerifySlot {
@@ -189,6 +203,12 @@ pub struct Progress {
 pub struct UpdateMachine {
     state: AgentState,
     booted: Option<(Slot, String)>,
+    evidence: Evidence,
+    /// [`Action::RunHealthChecks`] was handed out in this boot: only then may a health result
+    /// (and with it a commit) come in.
+    awaiting_health: bool,
+    /// [`Action::WriteSlot`] was handed out and not yet answered: a second manifest is busy.
+    writing: bool,
     progress: Option<Progress>,
     actions: VecDeque<Action>,
 }
@@ -198,6 +218,8 @@ fn event_name(e: &Event) -> &'static str {
         Event::Booted { .. } => "booted",
         Event::ManifestVerified { .. } => "manifest-verified",
         Event::ChunkWritten { .. } => "chunk-written",
+        Event::Checkpoint { .. } => "checkpoint",
+        Event::AbandonDownload => "abandon-download",
         Event::ArtifactComplete => "artifact-complete",
         Event::ArtifactFailed { .. } => "artifact-failed",
         Event::SlotVerified => "slot-verified",
@@ -218,6 +240,9 @@ impl UpdateMachine {
         Self {
             state,
             booted: None,
+            evidence: Evidence::Default,
+            awaiting_health: false,
+            writing: false,
             progress: None,
             actions: VecDeque::new(),
         }
@@ -276,6 +301,11 @@ impl UpdateMachine {
         self.actions.push_back(Action::Report(outcome));
     }
 
+    fn request_health(&mut self) {
+        self.awaiting_health = true;
+        self.actions.push_back(Action::RunHealthChecks);
+    }
+
     fn start_rollback(&mut self, reason: &str) {
         let committed = self.state.committed.slot;
         self.set_phase(Phase::RollingBack {
@@ -294,11 +324,12 @@ impl UpdateMachine {
             event: event_name(&event),
             state: self.phase_name(),
         };
-        if let Event::Booted { slot, boot_id } = event {
+        if let Event::Booted { booted, boot_id } = event {
             if self.booted.is_some() {
                 return Err(unexpected);
             }
-            self.booted = Some((slot, boot_id));
+            self.booted = Some((booted.slot, boot_id));
+            self.evidence = booted.evidence;
             self.on_boot();
             return Ok(());
         }
@@ -318,15 +349,60 @@ impl UpdateMachine {
         let target = update.slot;
         let image = update.image.clone();
         match (&update.phase, event) {
+            (
+                Phase::Downloading,
+                Event::ManifestVerified {
+                    image: new,
+                    manifest_sha256,
+                },
+            ) if !self.writing => {
+                if booted != committed {
+                    return Err(UpdateError::NotOnCommittedSlot { booted, committed });
+                }
+                if manifest_sha256 == update.manifest_sha256 && new == image {
+                    // The same update again: carry on from the last checkpoint.
+                    self.progress = Some(Progress {
+                        written: update.downloaded,
+                        size: image.size,
+                    });
+                    self.writing = true;
+                    self.actions.push_back(Action::WriteSlot {
+                        slot: target,
+                        sha256: image.sha256,
+                        size: image.size,
+                        from: update.downloaded,
+                    });
+                } else {
+                    // Something else is assigned now: this download is over.
+                    self.finish(Outcome::Interrupted {
+                        name: image.name,
+                        version: image.version,
+                    });
+                    return self.start(booted, new, manifest_sha256);
+                }
+            }
             (_, Event::ManifestVerified { .. }) => {
                 return Err(UpdateError::Busy(self.phase_name()));
+            }
+            (Phase::Downloading, Event::AbandonDownload) if !self.writing => {
+                self.finish(Outcome::Interrupted {
+                    name: image.name,
+                    version: image.version,
+                });
             }
             (Phase::Downloading, Event::ChunkWritten { len }) => {
                 if let Some(p) = &mut self.progress {
                     p.written = p.written.saturating_add(len);
                 }
             }
+            (Phase::Downloading, Event::Checkpoint { offset }) if offset <= image.size => {
+                if let Some(u) = &mut self.state.update {
+                    u.downloaded = offset;
+                }
+                self.persist();
+            }
             (Phase::Downloading, Event::ArtifactComplete) => {
+                self.writing = false;
                 self.actions.push_back(Action::SyncAndVerifySlot {
                     slot: target,
                     sha256: image.sha256,
@@ -336,13 +412,20 @@ impl UpdateMachine {
             (
                 Phase::Downloading | Phase::Installed,
                 Event::ArtifactFailed { reason } | Event::SlotVerifyFailed { reason },
-            ) => self.finish(Outcome::Failed {
-                name: image.name,
-                version: image.version,
-                reason: clip(&reason),
-            }),
+            ) => {
+                self.writing = false;
+                self.finish(Outcome::Failed {
+                    name: image.name,
+                    version: image.version,
+                    reason: clip(&reason),
+                    rejected: None,
+                });
+            }
             (Phase::Downloading | Phase::Installed, Event::SlotVerified) => {
                 self.progress = None;
+                if let Some(u) = &mut self.state.update {
+                    u.downloaded = 0;
+                }
                 self.set_phase(Phase::Installed);
                 self.actions.push_back(Action::ArmTrial(target));
             }
@@ -353,13 +436,16 @@ impl UpdateMachine {
             (Phase::Installed, Event::BootloaderArmFailed { reason }) => {
                 self.start_rollback(&format!("arming the bootloader failed: {reason}"));
             }
-            (Phase::Trying { .. }, Event::Health(Ok(()))) if booted == target => {
+            (Phase::Trying { .. }, Event::Health(Ok(()))) if self.awaiting_health => {
+                self.awaiting_health = false;
                 self.actions.push_back(Action::CommitBoot(target));
             }
-            (Phase::Trying { .. }, Event::Health(Err(reason))) if booted == target => {
+            (Phase::Trying { .. }, Event::Health(Err(reason))) if self.awaiting_health => {
+                self.awaiting_health = false;
                 self.start_rollback(&format!("health check failed: {reason}"));
             }
-            (Phase::Trying { .. }, Event::WatchdogTimeout) if booted == target => {
+            (Phase::Trying { .. }, Event::WatchdogTimeout) if self.awaiting_health => {
+                self.awaiting_health = false;
                 self.start_rollback("health checks timed out (watchdog)");
             }
             (Phase::Trying { .. }, Event::BootloaderCommitted) if booted == target => {
@@ -418,15 +504,18 @@ impl UpdateMachine {
             slot: target,
             sha256: image.sha256,
             size: image.size,
+            from: 0,
         };
         self.state.update = Some(UpdateRecord {
             slot: target,
             image,
             manifest_sha256,
             phase: Phase::Downloading,
+            downloaded: 0,
         });
         self.state.last_result = None;
         self.persist();
+        self.writing = true;
         self.actions.push_back(write);
         Ok(())
     }
@@ -442,15 +531,24 @@ impl UpdateMachine {
         };
         let target = update.slot;
         match update.phase {
-            // Half-written slot: its content is unknown. Start again later.
-            Phase::Downloading => self.finish(Outcome::Interrupted {
-                name: update.image.name,
-                version: update.image.version,
-            }),
+            // Half-written slot, synced up to the last checkpoint: nothing to do until the shell
+            // offers the same manifest again (resume) or another one (abandon).
+            Phase::Downloading => {}
+            Phase::Installed if booted == target && self.evidence == Evidence::Default => {
+                // Only the bootloader's default names the target, yet it was never committed:
+                // nothing shows that it booted as a trial. Go back to the committed slot.
+                self.start_rollback(&format!(
+                    "slot {target} is the bootloader's default but was never committed"
+                ));
+            }
             Phase::Installed if booted == target => {
-                // Armed, then lost power before recording it; the bootloader took the trial.
-                self.set_phase(Phase::Trying { boot_id });
-                self.actions.push_back(Action::RunHealthChecks);
+                // Armed, then lost power before recording it; the bootloader took the trial
+                // (the kernel command line, the firmware or the trial counter says so). The
+                // boot that armed it is unknown: record none.
+                self.set_phase(Phase::Trying {
+                    boot_id: String::new(),
+                });
+                self.request_health();
             }
             Phase::Installed => {
                 // Check the slot again (nothing may have touched it, but arming is the one step
@@ -461,12 +559,16 @@ impl UpdateMachine {
                     size: update.image.size,
                 });
             }
-            Phase::Trying { .. } if booted == target => {
-                self.actions.push_back(Action::RunHealthChecks);
-            }
-            Phase::Trying { boot_id: asked_in } if asked_in == boot_id => {
-                // The agent restarted without the reboot having happened.
+            Phase::Trying { boot_id: asked_in } if !asked_in.is_empty() && asked_in == boot_id => {
+                // The boot that armed the trial is still running: no reboot happened, so the
+                // trial cannot be running, whatever an armed environment says. Ask again.
                 self.actions.push_back(Action::Reboot);
+            }
+            Phase::Trying { .. } if booted == target => {
+                // A new boot, and the bootloader's records put it in the target: the trial
+                // (or, after a power cut between the bootloader's commit and persisting it,
+                // the target as the committed default).
+                self.request_health();
             }
             Phase::Trying { .. } => {
                 // A new boot, and not of the trial slot: the bootloader fell back.
@@ -499,8 +601,12 @@ mod tests {
     }
 
     fn boot(m: &mut UpdateMachine, slot: Slot, id: &str) {
+        boot_with(m, slot, Evidence::KernelCmdline, id);
+    }
+
+    fn boot_with(m: &mut UpdateMachine, slot: Slot, evidence: Evidence, id: &str) {
         m.handle(Event::Booted {
-            slot,
+            booted: Booted { slot, evidence },
             boot_id: id.into(),
         })
         .unwrap();
@@ -631,16 +737,116 @@ mod tests {
         );
     }
 
+    /// The operator's report: no `tugboot.slot=`, the slot inferred from an armed environment,
+    /// and a second start before any reboot (same boot id as when it armed). Whatever slot the
+    /// shell believes, the same boot is never the trial: reboot again, never commit.
     #[test]
-    fn interrupted_download_and_bad_artifact() {
+    fn same_boot_as_arming_is_never_the_trial() {
+        for evidence in [
+            Evidence::KernelCmdline,
+            Evidence::Firmware,
+            Evidence::TrialCounter,
+            Evidence::Default,
+        ] {
+            for slot in [Slot::A, Slot::B] {
+                let mut m = machine();
+                boot(&mut m, Slot::A, "1");
+                to_trial(&mut m);
+                let mut again = UpdateMachine::new(m.state().clone());
+                boot_with(&mut again, slot, evidence, "1");
+                assert_eq!(drain(&mut again), [Action::Reboot], "{slot} {evidence:?}");
+                assert!(again.handle(Event::Health(Ok(()))).is_err());
+                assert!(drain(&mut again).is_empty(), "{slot} {evidence:?}");
+                assert_eq!(again.state().floor, 41);
+            }
+        }
+    }
+
+    #[test]
+    fn installed_target_needs_more_than_the_default() {
+        let mut m = machine();
+        boot(&mut m, Slot::A, "1");
+        verified(&mut m, 42).unwrap();
+        m.handle(Event::ArtifactComplete).unwrap();
+        m.handle(Event::SlotVerified).unwrap();
+        drain(&mut m);
+        // Only the bootloader's default names B: roll back, never run the checks.
+        let mut r = UpdateMachine::new(m.state().clone());
+        boot_with(&mut r, Slot::B, Evidence::Default, "2");
+        let a = drain(&mut r);
+        assert_eq!(kinds(&a), ["persist", "abort"]);
+        // The trial counter moved: this is the trial; the arming boot is unknown, so a restart
+        // of the agent in this same boot still runs the checks.
+        let mut r = UpdateMachine::new(m.state().clone());
+        boot_with(&mut r, Slot::B, Evidence::TrialCounter, "2");
+        assert_eq!(kinds(&drain(&mut r)), ["persist", "health"]);
+        assert_eq!(
+            r.state().update.as_ref().unwrap().phase,
+            Phase::Trying {
+                boot_id: String::new()
+            }
+        );
+        let mut again = UpdateMachine::new(r.state().clone());
+        boot_with(&mut again, Slot::B, Evidence::TrialCounter, "2");
+        assert_eq!(kinds(&drain(&mut again)), ["health"]);
+    }
+
+    #[test]
+    fn interrupted_download_resumes_or_is_abandoned() {
         let mut m = machine();
         boot(&mut m, Slot::A, "1");
         verified(&mut m, 42).unwrap();
         drain(&mut m);
+        m.handle(Event::ChunkWritten { len: 40 }).unwrap();
+        m.handle(Event::Checkpoint { offset: 40 }).unwrap();
+        let a = drain(&mut m);
+        let [Action::Persist(s)] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(s.update.as_ref().unwrap().downloaded, 40);
+        assert!(
+            m.handle(Event::Checkpoint { offset: 101 }).is_err(),
+            "past the size"
+        );
+        // Power lost: the next start waits; nothing is reported.
         let mut r = UpdateMachine::new(m.state().clone());
         boot(&mut r, Slot::A, "2");
+        assert!(drain(&mut r).is_empty());
+        // The same manifest again: resume at the checkpoint.
+        verified(&mut r, 42).unwrap();
+        assert_eq!(
+            drain(&mut r),
+            [Action::WriteSlot {
+                slot: Slot::B,
+                sha256: image(42).sha256,
+                size: 100,
+                from: 40
+            }]
+        );
+        assert_eq!(r.progress().unwrap().written, 40);
+        assert!(
+            matches!(verified(&mut r, 42), Err(UpdateError::Busy(_))),
+            "writing"
+        );
+        // Another manifest: the old download is interrupted, the new one starts from 0.
+        let mut r = UpdateMachine::new(m.state().clone());
+        boot(&mut r, Slot::A, "2");
+        verified(&mut r, 43).unwrap();
+        let a = drain(&mut r);
+        assert_eq!(kinds(&a), ["persist", "report", "persist", "write"]);
+        assert!(matches!(
+            a[1],
+            Action::Report(Outcome::Interrupted { version: 42, .. })
+        ));
+        assert!(matches!(a[3], Action::WriteSlot { from: 0, .. }));
+        // Abandoned outright.
+        let mut r = UpdateMachine::new(m.state().clone());
+        boot(&mut r, Slot::A, "2");
+        r.handle(Event::AbandonDownload).unwrap();
         let a = drain(&mut r);
         assert!(matches!(a[1], Action::Report(Outcome::Interrupted { .. })));
+        assert!(r.state().update.is_none());
+        // A bad artifact ends it as failed, never armed.
         m.handle(Event::ArtifactFailed {
             reason: "sha256 mismatch".into(),
         })

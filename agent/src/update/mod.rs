@@ -15,7 +15,9 @@ pub mod sim;
 pub mod state;
 
 pub use agent::{Agent, AgentConfig, AgentError, Next};
-pub use boot::{AbBootloader, BootError, BootStatus, Grub, PlainFileEnv, Uboot};
+pub use boot::{AbBootloader, BootError, BootStatus, Booted, Evidence, Grub, PlainFileEnv, Uboot};
 pub use install::{InstallConfig, InstallError, install_from_files};
 pub use machine::{Action, Event, Progress, UpdateError, UpdateMachine, image_of};
-pub use state::{AgentState, Committed, Image, Outcome, Phase, StateError, UpdateRecord};
+pub use state::{
+    AgentState, Committed, Image, Outcome, Phase, Rejection, StateError, UpdateRecord,
+};

@@ -33,7 +33,6 @@ pub struct AgentState {
 #[serde(deny_unknown_fields)]
 pub struct Committed {
     /// Which slot.
-    #[serde(with = "slot_text")]
     pub slot: Slot,
     /// Its image; `None` on a device provisioned without a manifest.
     pub image: Option<Image>,
@@ -58,7 +57,6 @@ pub struct Image {
 #[serde(deny_unknown_fields)]
 pub struct UpdateRecord {
     /// The slot being written (never the committed one).
-    #[serde(with = "slot_text")]
     pub slot: Slot,
     /// The image being installed.
     pub image: Image,
@@ -66,6 +64,16 @@ pub struct UpdateRecord {
     pub manifest_sha256: Sha256Digest,
     /// How far it got.
     pub phase: Phase,
+    /// Phase `downloading`: bytes of the artifact written into the target slot and synced (the
+    /// last checkpoint); a later attempt resumes there. 0 otherwise (and omitted from the
+    /// file, so states outside a download read the same for older agents).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub downloaded: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` signature
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where an update stands. Each phase is persisted *before* the step it allows.
@@ -79,7 +87,9 @@ pub enum Phase {
     /// The bootloader is armed for one trial of the target; a reboot was requested in boot
     /// `boot_id`.
     Trying {
-        /// Boot in which the reboot was requested: seeing it again means no reboot happened.
+        /// Boot in which the reboot was requested: seeing it again means no reboot happened, so
+        /// the trial cannot be running. Empty when unknown (power lost between arming and
+        /// recording it; the trial boot itself then recorded this phase).
         boot_id: String,
     },
     /// The trial failed; the bootloader is being pointed back at the committed slot.
@@ -89,50 +99,10 @@ pub enum Phase {
     },
 }
 
-/// How an update ended: what the agent reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Outcome {
-    /// The new image booted, passed its health checks and is committed.
-    Committed {
-        /// Image name.
-        name: String,
-        /// Image version (the new floor).
-        version: u64,
-        /// The slot it runs from.
-        #[serde(with = "slot_text")]
-        slot: Slot,
-    },
-    /// The new image was tried and the device went back to the committed slot.
-    RolledBack {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-        /// The slot it runs from again.
-        #[serde(with = "slot_text")]
-        slot: Slot,
-        /// Why.
-        reason: String,
-    },
-    /// The image never became bootable (bad artifact, slot error); the bootloader was never
-    /// armed for it.
-    Failed {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-        /// Why.
-        reason: String,
-    },
-    /// Power was lost while downloading; the update must be started again.
-    Interrupted {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-    },
-}
+/// How an update ended: what the agent records in `last_result` and reports, in the device
+/// API's one definition (`tugboot_wire::Outcome`; a manifest refused on the device is
+/// [`Outcome::Failed`] with `rejected` set, JSON outcome `rejected`).
+pub use tugboot_wire::{Outcome, Rejection};
 
 /// The persisted state is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +171,9 @@ impl AgentState {
             if u.image.version < self.floor {
                 return Err(StateError::Invalid("update below the floor"));
             }
+            if u.downloaded > u.image.size || (u.downloaded > 0 && u.phase != Phase::Downloading) {
+                return Err(StateError::Invalid("download checkpoint out of place"));
+            }
             match &u.phase {
                 Phase::Trying { boot_id: t } | Phase::RollingBack { reason: t }
                     if t.len() > MAX_TEXT_LEN =>
@@ -210,11 +183,13 @@ impl AgentState {
                 _ => {}
             }
         }
-        if let Some(Outcome::RolledBack { reason, .. } | Outcome::Failed { reason, .. }) =
-            &self.last_result
-            && reason.len() > MAX_TEXT_LEN
-        {
-            return Err(StateError::Invalid("text too long"));
+        if let Some(o) = &self.last_result {
+            if o.reason().is_some_and(|r| r.len() > MAX_TEXT_LEN) {
+                return Err(StateError::Invalid("text too long"));
+            }
+            if o.validate().is_err() {
+                return Err(StateError::Invalid("bad last result"));
+            }
         }
         Ok(())
     }
@@ -239,23 +214,6 @@ pub fn clip(text: &str) -> String {
     text.get(..end).unwrap_or_default().to_owned()
 }
 
-/// `Slot` as `"A"`/`"B"` in JSON (the bootloader module keeps `Slot` free of serde).
-mod slot_text {
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    use crate::bootloader::Slot;
-
-    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `with` signature
-    pub fn serialize<S: Serializer>(slot: &Slot, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(slot.as_str())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Slot, D::Error> {
-        let text = <&str>::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,11 +236,13 @@ mod tests {
             phase: Phase::Trying {
                 boot_id: "b1".into(),
             },
+            downloaded: 0,
         });
         s.last_result = Some(Outcome::Failed {
             name: "edge".into(),
             version: 40,
             reason: "x".into(),
+            rejected: None,
         });
         s
     }

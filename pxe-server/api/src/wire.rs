@@ -1,343 +1,58 @@
-//! JSON shapes of the device API, parsed from untrusted bytes with a size cap first.
-//!
-//! The device-side shapes follow the agent (`agent/src/net/`): the assignment is
-//! `{"manifest_url", "artifacts": {sha256: url}}` and a report is the agent's queued report
-//! `{"id", "seq", "boot_id", "agent", "outcome": {"outcome": "committed", ...}}`. The server
-//! additionally accepts the status fields of a plain health report (`slot`, `image_version`,
-//! `checks`, `uptime_secs`, `last_error`), all optional, so one endpoint takes both.
+//! JSON shapes of the device API. The shapes the agent and the server exchange are defined
+//! once, in `tugboot-wire` (`tugboot_wire::device`), and re-exported here; this module adds
+//! only what is the server's own: the store's view of a report ([`DeviceReport`]) and the
+//! operator's [`CreateRollout`].
 
-use std::collections::BTreeMap;
+use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
-use tugboot_store::{MAX_CHECKS_BYTES, MAX_ERROR_LEN, Slot};
+use tugboot_store::Slot;
 
-/// Largest report body.
-pub const MAX_REPORT_BYTES: usize = MAX_CHECKS_BYTES;
-/// Largest enrollment body (a CSR plus a few identifiers).
-pub const MAX_ENROLL_BYTES: usize = 24 * 1024;
-/// Longest report id / boot id.
-pub const MAX_ID_LEN: usize = 128;
+/// The slot as it appears in JSON (`"A"`/`"B"`, lowercase accepted).
+pub use tugboot_wire::device::Slot as SlotText;
+pub use tugboot_wire::device::{
+    Assignment, CheckResult, Disk, EnrollRequest, EnrollResponse, Enrolled, ErrorBody, Interface,
+    Inventory, MAX_ENROLL_BYTES, MAX_ID_LEN, MAX_REPORT_BYTES, Outcome, Rejection, RenewRequest,
+    UpdateStatus, WireError, capped,
+};
 
-/// A body that is not what the API expects.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum WireError {
-    /// Larger than the cap.
-    #[error("body of {size} bytes, at most {limit}")]
-    TooLarge {
-        /// Size received.
-        size: usize,
-        /// The cap.
-        limit: usize,
-    },
-    /// Not the expected JSON.
-    #[error("malformed body: {0}")]
-    Malformed(String),
-    /// JSON of the right shape with a bad value.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// Which field.
-        field: &'static str,
-        /// Why.
-        reason: String,
-    },
-}
+// Whatever the wire crate accepts, the store can hold (checked when compiling).
+const _: () = assert!(MAX_REPORT_BYTES <= tugboot_store::MAX_CHECKS_BYTES);
+const _: () = assert!(tugboot_wire::device::MAX_TEXT_LEN <= tugboot_store::MAX_ERROR_LEN);
+const _: () = assert!(tugboot_wire::device::MAX_NAME_LEN <= tugboot_store::MAX_NAME_LEN);
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> WireError {
-    WireError::Invalid {
-        field,
-        reason: reason.into(),
-    }
-}
-
-fn capped<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, WireError> {
-    if bytes.len() > limit {
-        return Err(WireError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
-    }
-    serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))
-}
-
-fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), WireError> {
-    if value.is_empty() || value.len() > max {
-        return Err(invalid(field, format!("expected 1..={max} bytes")));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(invalid(field, "contains control characters"));
-    }
-    Ok(())
-}
-
-/// A slot as the agent writes it (`"A"`/`"B"`); lowercase is accepted too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SlotText {
-    /// Slot A.
-    #[serde(rename = "A", alias = "a")]
-    A,
-    /// Slot B.
-    #[serde(rename = "B", alias = "b")]
-    B,
-}
-
-impl From<SlotText> for Slot {
-    fn from(s: SlotText) -> Self {
-        match s {
-            SlotText::A => Slot::A,
-            SlotText::B => Slot::B,
-        }
-    }
-}
-
-/// How an update ended, exactly the agent's `Outcome` JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Outcome {
-    /// Booted, healthy, committed: the only outcome that counts as updated.
-    Committed {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-        /// Slot it runs from.
-        slot: SlotText,
-    },
-    /// Tried and fell back to the committed slot.
-    RolledBack {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-        /// Slot it runs from again.
-        slot: SlotText,
-        /// Why.
-        reason: String,
-    },
-    /// Never became bootable.
-    Failed {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-        /// Why.
-        reason: String,
-    },
-    /// Power lost while downloading; the agent starts again.
-    Interrupted {
-        /// Image name.
-        name: String,
-        /// Image version.
-        version: u64,
-    },
-}
-
-impl Outcome {
-    /// Image name and version the outcome is about.
-    #[must_use]
-    pub fn image(&self) -> (&str, u64) {
-        match self {
-            Self::Committed { name, version, .. }
-            | Self::RolledBack { name, version, .. }
-            | Self::Failed { name, version, .. }
-            | Self::Interrupted { name, version } => (name, *version),
-        }
-    }
-
-    /// `committed`, `rolled-back`, `failed`, `interrupted`.
-    #[must_use]
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Committed { .. } => "committed",
-            Self::RolledBack { .. } => "rolled-back",
-            Self::Failed { .. } => "failed",
-            Self::Interrupted { .. } => "interrupted",
-        }
-    }
-}
-
-/// A report POSTed by a device: the agent's outcome report, a health/status report, or both.
+/// A report POSTed by a device (outcome, status, inventory; see
+/// [`tugboot_wire::DeviceReport`], to which it dereferences), with the store's view of the
+/// slot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceReport {
-    /// Unique per report and stable across retries: `(device, id)` makes it count once.
-    pub id: String,
-    /// The agent's sequence number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seq: Option<u64>,
-    /// Boot the report is about.
-    pub boot_id: String,
-    /// Agent version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
-    /// The device id; when present it must be the certificate's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<i64>,
-    /// How an update ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<Outcome>,
-    /// Slot running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slot: Option<SlotText>,
-    /// Image version running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_version: Option<u64>,
-    /// Health-check results (any JSON).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checks: Option<serde_json::Value>,
-    /// Uptime, seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uptime_secs: Option<u64>,
-    /// Last error the agent saw.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
+#[serde(transparent)]
+pub struct DeviceReport(pub tugboot_wire::DeviceReport);
+
+impl Deref for DeviceReport {
+    type Target = tugboot_wire::DeviceReport;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl DeviceReport {
-    /// Parses and checks a report body.
+    /// Parses and checks a report body (size cap first).
     ///
     /// # Errors
     /// [`WireError`].
     pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
-        let r: Self = capped(bytes, MAX_REPORT_BYTES)?;
-        check_text("id", &r.id, MAX_ID_LEN)?;
-        check_text("boot_id", &r.boot_id, MAX_ID_LEN)?;
-        if let Some(a) = &r.agent {
-            check_text("agent", a, MAX_ID_LEN)?;
-        }
-        if let Some(e) = &r.last_error
-            && e.len() > MAX_ERROR_LEN
-        {
-            return Err(invalid(
-                "last_error",
-                format!("at most {MAX_ERROR_LEN} bytes"),
-            ));
-        }
-        if let Some(o) = &r.outcome {
-            let (name, version) = o.image();
-            check_text("outcome.name", name, tugboot_store::MAX_NAME_LEN)?;
-            if i64::try_from(version).is_err() {
-                return Err(invalid("outcome.version", "too large"));
-            }
-            if let Outcome::RolledBack { reason, .. } | Outcome::Failed { reason, .. } = o
-                && reason.len() > MAX_ERROR_LEN
-            {
-                return Err(invalid(
-                    "outcome.reason",
-                    format!("at most {MAX_ERROR_LEN} bytes"),
-                ));
-            }
-        }
-        for (field, v) in [
-            ("image_version", r.image_version),
-            ("uptime_secs", r.uptime_secs),
-        ] {
-            if v.is_some_and(|v| i64::try_from(v).is_err()) {
-                return Err(invalid(field, "too large"));
-            }
-        }
-        if r.outcome.is_none() && r.slot.is_none() {
-            return Err(invalid(
-                "slot",
-                "a report without an outcome must name its slot",
-            ));
-        }
-        Ok(r)
+        tugboot_wire::DeviceReport::parse(bytes).map(Self)
     }
 
-    /// The slot the device runs from: the status field, else the outcome's. Reports of a
-    /// failed or interrupted install name none; the store needs one, so those are recorded as
-    /// `a` and the full report (in `checks`) says what was actually sent.
+    /// The slot the device runs from: the status field, else the outcome's; `None` when the
+    /// report names none (a failed, rejected or interrupted install).
     #[must_use]
-    pub fn running_slot(&self) -> Slot {
-        let from_outcome = match &self.outcome {
-            Some(Outcome::Committed { slot, .. } | Outcome::RolledBack { slot, .. }) => Some(*slot),
-            _ => None,
-        };
-        self.slot.or(from_outcome).map_or(Slot::A, Slot::from)
+    pub fn running_slot(&self) -> Option<Slot> {
+        self.0.running_slot().map(|s| match s {
+            SlotText::A => Slot::A,
+            SlotText::B => Slot::B,
+        })
     }
-
-    /// The image version the device runs: the status field, else the committed version, else 0
-    /// (unknown).
-    #[must_use]
-    pub fn running_version(&self) -> u64 {
-        match (&self.image_version, &self.outcome) {
-            (Some(v), _) => *v,
-            (None, Some(Outcome::Committed { version, .. })) => *version,
-            _ => 0,
-        }
-    }
-}
-
-/// `POST /api/v1/enroll`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    /// PEM certificate signing request (the key stays on the device).
-    pub csr: String,
-    /// Boot MAC address: which machine this is.
-    pub mac: String,
-    /// Serial number, informational.
-    #[serde(default)]
-    pub serial: Option<String>,
-    /// One-time bootstrap token, if the device was given one.
-    #[serde(default)]
-    pub token: Option<String>,
-}
-
-impl EnrollRequest {
-    /// Parses an enrollment body.
-    ///
-    /// # Errors
-    /// [`WireError`].
-    pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
-        let r: Self = capped(bytes, MAX_ENROLL_BYTES)?;
-        if let Some(s) = &r.serial {
-            check_text("serial", s, tugboot_store::MAX_NAME_LEN)?;
-        }
-        if let Some(t) = &r.token {
-            check_text("token", t, 256)?;
-        }
-        Ok(r)
-    }
-}
-
-/// Answer to an enrollment (and to a renewal).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnrollResponse {
-    /// `issued` or `pending`.
-    pub status: String,
-    /// The device id the certificate names.
-    pub device_id: i64,
-    /// PEM of the issued certificate (`issued` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificate: Option<String>,
-    /// PEM of the CA (`issued` only): what the device pins for the server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca: Option<String>,
-    /// Expiry of the certificate, unix seconds (`issued` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_after: Option<i64>,
-}
-
-/// `POST /api/v1/device/renew`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenewRequest {
-    /// PEM CSR for the new key (may be the same key).
-    pub csr: String,
-}
-
-/// What the device should run (agent's `Assignment`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Assignment {
-    /// Where the signed manifest envelope is.
-    pub manifest_url: String,
-    /// Artifact URLs by lowercase hex SHA-256.
-    pub artifacts: BTreeMap<String, String>,
-    /// The rollout that assigned it (informational).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<i64>,
 }
 
 /// `POST /api/v1/admin/rollouts`.
@@ -366,13 +81,13 @@ const fn default_min_reports() -> u32 {
 /// Entry point shared with the fuzz target and the seed test: parse a body as every kind of
 /// request. Must never panic.
 pub fn fuzz_bodies(data: &[u8]) {
+    tugboot_wire::device::fuzz_device_json(data);
     if let Ok(r) = DeviceReport::parse(data) {
         let _ = r.running_slot();
         let _ = r.running_version();
         let again = serde_json::to_vec(&r).expect("a parsed report serializes");
         assert_eq!(DeviceReport::parse(&again).ok().as_ref(), Some(&r));
     }
-    let _ = EnrollRequest::parse(data);
     let _ = capped::<CreateRollout>(data, MAX_ENROLL_BYTES);
     let _ = crate::ca::peer_identity(data);
     if let Ok(text) = std::str::from_utf8(data) {
@@ -390,14 +105,29 @@ mod tests {
         let body = br#"{"id":"b1-3","seq":3,"boot_id":"b1","agent":"0.1.0",
             "outcome":{"outcome":"committed","name":"edge","version":42,"slot":"B"}}"#;
         let r = DeviceReport::parse(body).unwrap();
-        assert_eq!(r.running_slot(), Slot::B);
+        assert_eq!(r.running_slot(), Some(Slot::B));
         assert_eq!(r.running_version(), 42);
         assert_eq!(r.outcome.as_ref().unwrap().kind(), "committed");
         let body = br#"{"id":"b1-4","seq":4,"boot_id":"b1","agent":"0.1.0",
             "outcome":{"outcome":"failed","name":"edge","version":43,"reason":"sha256 mismatch"}}"#;
         let r = DeviceReport::parse(body).unwrap();
-        assert_eq!(r.running_slot(), Slot::A);
+        assert_eq!(r.running_slot(), None);
         assert_eq!(r.running_version(), 0);
+        // Stored as the report itself.
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["outcome"]["outcome"], "failed");
+    }
+
+    #[test]
+    fn rejections_count_as_failures() {
+        let body = br#"{"id":"b1-5","boot_id":"b1","outcome":{"outcome":"rejected","name":"edge",
+            "version":43,"reason":"image is not for board","code":"wrong-board",
+            "manifest_sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}"#;
+        let r = DeviceReport::parse(body).unwrap();
+        let o = r.outcome.clone().unwrap();
+        assert!(matches!(o, Outcome::Failed { .. }));
+        assert_eq!(o.kind(), "rejected");
+        assert_eq!(o.image(), ("edge", 43));
     }
 
     #[test]
@@ -405,7 +135,7 @@ mod tests {
         let body = br#"{"id":"r1","boot_id":"b","slot":"a","image_version":7,
             "checks":{"nginx":"ok"},"uptime_secs":30,"last_error":null}"#;
         let r = DeviceReport::parse(body).unwrap();
-        assert_eq!(r.running_slot(), Slot::A);
+        assert_eq!(r.running_slot(), Some(Slot::A));
         assert_eq!(r.running_version(), 7);
     }
 

@@ -8,7 +8,7 @@ use super::efivarfs::{
 };
 use super::load_option::{self, LoadOption, LoadOptionError};
 use crate::bootloader::{BootEnvError, Slot};
-use crate::update::boot::{AbBootloader, BootError, BootStatus};
+use crate::update::boot::{AbBootloader, BootError, BootStatus, Booted, Evidence};
 
 /// Most `Boot####` variables scanned (firmware rarely has more than a few dozen).
 pub const MAX_BOOT_ENTRIES: usize = 512;
@@ -430,5 +430,22 @@ impl AbBootloader for EfiBootNext {
     /// names it (armed) or `BootCurrent` is it (running on trial, not committed).
     fn status(&mut self) -> Result<BootStatus, BootError> {
         Ok(self.status_inner()?)
+    }
+
+    /// `BootCurrent` when it is a slot's entry (the firmware's record of this boot); otherwise
+    /// (a PXE or shell boot, or no `BootCurrent`) the `BootOrder` default. An armed `BootNext`
+    /// never counts: the firmware deletes it when it takes it, and sets `BootCurrent`.
+    fn booted(&mut self) -> Result<Booted, BootError> {
+        let state = self.state().map_err(BootError::from)?;
+        Ok(match state.booted_slot() {
+            Some(slot) => Booted {
+                slot,
+                evidence: Evidence::Firmware,
+            },
+            None => Booted {
+                slot: state.default_slot().map_err(BootError::from)?,
+                evidence: Evidence::Default,
+            },
+        })
     }
 }

@@ -7,7 +7,7 @@ use super::autoboot::{self, AbPartitions, Autoboot, AutobootError, MAX_PARTITION
 use super::devicetree::{self, BootInfo, DeviceTreeError};
 use crate::bootloader::{BootEnvError, Slot};
 use crate::io::{Io, read_file, write_atomic};
-use crate::update::boot::{AbBootloader, BootError, BootStatus};
+use crate::update::boot::{AbBootloader, BootError, BootStatus, Booted, Evidence};
 
 /// The file name on the autoboot partition.
 pub const AUTOBOOT_FILE: &str = "autoboot.txt";
@@ -362,6 +362,22 @@ impl<I: Io> AbBootloader for RpiTryboot<I> {
     /// in the file; [`RpiTryboot::boot_info`] reports it for the running boot).
     fn status(&mut self) -> Result<BootStatus, BootError> {
         Ok(self.status_inner()?)
+    }
+
+    /// The device tree's `partition` (the firmware's record of this boot; the trial partition
+    /// is only ever reached with the one-shot `tryboot` flag, since `[all]` names the committed
+    /// one); without a device tree, the `[all]` default.
+    fn booted(&mut self) -> Result<Booted, BootError> {
+        if let Some(slot) = self.booted_slot()? {
+            return Ok(Booted {
+                slot,
+                evidence: Evidence::Firmware,
+            });
+        }
+        Ok(Booted {
+            slot: self.status_inner()?.default,
+            evidence: Evidence::Default,
+        })
     }
 }
 

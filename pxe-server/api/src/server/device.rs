@@ -214,7 +214,7 @@ async fn store_report(s: &ApiState, id: &PeerIdentity, body: &[u8]) -> Answer {
             device: id.device,
             report_id: report.id.clone(),
             boot_id: report.boot_id.clone(),
-            slot: report.slot.map(Into::into),
+            slot: report.running_slot(),
             image_version: report.running_version(),
             checks,
             uptime_secs: report.uptime_secs.unwrap_or(0),
