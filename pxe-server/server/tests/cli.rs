@@ -613,3 +613,101 @@ fn profiles_file_is_edited_and_queried_from_the_cli() {
     fails(p(&["add-profile", "netboot", "--image", "x"]));
     assert_eq!(fs::read(env.path(file)).unwrap(), before);
 }
+
+/// A root file system (directory, then the same tree as a tar) becomes one slot artifact: a
+/// squashfs with `boot/vmlinuz` inside, identical bytes for the same tree whenever and however
+/// it is built; a tree without a kernel is refused.
+#[test]
+fn rootfs_becomes_a_reproducible_squashfs_slot() {
+    let env = Env::new();
+    env.key("a");
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("boot")).unwrap();
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::copy(env.path("vmlinuz"), tree.join("boot/vmlinuz")).unwrap();
+    fs::write(tree.join("etc/os-release"), "ID=tugboot-test\n").unwrap();
+    let slot_of = |built: &Value| -> (String, String) {
+        let a = built["manifest"]["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["role"] == "slot")
+            .unwrap_or_else(|| panic!("no slot artifact: {built}"));
+        (
+            a["name"].as_str().unwrap().to_owned(),
+            a["sha256"].as_str().unwrap().to_owned(),
+        )
+    };
+    let build = |out: &str, rootfs: &str| {
+        env.ok(&[
+            "image",
+            "build",
+            "--name",
+            "os",
+            "--version",
+            "1",
+            "--board",
+            "x86_64-uefi",
+            "--rootfs",
+            rootfs,
+            "--sign",
+            "keys/a.key",
+            "--out",
+            out,
+        ])
+    };
+    let first = build("os1.json", "tree");
+    let (name, digest) = slot_of(&first);
+    assert_eq!(name, "rootfs.squashfs");
+    // Later, with every file touched: the same bytes.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    fs::write(tree.join("etc/os-release"), "ID=tugboot-test\n").unwrap();
+    assert_eq!(slot_of(&build("os2.json", "tree")).1, digest);
+    // The same tree as a tar.
+    let tar = Command::new("tar")
+        .args(["-cf", "tree.tar", "-C", "tree", "."])
+        .current_dir(env.dir.path())
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    assert_eq!(slot_of(&build("os3.json", "tree.tar")).1, digest);
+    // squashfs-tools read it back: the kernel is inside, byte for byte.
+    let blob = env.path("store/sha256").join(&digest);
+    let listing = Command::new("unsquashfs")
+        .arg("-l")
+        .arg(&blob)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("squashfs-root/boot/vmlinuz"), "{listing}");
+    let out = env.path("unpacked");
+    let st = Command::new("unsquashfs")
+        .arg("-d")
+        .arg(&out)
+        .arg(&blob)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    assert!(fs::read(out.join("boot/vmlinuz")).unwrap() == fs::read(env.path("vmlinuz")).unwrap());
+
+    fs::remove_file(tree.join("boot/vmlinuz")).unwrap();
+    let out = env.run(&[
+        "image",
+        "build",
+        "--name",
+        "os",
+        "--version",
+        "2",
+        "--board",
+        "x86_64-uefi",
+        "--rootfs",
+        "tree",
+        "--sign",
+        "keys/a.key",
+        "--out",
+        "os4.json",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no boot/vmlinuz"), "{err}");
+}

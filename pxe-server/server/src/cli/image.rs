@@ -37,8 +37,12 @@ pub enum ImageCommand {
         #[arg(long)]
         cmdline_file: Option<PathBuf>,
         /// Raw partition image written into the inactive A/B slot by the agent.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "rootfs")]
         slot: Option<PathBuf>,
+        /// A root file system (directory or tar) with `boot/vmlinuz` inside: becomes the slot
+        /// artifact as a reproducible squashfs (`rootfs.squashfs`).
+        #[arg(long)]
+        rootfs: Option<PathBuf>,
         /// Device tree blob.
         #[arg(long)]
         dtb: Option<PathBuf>,
@@ -140,11 +144,18 @@ pub fn run(cmd: ImageCommand, global: Global) -> anyhow::Result<()> {
             cmdline,
             cmdline_file,
             slot,
+            rootfs,
             dtb,
             files,
             name,
             meta,
         } => {
+            // Lives until the artifacts are in the store.
+            let work = tempfile::tempdir().context("cannot create a temporary directory")?;
+            let slot = match rootfs {
+                Some(r) => Some(super::rootfs::squashfs(&r, work.path())?),
+                None => slot,
+            };
             let mut inputs: Vec<(Role, Input)> = Vec::new();
             let file_inputs = [
                 (Role::Kernel, kernel),
@@ -164,7 +175,7 @@ pub fn run(cmd: ImageCommand, global: Global) -> anyhow::Result<()> {
             inputs.extend(files.into_iter().map(|p| (Role::File, Input::File(p))));
             if inputs.is_empty() {
                 bail!(
-                    "nothing to build: give at least one of --kernel, --initrd, --cmdline, --slot, --dtb, --file"
+                    "nothing to build: give at least one of --kernel, --initrd, --cmdline, --slot, --rootfs, --dtb, --file"
                 );
             }
             build(name, inputs, meta, global)

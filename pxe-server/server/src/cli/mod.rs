@@ -13,6 +13,7 @@ pub mod output;
 mod profiles;
 mod remote;
 mod rollout;
+mod rootfs;
 mod serve;
 mod util;
 
