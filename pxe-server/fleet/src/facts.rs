@@ -59,11 +59,26 @@ pub mod keys {
     pub const UUID: &str = "uuid";
     /// The serial number a request carried (identity lookups use the declared one).
     pub const SERIAL: &str = "serial";
+    /// What a machine installed to its disk (`name@version`), as its installer reported over
+    /// mutual TLS: a machine of an `install` profile with it boots from its disk.
+    pub const INSTALLED: &str = "installed";
+    /// The image the device runs (`name@version`), as it reported.
+    pub const IMAGE: &str = "image";
+    /// The A/B slot the device runs from (`A` or `B`), as it reported.
+    pub const SLOT: &str = "slot";
+    /// Kernel release the device runs (`uname -r`).
+    pub const KERNEL: &str = "kernel";
+    /// Hardware model (device tree or DMI).
+    pub const MODEL: &str = "model";
+    /// Memory, MiB.
+    pub const MEMORY_MIB: &str = "memory_mib";
+    /// Online CPUs.
+    pub const CPUS: &str = "cpus";
     /// Prefix of operator labels.
     pub const LABEL_PREFIX: &str = "label.";
 
     /// Names a selector may use without the `label.` prefix meaning something else.
-    pub const RESERVED: [&str; 13] = [
+    pub const RESERVED: [&str; 20] = [
         BOARD,
         ARCH,
         FIRMWARE,
@@ -76,6 +91,13 @@ pub mod keys {
         CIRCUIT_ID,
         REMOTE_ID,
         ADDRESS,
+        INSTALLED,
+        IMAGE,
+        SLOT,
+        KERNEL,
+        MODEL,
+        MEMORY_MIB,
+        CPUS,
         "name",
     ];
 }

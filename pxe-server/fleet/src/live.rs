@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tugboot_wire::Mac;
 
 use crate::facts::Facts;
+use crate::machine::Machine;
 use crate::observe::Observations;
 use crate::plan::{BootPlan, BootRequest, Fleet, NoBoot};
+use crate::registry::Registry;
 
 /// Told about every observation (e.g. to persist it to the store off the request path). Called
 /// with the lock released; it must not block.
@@ -65,6 +67,24 @@ impl Live {
         let mut guard = self.fleet.write().unwrap_or_else(PoisonError::into_inner);
         let next = f(&guard);
         *guard = Arc::new(next);
+    }
+
+    /// Puts one machine as the store now has it into the snapshot (after its own report changed
+    /// its facts), without reloading the rest: a new registry, the same catalogue and profiles.
+    pub fn put_machine(&self, machine: Machine) {
+        self.update(|fleet| {
+            let mut machines: Vec<Machine> = fleet
+                .registry
+                .iter()
+                .filter(|m| m.id != machine.id)
+                .cloned()
+                .collect();
+            machines.push(machine);
+            Fleet {
+                registry: Registry::new(machines),
+                ..fleet.clone()
+            }
+        });
     }
 
     /// Sets who is told about observations.

@@ -201,16 +201,20 @@ pub enum OutcomeKind {
     Interrupted,
     /// The device refused the manifest (wrong board, expired, rollback, signatures).
     Rejected,
+    /// The installer wrote the image to the disk (slot A) and set the bootloader up: the
+    /// machine's first image, not an update.
+    Installed,
 }
 
 impl OutcomeKind {
     /// Every kind.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Committed,
         Self::RolledBack,
         Self::Failed,
         Self::Interrupted,
         Self::Rejected,
+        Self::Installed,
     ];
 
     /// The stored (and wire) text.
@@ -222,6 +226,7 @@ impl OutcomeKind {
             Self::Failed => "failed",
             Self::Interrupted => "interrupted",
             Self::Rejected => "rejected",
+            Self::Installed => "installed",
         }
     }
 

@@ -9,7 +9,7 @@ use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use tower::ServiceExt as _;
-use tugboot_fleet::facts::{Observer, keys};
+use tugboot_fleet::facts::{FactKey, Observer, Source, keys, normalize_arch, sanitize_value};
 use tugboot_fleet::observe::observed;
 use tugboot_store::{
     DeviceCert, MachineId, MachineState, OutcomeKind, Report, ReportOutcome, Sighting, Store,
@@ -24,7 +24,89 @@ use crate::wire::{
     Assignment, DeviceReport, EnrollRequest, EnrollResponse, RenewRequest, WireError,
 };
 
+/// What a report tells about the device that rollouts and netboot may rely on: it came over
+/// mutual TLS from the device itself, so these become `attested` facts (rank 2: above anything
+/// observed on the network, below what the operator declares). Free text is made printable.
+fn attested_facts(report: &DeviceReport) -> Vec<(&'static str, String)> {
+    let mut facts = Vec::new();
+    let mut put = |key: &'static str, value: &str| {
+        if let Some(v) = sanitize_value(value.as_bytes()) {
+            facts.push((key, v));
+        }
+    };
+    if let Some(o) = &report.outcome {
+        let (name, version) = o.image();
+        match o.kind() {
+            "installed" => {
+                put(keys::INSTALLED, &format!("{name}@{version}"));
+                put(keys::IMAGE, &format!("{name}@{version}"));
+            }
+            "committed" => put(keys::IMAGE, &format!("{name}@{version}")),
+            _ => {}
+        }
+    }
+    if let (Some(name), Some(version)) = (&report.image_name, report.image_version) {
+        put(keys::IMAGE, &format!("{name}@{version}"));
+    }
+    if let Some(slot) = report.running_slot() {
+        put(
+            keys::SLOT,
+            match slot {
+                tugboot_store::Slot::A => "A",
+                tugboot_store::Slot::B => "B",
+            },
+        );
+    }
+    if let Some(i) = &report.inventory {
+        put(keys::BOARD, &i.board);
+        if let Some(arch) = normalize_arch(&i.arch) {
+            put(keys::ARCH, arch);
+        }
+        put(keys::KERNEL, &i.kernel);
+        if let Some(m) = &i.model {
+            put(keys::MODEL, m);
+        }
+        if let Some(b) = i.memory_bytes {
+            put(keys::MEMORY_MIB, &(b >> 20).to_string());
+        }
+        if let Some(c) = i.cpus {
+            put(keys::CPUS, &c.to_string());
+        }
+    }
+    facts
+}
+
 impl ApiState {
+    /// Offers `facts` as attested by `device`; when that changes what the registry knows, the
+    /// live fleet gets the machine at once (an `install` profile then boots the disk).
+    async fn attest(
+        &self,
+        device: MachineId,
+        facts: &[(&'static str, String)],
+        now: i64,
+    ) -> Result<(), Reject> {
+        let fleet = self.live.snapshot();
+        let known = fleet.registry.get(device).map(|m| &m.facts);
+        let changed: Vec<(FactKey, String)> = facts
+            .iter()
+            .filter(|(k, v)| {
+                known
+                    .and_then(|f| f.get(k))
+                    .is_none_or(|f| f.value != *v || f.source.rank() < Source::Attested.rank())
+            })
+            .filter_map(|(k, v)| Some((FactKey::new(k).ok()?, v.clone())))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let machine = self
+            .store
+            .set_facts(device, &changed, Source::Attested, now)
+            .await?;
+        self.live.put_machine(machine);
+        Ok(())
+    }
+
     fn artifact_url(&self, digest: &str) -> String {
         match &self.config.artifact_base_url {
             Some(base) => format!("{}/{digest}", base.trim_end_matches('/')),
@@ -79,21 +161,29 @@ pub(super) async fn assignment_by_id(
     assignment_for(&s, id.device).await
 }
 
+/// A running rollout's image for the device; else, for a machine of an `install` profile that
+/// has not installed yet, the image its installer is to write; else nothing (204).
 async fn assignment_for(s: &ApiState, device: MachineId) -> Answer {
     let table = s.assignments.read().await.clone();
-    let Some(r) = table.for_device(device) else {
-        return Ok(StatusCode::NO_CONTENT.into_response());
+    let (image, rollout) = match table.for_device(device) {
+        Some(r) => (Arc::clone(&r.image), Some(r.id)),
+        None => {
+            let fleet = s.live.snapshot();
+            match fleet.install_image(device) {
+                Some(image) => (Arc::clone(image), None),
+                None => return Ok(StatusCode::NO_CONTENT.into_response()),
+            }
+        }
     };
     let a = Assignment {
-        manifest_url: format!("/api/v1/device/manifests/{}", r.image.digest),
-        artifacts: r
-            .image
+        manifest_url: format!("/api/v1/device/manifests/{}", image.digest),
+        artifacts: image
             .manifest
             .artifacts
             .iter()
             .map(|a| (a.sha256.to_hex(), s.artifact_url(&a.sha256.to_hex())))
             .collect::<BTreeMap<_, _>>(),
-        rollout: Some(r.id),
+        rollout,
     };
     Ok(json(StatusCode::OK, &a))
 }
@@ -230,7 +320,7 @@ async fn store_report(s: &ApiState, id: &PeerIdentity, body: &[u8]) -> Answer {
         && !duplicate
     {
         tracing::info!(device = %id.device, outcome = %o.kind, image = %o.image_name, version = o.image_version, "update outcome reported");
-        if o.kind == OutcomeKind::Committed {
+        if matches!(o.kind, OutcomeKind::Committed | OutcomeKind::Installed) {
             s.store
                 .record_boot(
                     id.device,
@@ -240,6 +330,9 @@ async fn store_report(s: &ApiState, id: &PeerIdentity, body: &[u8]) -> Answer {
                 .await?;
         }
         s.evaluate_logged().await;
+    }
+    if !duplicate {
+        s.attest(id.device, &attested_facts(&report), now).await?;
     }
     Ok(json(
         StatusCode::OK,

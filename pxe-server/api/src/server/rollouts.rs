@@ -50,7 +50,8 @@ fn outcomes(verdicts: Vec<DeviceVerdict>) -> HashMap<MachineId, DeviceOutcome> {
                 OutcomeKind::RolledBack | OutcomeKind::Failed | OutcomeKind::Rejected => {
                     DeviceOutcome::Failed { at: v.at }
                 }
-                OutcomeKind::Interrupted => DeviceOutcome::Pending,
+                // An install is not an update of a rollout's image.
+                OutcomeKind::Interrupted | OutcomeKind::Installed => DeviceOutcome::Pending,
             };
             (v.device, o)
         })

@@ -624,3 +624,83 @@ pub async fn publish_checks_signature_and_blobs(url: &str) {
         .await;
     assert_eq!(r.status, 404);
 }
+
+/// What a device reports over mutual TLS (its inventory, what it runs) becomes attested facts:
+/// shown by the admin API with their source, and usable by rollout selectors (which ignore
+/// anything merely observed on the network).
+pub async fn reports_attest_facts_that_rollouts_select_by(url: &str) {
+    let f = Fleet::start(url).await;
+    let gw = f.enrolled(1).await;
+    let other = f.enrolled(2).await;
+    for d in [&gw, &other] {
+        let r = f
+            .op(
+                "POST",
+                &format!("/api/v1/admin/machines/{}/approve", d.id),
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", text(&r));
+    }
+    let mut status = status_report("inv1");
+    status["image_name"] = "edge".into();
+    status["inventory"] = serde_json::json!({
+        "board": "x86_64-uefi", "arch": "aarch64", "kernel": "6.1.0-57-arm64",
+        "model": "QEMU Virtual Machine ü", "cpus": 2, "memory_bytes": 1_073_741_824u64,
+        "disks": [], "interfaces": []
+    });
+    let r = f
+        .client(&gw)
+        .post_json("/api/v1/device/reports", &status)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let m = f
+        .op("GET", &format!("/api/v1/admin/machines/{}", gw.id), b"")
+        .await
+        .json()
+        .unwrap();
+    let facts = &m["machine"]["facts"];
+    for (key, value) in [
+        ("board", "x86_64-uefi"),
+        ("arch", "arm64"),
+        ("kernel", "6.1.0-57-arm64"),
+        ("memory_mib", "1024"),
+        ("cpus", "2"),
+        ("image", "edge@1"),
+        ("slot", "A"),
+    ] {
+        assert_eq!(facts[key]["value"], value, "{key}: {m}");
+        assert_eq!(facts[key]["source"], "attested", "{key}: {m}");
+    }
+    // Made printable, not refused.
+    assert_eq!(facts["model"]["value"], "QEMU Virtual Machine ??", "{m}");
+
+    f.publish().await;
+    let body = serde_json::json!({
+        "image_name": "edge", "image_version": 2, "selector": "board=x86_64-uefi",
+        "stages": [{"percent": 100, "soak_secs": 0}],
+        "max_failure_permille": 500, "min_reports": 1
+    });
+    let r = f
+        .op(
+            "POST",
+            "/api/v1/admin/rollouts",
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", text(&r));
+    assert_eq!(r.json().unwrap()["devices"]["admitted"], 1, "{}", text(&r));
+    let r = f
+        .client(&gw)
+        .get("/api/v1/device/assignment")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = f
+        .client(&other)
+        .get("/api/v1/device/assignment")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "no board attested: not in the rollout");
+}

@@ -20,6 +20,7 @@ macro_rules! for_each_case {
             rollout_pauses_resumes_aborts,
             silent_devices_time_out,
             publish_checks_signature_and_blobs,
+            reports_attest_facts_that_rollouts_select_by,
         ]);
     };
 }

@@ -20,7 +20,7 @@ use tugboot_boards::Catalog;
 use tugboot_firmware::{Role, Sha256Digest};
 use tugboot_wire::{Mac, Uuid};
 
-use crate::catalogue::{Catalogue, CatalogueImage};
+use crate::catalogue::{Catalogue, CatalogueImage, ImageRef};
 use crate::cmdline::KernelCmdline;
 use crate::facts::{Facts, keys};
 use crate::machine::{Machine, MachineId, MachineState};
@@ -247,6 +247,24 @@ impl Fleet {
         })
     }
 
+    /// What machine `id` should install to its disk: the `image` of its `install` profile,
+    /// while it has not reported an install. The device API answers the installer's request
+    /// for an assignment with it. Chosen from the registry's facts only (an installer asks over
+    /// mutual TLS; no network observation is involved).
+    #[must_use]
+    pub fn install_image(&self, id: MachineId) -> Option<&Arc<CatalogueImage>> {
+        let m = self.registry.get(id)?;
+        if m.state == MachineState::Revoked || m.facts.trusted_value(keys::INSTALLED).is_some() {
+            return None;
+        }
+        let subject = Subject::machine(m, &m.facts);
+        let (profile, _) = self.choose_profile(Some(m), &subject)?;
+        if profile.template != Template::Install {
+            return None;
+        }
+        self.catalogue.image(profile.image.as_ref()?)
+    }
+
     #[allow(clippy::type_complexity)] // one internal pair: the choice and what it boots
     fn decide(
         &self,
@@ -276,7 +294,27 @@ impl Fleet {
         let action = match profile.template {
             Template::Local => Ok(BootAction::Local),
             Template::Linux => self
-                .linux(profile, &subject, board.as_deref(), &who)
+                .linux(
+                    profile,
+                    profile.image.as_ref(),
+                    &subject,
+                    board.as_deref(),
+                    &who,
+                )
+                .map(BootAction::Linux),
+            // Only the machine's own word over mutual TLS (or the operator's) ends the install:
+            // a forged DHCP or HTTP claim cannot make a machine skip it or boot a blank disk.
+            Template::Install if facts.trusted_value(keys::INSTALLED).is_some() => {
+                Ok(BootAction::Local)
+            }
+            Template::Install => self
+                .linux(
+                    profile,
+                    profile.installer.as_ref(),
+                    &subject,
+                    board.as_deref(),
+                    &who,
+                )
                 .map(BootAction::Linux),
         };
         Ok((
@@ -322,11 +360,12 @@ impl Fleet {
     fn linux(
         &self,
         profile: &Profile,
+        image_ref: Option<&ImageRef>,
         subject: &Subject<'_>,
         board: Option<&str>,
         who: &str,
     ) -> Result<LinuxBoot, NoBoot> {
-        let image_ref = profile.image.as_ref().ok_or_else(|| NoBoot::NotPublished {
+        let image_ref = image_ref.ok_or_else(|| NoBoot::NotPublished {
             who: who.to_owned(),
             profile: profile.name.clone(),
             image: "(none)".into(),

@@ -252,3 +252,78 @@ fn dtbs_of_the_image_are_in_the_plan() {
     assert_eq!(l.dtbs[0].0, "bcm2711-rpi-4-b.dtb");
     assert!(l.initrd.is_some());
 }
+
+const INSTALL: &str = r#"
+[profiles.fleet]
+template = "install"
+image = "edge"
+installer = "installer"
+cmdline = "tugboot.mac={{mac}}"
+
+[[machines]]
+name = "new-1"
+mac = "52:54:00:00:00:31"
+profile = "fleet"
+"#;
+
+/// An `install` profile netboots the installer until the machine itself says (over mutual TLS,
+/// an attested fact) that it installed; then it boots its disk. The device API hands the
+/// installer the profile's image meanwhile. A claim on the network changes nothing.
+#[test]
+fn install_profiles_netboot_the_installer_until_the_machine_attests_its_install() {
+    let profiles = ProfileSet::from_toml(INSTALL).unwrap();
+    let mut f = Fleet {
+        catalogue: testkit::catalogue(&[
+            ("edge", 1, ""),
+            ("edge", 2, ""),
+            ("installer", 4, "console=ttyS0"),
+        ]),
+        registry: declared_registry(&profiles, 1),
+        profiles,
+        boards: Catalog::builtin(),
+    };
+    let id = MachineId(1);
+    let p = plan(&f, Some("52:54:00:00:00:31"), None, &Facts::new()).unwrap();
+    let l = p.linux().expect("netboots the installer");
+    assert_eq!(l.image.label(), "installer@4");
+    assert_eq!(
+        l.cmdline.as_str(),
+        "console=ttyS0 tugboot.mac=52:54:00:00:00:31"
+    );
+    assert_eq!(
+        f.install_image(id).map(|i| i.label()),
+        Some("edge@2".into())
+    );
+
+    // Somebody on the network claims the install: still the installer.
+    let forged = observed(Observer::Http, 5, &[("installed", "edge@2")]);
+    let p = plan(&f, Some("52:54:00:00:00:31"), None, &forged).unwrap();
+    assert!(p.linux().is_some());
+
+    // The machine attests it: its disk from now on, and nothing more to install.
+    let mut machines: Vec<Machine> = f.registry.iter().cloned().collect();
+    machines[0]
+        .facts
+        .offer_value("installed", "edge@2", Source::Attested, 6)
+        .unwrap();
+    f.registry = Registry::new(machines);
+    let p = plan(&f, Some("52:54:00:00:00:31"), None, &Facts::new()).unwrap();
+    assert!(matches!(p.action, BootAction::Local), "{p:?}");
+    assert!(f.install_image(id).is_none());
+}
+
+#[test]
+fn install_profiles_need_an_image_and_an_installer() {
+    let err = |text: &str| ProfileSet::from_toml(text).unwrap_err().to_string();
+    assert!(
+        err("[profiles.p]\ntemplate = \"install\"\nimage = \"os\"\n").contains("needs `installer`")
+    );
+    assert!(
+        err("[profiles.p]\ntemplate = \"install\"\ninstaller = \"i\"\n")
+            .contains("needs the `image`")
+    );
+    assert!(
+        err("[profiles.p]\nimage = \"os\"\ninstaller = \"i\"\n")
+            .contains("profiles.p.installer: only template \"install\"")
+    );
+}

@@ -71,11 +71,14 @@ pub enum Template {
     Linux,
     /// Leave the network loader so the firmware boots the next device (the local disk).
     Local,
+    /// Netboot the profile's `installer` image until the machine reports (over mutual TLS) that
+    /// it installed the profile's `image` to its disk; from then on boot the disk (`local`).
+    Install,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 2] = [Template::Linux, Template::Local];
+    pub const ALL: [Template; 3] = [Template::Linux, Template::Local, Template::Install];
 
     /// The name written in the file.
     #[must_use]
@@ -83,6 +86,7 @@ impl Template {
         match self {
             Template::Linux => "linux",
             Template::Local => "local",
+            Template::Install => "install",
         }
     }
 }
@@ -152,8 +156,10 @@ pub enum CmdlinePart {
 pub struct Profile {
     /// Name.
     pub name: String,
-    /// The image (none for `local`).
+    /// The image (none for `local`; for `install` the image installed to the disk).
     pub image: Option<ImageRef>,
+    /// `install` only: the image netbooted to install `image` (kernel + initrd with the agent).
+    pub installer: Option<ImageRef>,
     /// Extra kernel arguments, appended after the board's and the image's own.
     pub cmdline: Vec<CmdlinePart>,
     /// What it renders.

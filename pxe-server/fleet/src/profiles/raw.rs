@@ -37,8 +37,10 @@ pub struct ProfileEntry {
     /// Extra kernel arguments, with `{{placeholders}}`.
     #[serde(default)]
     pub cmdline: String,
-    /// `linux` (default) or `local`.
+    /// `linux` (default), `local` or `install`.
     pub template: Option<String>,
+    /// `install`: the installer image's name (its highest published version).
+    pub installer: Option<String>,
 }
 
 /// `[[machines]]`.

@@ -174,7 +174,10 @@ fn profile(name: String, p: raw::ProfileEntry) -> Result<Profile, ProfileError> 
             .ok_or_else(|| {
                 invalid(
                     format!("{at}.template"),
-                    format!("unknown template {:?} (known: linux, local)", shown(t)),
+                    format!(
+                        "unknown template {:?} (known: linux, local, install)",
+                        shown(t)
+                    ),
                 )
             })?,
     };
@@ -212,6 +215,12 @@ fn profile(name: String, p: raw::ProfileEntry) -> Result<Profile, ProfileError> 
                 "template \"linux\" needs an `image` or a `manifest`",
             ));
         }
+        (Template::Install, None) => {
+            return Err(invalid(
+                &at,
+                "template \"install\" needs the `image` (or `manifest`) to install",
+            ));
+        }
         (Template::Local, Some(_)) => {
             return Err(invalid(
                 &at,
@@ -220,10 +229,30 @@ fn profile(name: String, p: raw::ProfileEntry) -> Result<Profile, ProfileError> 
         }
         _ => {}
     }
+    let installer = match (template, p.installer) {
+        (Template::Install, Some(i)) => {
+            check_image_name(&format!("{at}.installer"), &i)?;
+            Some(ImageRef::Latest { name: i })
+        }
+        (Template::Install, None) => {
+            return Err(invalid(
+                &at,
+                "template \"install\" needs `installer`: the image netbooted to install (`tugboot installer build`)",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                format!("{at}.installer"),
+                "only template \"install\" netboots an installer",
+            ));
+        }
+        (_, None) => None,
+    };
     let cmdline = parse_cmdline(&format!("{at}.cmdline"), &p.cmdline)?;
     Ok(Profile {
         name,
         image,
+        installer,
         cmdline,
         template,
     })

@@ -448,9 +448,10 @@ fn print_set(set: &ProfileSet, global: Global) -> anyhow::Result<()> {
     }
     println!("default profile: {}", set.default_profile().unwrap_or("-"));
     for p in set.profiles() {
-        let boots = match &p.image {
-            Some(i) => i.to_string(),
-            None => p.template.as_str().to_owned(),
+        let boots = match (&p.image, &p.installer) {
+            (Some(i), Some(installer)) => format!("install {i} (installer {installer})"),
+            (Some(i), None) => i.to_string(),
+            (None, _) => p.template.as_str().to_owned(),
         };
         println!("profile  {:<20} {boots}", p.name);
     }

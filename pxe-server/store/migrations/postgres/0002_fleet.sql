@@ -28,7 +28,7 @@ ALTER TABLE machines DROP COLUMN board, DROP COLUMN profile, DROP COLUMN labels;
 ALTER TABLE reports ADD COLUMN seq BIGINT GENERATED ALWAYS AS IDENTITY;
 ALTER TABLE reports ALTER COLUMN slot DROP NOT NULL;
 ALTER TABLE reports
-    ADD COLUMN outcome TEXT CHECK (outcome IN ('committed', 'rolled-back', 'failed', 'interrupted', 'rejected')),
+    ADD COLUMN outcome TEXT CHECK (outcome IN ('committed', 'rolled-back', 'failed', 'interrupted', 'rejected', 'installed')),
     ADD COLUMN outcome_name TEXT,
     ADD COLUMN outcome_version BIGINT CHECK (outcome_version >= 0);
 UPDATE reports SET

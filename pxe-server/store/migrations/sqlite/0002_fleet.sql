@@ -61,7 +61,7 @@ CREATE TABLE reports (
     uptime_secs     INTEGER NOT NULL CHECK (uptime_secs >= 0),
     last_error      TEXT,
     received_at     INTEGER NOT NULL,
-    outcome         TEXT    CHECK (outcome IN ('committed', 'rolled-back', 'failed', 'interrupted', 'rejected')),
+    outcome         TEXT    CHECK (outcome IN ('committed', 'rolled-back', 'failed', 'interrupted', 'rejected', 'installed')),
     outcome_name    TEXT,
     outcome_version INTEGER CHECK (outcome_version >= 0),
     UNIQUE (device_id, report_id)
