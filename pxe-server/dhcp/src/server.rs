@@ -217,6 +217,8 @@ pub enum Notice {
         address: Ipv4Addr,
         /// Lease records in the log.
         log_records: u64,
+        /// Receive buffer of the DHCP socket as the kernel granted it (bytes).
+        recv_buffer: usize,
     },
     /// The lease log was compacted.
     Compacted {
@@ -280,12 +282,23 @@ impl EventSink for StderrSink {
     }
 }
 
+/// Receive buffer asked for: a boot storm (or a commit that takes a few milliseconds
+/// while the host is busy) must queue in the kernel, not be dropped by it. The kernel caps
+/// it at `net.core.rmem_max` (often 208 KiB; raise it for large fleets).
+pub const RECV_BUFFER: usize = 4 << 20;
+/// Send buffer asked for: the replies a group commit releases at once.
+pub const SEND_BUFFER: usize = 1 << 20;
+
 fn udp(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket, ShellError> {
     let port = addr.port();
     let e = |source| ShellError::Socket { port, source };
     let std = std::net::UdpSocket::bind(addr).map_err(e)?;
     std.set_broadcast(true).map_err(e)?;
     std.set_nonblocking(true).map_err(e)?;
+    // Best effort: a smaller buffer still works, it only absorbs less.
+    let s2 = socket2::SockRef::from(&std);
+    let _ = s2.set_recv_buffer_size(RECV_BUFFER);
+    let _ = s2.set_send_buffer_size(SEND_BUFFER);
     let sock = UdpSocket::from_std(std).map_err(e)?;
     if let Some(dev) = device {
         sock.bind_device(Some(dev.as_bytes())).map_err(e)?;
@@ -398,6 +411,9 @@ pub async fn run_with_log<S: EventSink + Send>(
         device: shell.device.clone(),
         address: shell.interface_address,
         log_records: log.lines(),
+        recv_buffer: socket2::SockRef::from(&s67)
+            .recv_buffer_size()
+            .unwrap_or_default(),
     });
     let sockets = Sockets {
         s67: &s67,

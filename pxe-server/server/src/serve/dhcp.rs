@@ -94,7 +94,16 @@ impl EventSink for ChannelSink {
                 device,
                 address,
                 log_records,
-            } => tracing::info!(port, pxe_port, ?device, %address, log_records, "dhcp: serving"),
+                recv_buffer,
+            } => tracing::info!(
+                port,
+                pxe_port,
+                ?device,
+                %address,
+                log_records,
+                recv_buffer,
+                "dhcp: serving"
+            ),
             Notice::Compacted {
                 lines_before,
                 records,
