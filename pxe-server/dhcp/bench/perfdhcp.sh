@@ -10,6 +10,8 @@
 #   cargo build --release -p tugboot
 #   sudo pxe-server/dhcp/bench/perfdhcp.sh [path/to/tugboot]
 # Environment: RATES="2000 5000 10000 20000" SECS=10 CLIENTS=10000 SERVERS="tugboot dnsmasq kea"
+#   ROUNDS=1 (more: the whole table is repeated, rounds interleaved, and a median of leases/s
+#   per server and rate is printed at the end: the host is shared, single runs move a lot)
 #   TUGBOOT_LOG=warn (RUST_LOG of `tugboot serve`: warn = no line per lease, like Kea's WARN
 #   severity and dnsmasq's --quiet-dhcp below; "info" logs every lease)
 #   KEEP=1 keeps the work directory with every perfdhcp report and server log.
@@ -21,6 +23,7 @@ RATES=${RATES:-"2000 5000 10000 20000"}
 SECS=${SECS:-10}
 CLIENTS=${CLIENTS:-10000}
 SERVERS=${SERVERS:-"tugboot dnsmasq kea"}
+ROUNDS=${ROUNDS:-1}
 TUGBOOT_LOG=${TUGBOOT_LOG:-warn}
 DHCPD_BIN=${DHCPD_BIN:-$(dirname "$0")/../../../target/release/tugboot-dhcpd}
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
@@ -139,8 +142,10 @@ metric() { awk -v m="tugboot_dhcp_$1_total" '$1 == m {print $2}' "$WORK/metrics.
 # field N of "drops:" / "received packets:" lines: 1 = DISCOVER-OFFER, 2 = REQUEST-ACK
 nth() { grep "^$1" "$2" | sed -n "${3}p" | awk -F': ' '{print $2}' | awk '{print $1}'; }
 
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-13s %9s %9s %8s %8s %9s %9s %5s %5s %6s\n' \
     server offered/s leases/s DO-drop% RA-drop% ACKs persisted lost comp cpu-s
+for round in $(seq 1 "$ROUNDS"); do
 for rate in $RATES; do
   for srv in $SERVERS; do
     start_server "$srv"
@@ -174,6 +179,19 @@ for rate in $RATES; do
     cp "$WORK/server.log" "$WORK/server-$srv-$rate.log"
     leases=$(grep '^Rate:' "$out" | awk '{print $2}')
     printf '%-13s %9s %9.0f %8.2f %8.2f %9s %9s %5s %5s %6s\n' "$srv" "$rate" "$leases" \
-        "$(nth 'drops ratio' "$out" 1)" "$(nth 'drops ratio' "$out" 2)" "$acks" "$persisted" "$lost" "$comp" "$cpu"
+        "$(nth 'drops ratio' "$out" 1)" "$(nth 'drops ratio' "$out" 2)" "$acks" "$persisted" "$lost" "$comp" "$cpu" \
+        | tee -a "$WORK/rows.txt"
   done
 done
+done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "$ROUNDS" -gt 1 ]; then
+    echo "median leases/s over $ROUNDS rounds (min-max):"
+    for rate in $RATES; do
+        for srv in $SERVERS; do
+            awk -v s="$srv" -v r="$rate" '$1 == s && $2 == r {print $3}' "$WORK/rows.txt" | sort -n \
+                | awk -v s="$srv" -v r="$rate" '{v[NR]=$1} END {printf "%-13s %9s %9.0f  (%.0f-%.0f)\n", s, r, \
+                    (NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2), v[1], v[NR]}'
+        done
+    done
+fi
