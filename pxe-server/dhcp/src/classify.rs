@@ -7,6 +7,8 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+pub use tugboot_wire::{Mac, Uuid};
+
 use crate::wire::Request;
 
 /// One entry of the IANA "Processor Architecture Types" registry (DHCP option 93,
@@ -164,6 +166,18 @@ pub enum PiModel {
     Unknown,
 }
 
+impl PiModel {
+    /// Stable lower-case name (`pi3`, `pi4`, `pi5`, `unknown`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pi3 => "pi3",
+            Self::Pi4 => "pi4",
+            Self::Pi5 => "pi5",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// The kind of client, which decides what it is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -188,77 +202,38 @@ impl Firmware {
         !matches!(self, Self::Plain)
     }
 
-    /// Stable name for logs and events.
+    /// The firmware family: `pxe`, `http-boot`, `ipxe`, `uboot`, `rpi` or `plain`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Pxe(_) => "pxe",
+            Self::HttpBoot(_) => "http-boot",
+            Self::Ipxe(_) => "ipxe",
+            Self::UBoot(_) => "uboot",
+            Self::RaspberryPi(_) => "rpi",
+            Self::Plain => "plain",
+        }
+    }
+
+    /// The platform a boot file must be built for (a Raspberry Pi is [`Platform::RaspberryPi`]
+    /// whatever its model); `None` for plain clients.
+    pub fn platform(self) -> Option<Platform> {
+        match self {
+            Self::Pxe(p) | Self::HttpBoot(p) | Self::Ipxe(p) | Self::UBoot(p) => Some(p),
+            Self::RaspberryPi(_) => Some(Platform::RaspberryPi),
+            Self::Plain => None,
+        }
+    }
+
+    /// Stable name for logs and events: `kind/platform` (`pxe/uefi-x64`, `uboot/uboot-arm64`),
+    /// `rpi/<model>` (`rpi/pi4`), or `plain`.
     pub fn label(self) -> String {
         match self {
-            Self::Pxe(p) => format!("pxe/{}", p.as_str()),
-            Self::HttpBoot(p) => format!("http-boot/{}", p.as_str()),
-            Self::Ipxe(p) => format!("ipxe/{}", p.as_str()),
-            Self::UBoot(p) => format!("uboot/{}", p.as_str()),
-            Self::RaspberryPi(m) => format!("rpi/{m:?}").to_lowercase(),
+            Self::Pxe(p) | Self::HttpBoot(p) | Self::Ipxe(p) | Self::UBoot(p) => {
+                format!("{}/{}", self.kind(), p.as_str())
+            }
+            Self::RaspberryPi(m) => format!("rpi/{}", m.as_str()),
             Self::Plain => "plain".into(),
         }
-    }
-}
-
-/// A 48-bit Ethernet MAC address (serialised as `aa:bb:cc:dd:ee:ff`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(try_from = "String", into = "String")]
-pub struct Mac(pub [u8; 6]);
-
-impl From<Mac> for String {
-    fn from(m: Mac) -> String {
-        m.to_string()
-    }
-}
-
-impl TryFrom<String> for Mac {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl Mac {
-    /// The first three bytes (IEEE OUI).
-    pub fn oui(self) -> [u8; 3] {
-        [self.0[0], self.0[1], self.0[2]]
-    }
-
-    /// Hyphenated lower-case form (`52-54-00-12-34-56`), as PXELINUX and URL paths use.
-    pub fn hyphenated(self) -> String {
-        self.0
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join("-")
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl std::str::FromStr for Mac {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address (six hex pairs)"));
-        }
-        let mut out = [0u8; 6];
-        for (o, p) in out.iter_mut().zip(parts) {
-            if p.len() != 2 {
-                return Err(format!("{s:?} is not a MAC address (six hex pairs)"));
-            }
-            *o = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?}: bad hex byte {p:?}"))?;
-        }
-        Ok(Self(out))
     }
 }
 
@@ -298,10 +273,21 @@ impl RelayInfo {
     }
 
     /// The address that selects the subnet (RFC 3527 > RFC 3011 > giaddr), if any.
+    /// The core clears the two options first unless the datagram came from a trusted
+    /// relay (`Config::trusted_relays`, [`RelayInfo::distrust`]).
     pub fn selector(&self) -> Option<Ipv4Addr> {
         self.link_selection
             .or(self.subnet_selection)
             .or((!self.giaddr.is_unspecified()).then_some(self.giaddr))
+    }
+
+    /// Forgets what only a trusted relay may say: link selection, subnet selection and
+    /// the server identifier override. Circuit and remote id stay (they are reported, not
+    /// acted on) and option 82 is still echoed (a snooping switch strips it again).
+    pub fn distrust(&mut self) {
+        self.link_selection = None;
+        self.subnet_selection = None;
+        self.server_id_override = None;
     }
 }
 
@@ -322,8 +308,9 @@ pub struct Classification {
     pub client_id: Option<Vec<u8>>,
     /// Option 97 as sent (mirrored back to PXE clients even if all-zero).
     pub machine_id: Option<Vec<u8>>,
-    /// SMBIOS UUID from option 97, unless it is all zero (QEMU) or not type 0.
-    pub uuid: Option<[u8; 16]>,
+    /// SMBIOS UUID from option 97, unless it is all zero (QEMU) or not type 0: never
+    /// [`Uuid::is_nil`], so it can serve as an identity.
+    pub uuid: Option<Uuid>,
     /// Raspberry Pi serial number (hex), when the request carries it.
     pub pi_serial: Option<String>,
     /// Relay path.
@@ -340,17 +327,7 @@ impl Classification {
 
     /// The UUID in canonical text form.
     pub fn uuid_string(&self) -> Option<String> {
-        self.uuid.map(|u| {
-            let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-            format!(
-                "{}-{}-{}-{}-{}",
-                h[0..4].concat(),
-                h[4..6].concat(),
-                h[6..8].concat(),
-                h[8..10].concat(),
-                h[10..16].concat()
-            )
-        })
+        self.uuid.map(|u| u.to_string())
     }
 }
 
@@ -373,11 +350,10 @@ pub fn classify(req: &Request) -> Classification {
     };
     let machine_id = raw.get(97).map(<[u8]>::to_vec);
     let uuid = match machine_id.as_deref() {
-        Some([0, rest @ ..]) if rest.len() == 16 && rest.iter().any(|&b| b != 0) => {
-            let mut u = [0u8; 16];
-            u.copy_from_slice(rest);
-            Some(u)
-        }
+        Some([0, rest @ ..]) => <[u8; 16]>::try_from(rest)
+            .ok()
+            .map(Uuid)
+            .filter(|u| !u.is_nil()),
         _ => None,
     };
 
@@ -610,7 +586,7 @@ mod tests {
     }
 
     #[test]
-    fn mac_round_trips() {
+    fn mac_is_the_wire_type() {
         let m: Mac = "b8:27:EB:01:02:03".parse().expect("mac");
         assert_eq!(m.to_string(), "b8:27:eb:01:02:03");
         assert_eq!(m.hyphenated(), "b8-27-eb-01-02-03");

@@ -81,6 +81,10 @@ pub struct RawConfig {
     /// Known machines.
     #[serde(default)]
     pub reservations: Vec<RawReservation>,
+    /// Relay agents whose relay options are honoured: addresses or CIDR networks they
+    /// send from (the UDP source of relayed datagrams). See [`Config::trusted_relays`].
+    #[serde(default)]
+    pub trusted_relays: Vec<String>,
     /// Limits.
     #[serde(default)]
     pub limits: RawLimits,
@@ -202,9 +206,11 @@ pub struct RawLimits {
     pub per_mac_per_second: u32,
     /// Most clients tracked by the rate limiter (oldest forgotten beyond).
     pub max_tracked_clients: usize,
-    /// Most outstanding offers (offered, not yet requested).
+    /// Most offers remembered at once (offered, not yet requested); beyond it offers are
+    /// still sent but reserve nothing.
     pub max_pending_offers: usize,
-    /// Seconds an offer reserves its address.
+    /// Seconds an offer keeps its address from being offered to someone else (while other
+    /// addresses are free; a REQUEST for it is honoured after that too, if it is still free).
     pub offer_ttl_secs: u32,
     /// Seconds a declined address stays out of the pool.
     pub decline_hold_secs: u32,
@@ -217,7 +223,7 @@ impl Default for RawLimits {
             per_mac_per_second: 2,
             max_tracked_clients: 4096,
             max_pending_offers: 1024,
-            offer_ttl_secs: 60,
+            offer_ttl_secs: 10,
             decline_hold_secs: 600,
         }
     }
@@ -326,9 +332,9 @@ pub struct Limits {
     pub per_mac_per_second: u32,
     /// Rate limiter capacity.
     pub max_tracked_clients: usize,
-    /// Outstanding offers cap.
+    /// Most offers remembered (beyond: offers reserve nothing).
     pub max_pending_offers: usize,
-    /// Offer reservation time.
+    /// How long an offer keeps its address from other DISCOVERs.
     pub offer_ttl: Duration,
     /// Declined address hold time.
     pub decline_hold: Duration,
@@ -353,11 +359,26 @@ pub struct Config {
     pub subnets: Vec<Subnet>,
     /// Reservations.
     pub reservations: Vec<Reservation>,
+    /// Relay agents trusted with relay options (by the source address of their datagrams).
+    ///
+    /// Only a datagram with giaddr set that comes from one of these may select a subnet
+    /// by RFC 3527 link selection (option 82.5) or RFC 3011 subnet selection (option
+    /// 118), or override the server identifier (RFC 5107, option 82.11); from anyone
+    /// else — above all a client on the local link — those options are ignored, or a
+    /// single host could drain every subnet's pool. When the list is not empty, relayed
+    /// datagrams (giaddr set) from other sources are dropped as well. Empty (the default):
+    /// giaddr still selects the subnet (RFC 2131), relay options are never honoured.
+    pub trusted_relays: Vec<Cidr>,
     /// Limits.
     pub limits: Limits,
 }
 
 impl Config {
+    /// Whether `source` is a configured relay agent.
+    pub fn is_trusted_relay(&self, source: Ipv4Addr) -> bool {
+        self.trusted_relays.iter().any(|c| c.contains(source))
+    }
+
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         if text.len() > MAX_CONFIG_LEN {
@@ -522,6 +543,22 @@ impl TryFrom<RawConfig> for Config {
             });
         }
 
+        let mut trusted_relays = Vec::new();
+        for (i, text) in raw.trusted_relays.iter().enumerate() {
+            let cidr = match text.parse::<Ipv4Addr>() {
+                Ok(addr) => Cidr { addr, prefix: 32 },
+                Err(_) => text
+                    .parse::<Cidr>()
+                    .map_err(|e| invalid(format!("trusted_relays[{i}]: {e}")))?,
+            };
+            if cidr.prefix == 0 || cidr.addr.is_unspecified() {
+                return Err(invalid(format!(
+                    "trusted_relays[{i}]: {text:?} would trust every host"
+                )));
+            }
+            trusted_relays.push(cidr);
+        }
+
         let l = raw.limits;
         if l.per_mac_burst == 0 || l.per_mac_per_second == 0 {
             return Err(invalid(
@@ -532,6 +569,9 @@ impl TryFrom<RawConfig> for Config {
             return Err(invalid(
                 "limits: max_tracked_clients and max_pending_offers must be positive",
             ));
+        }
+        if l.offer_ttl_secs == 0 {
+            return Err(invalid("limits: offer_ttl_secs must be positive"));
         }
 
         Ok(Self {
@@ -547,6 +587,7 @@ impl TryFrom<RawConfig> for Config {
             },
             subnets,
             reservations,
+            trusted_relays,
             limits: Limits {
                 per_mac_burst: l.per_mac_burst,
                 per_mac_per_second: l.per_mac_per_second,
@@ -639,6 +680,29 @@ mod tests {
         .expect("valid");
         assert_eq!(c.mode, Mode::Proxy);
         assert_eq!(c.unknown_machines, UnknownPolicy::Ignore);
+    }
+
+    #[test]
+    fn trusted_relays_take_addresses_and_networks() {
+        let c = Config::from_toml(&format!(
+            "trusted_relays = [\"10.0.9.2\", \"10.1.0.0/16\"]\n{GOOD}"
+        ))
+        .expect("valid");
+        assert!(c.is_trusted_relay(Ipv4Addr::new(10, 0, 9, 2)));
+        assert!(!c.is_trusted_relay(Ipv4Addr::new(10, 0, 9, 3)));
+        assert!(c.is_trusted_relay(Ipv4Addr::new(10, 1, 200, 3)));
+        assert!(
+            !Config::from_toml(GOOD)
+                .expect("valid")
+                .is_trusted_relay(Ipv4Addr::new(10, 0, 9, 2))
+        );
+        for bad in ["0.0.0.0/0", "0.0.0.0", "10.0.0.1/33", "relay"] {
+            let text = format!("trusted_relays = [\"{bad}\"]\n{GOOD}");
+            assert!(
+                matches!(Config::from_toml(&text), Err(ConfigError::Invalid(m)) if m.contains("trusted_relays[0]")),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use dhcproto::v4::{
 };
 
 use crate::boot::{BootParams, boot_params};
-use crate::classify::{Classification, Firmware, Mac, classify};
+use crate::classify::{ArchCode, Classification, Firmware, Mac, Uuid, classify};
 use crate::config::{Config, Mode, Subnet, UnknownPolicy};
 use crate::lease::{ClientKey, LeaseRecord, LeaseState, LeaseTable};
 use crate::ratelimit::RateLimiter;
@@ -76,8 +76,9 @@ pub enum Ignored {
     NoSubnet(Ipv4Addr),
     /// The pools of the subnet are exhausted.
     PoolExhausted,
-    /// Too many outstanding offers.
-    OfferTableFull,
+    /// A relayed datagram (giaddr set) from a source that is not in `trusted_relays`
+    /// (only when that list is configured).
+    UntrustedRelay(Ipv4Addr),
     /// The client chose another server.
     OtherServer,
     /// Nothing on record for the client's address (RFC 2131 says stay silent).
@@ -88,11 +89,108 @@ pub enum Ignored {
     Encode(WireError),
 }
 
+/// The address an observed client holds or gets, and how DHCP knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ObservedAddress {
+    /// Offered in this server's reply (the client may still take another server's).
+    Offered(Ipv4Addr),
+    /// Bound by this server's ACK to this request.
+    Leased(Ipv4Addr),
+    /// The client's own `ciaddr` (INFORM, PXE port 4011, renewals this server did not
+    /// acknowledge): what it says it holds.
+    Claimed(Ipv4Addr),
+}
+
+impl ObservedAddress {
+    /// The address, however it is known.
+    pub fn address(self) -> Ipv4Addr {
+        match self {
+            Self::Offered(a) | Self::Leased(a) | Self::Claimed(a) => a,
+        }
+    }
+}
+
+/// The relay path of an observed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedRelay {
+    /// giaddr (0.0.0.0 when option 82 came from a snooping switch on the local link).
+    pub giaddr: Ipv4Addr,
+    /// Option 82 sub-option 1 (circuit id: typically the switch port).
+    pub circuit_id: Option<Vec<u8>>,
+    /// Option 82 sub-option 2 (remote id: typically the switch).
+    pub remote_id: Option<Vec<u8>>,
+    /// Whether the datagram came from a configured relay (`trusted_relays`). Untrusted
+    /// relay facts are still reported, for what they are: claims.
+    pub trusted: bool,
+}
+
+/// What DHCP saw of one netboot request: the raw material of facts "observed by DHCP".
+///
+/// Emitted for every DISCOVER, REQUEST and INFORM from a netboot client (any firmware
+/// but [`Firmware::Plain`]) on port 67 or 4011, known or unknown, answered or not — but
+/// not for datagrams the rate limiter drops. Every field is a claim by whoever sent
+/// the datagram; nothing here is authenticated. Built by moving the classification's
+/// fields, so it costs one allocation (the box) plus option 12 when present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// `chaddr`, when Ethernet.
+    pub mac: Option<Mac>,
+    /// Option 61 as sent.
+    pub client_id: Option<Vec<u8>>,
+    /// DISCOVER, REQUEST or INFORM.
+    pub msg_type: MessageType,
+    /// Port 67 or 4011.
+    pub port: ServerPort,
+    /// Firmware kind and platform (`Firmware::label`: `pxe/uefi-x64`, `ipxe/bios`,
+    /// `http-boot/uefi-arm64`, `uboot/uboot-arm64`, `rpi/pi4`, ...).
+    pub firmware: Firmware,
+    /// Option 93 codes, in the order sent.
+    pub arches: Vec<ArchCode>,
+    /// Option 60 as sent.
+    pub vendor_class: Option<Vec<u8>>,
+    /// Option 77 entries.
+    pub user_classes: Vec<Vec<u8>>,
+    /// SMBIOS UUID from option 97; never the all-zero UUID.
+    pub uuid: Option<Uuid>,
+    /// Raspberry Pi serial number (hex), for Pi 4/5 bootloaders.
+    pub pi_serial: Option<String>,
+    /// Option 12 as sent.
+    pub hostname: Option<Vec<u8>>,
+    /// Relay path, when relayed or when option 82 is present.
+    pub relay: Option<ObservedRelay>,
+    /// The address it holds or gets, when known.
+    pub address: Option<ObservedAddress>,
+    /// Whether a reservation matched it.
+    pub known: bool,
+}
+
+impl Observation {
+    /// Option 60 as text (lossy).
+    pub fn vendor_class_text(&self) -> Option<String> {
+        self.vendor_class
+            .as_deref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// Option 12 as text (lossy, trailing NULs dropped).
+    pub fn hostname_text(&self) -> Option<String> {
+        self.hostname.as_deref().map(|h| {
+            let end = h.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+            String::from_utf8_lossy(&h[..end]).into_owned()
+        })
+    }
+}
+
 /// Something the rest of tugboot should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// A netboot client with no reservation asked (recorded once per DISCOVER/REQUEST).
+    /// What a netboot request showed (see [`Observation`]).
+    Observed(Box<Observation>),
+    /// A netboot client with no reservation sent a DISCOVER on port 67. Superseded by
+    /// [`Event::Observed`] (`known: false`), which carries more; kept while `tugboot
+    /// serve`'s sighting recorder still reads it.
     UnknownMachine {
         /// MAC address.
         mac: Option<Mac>,
@@ -209,7 +307,7 @@ impl Server {
                 return out;
             }
         };
-        let class = classify(&req);
+        let mut class = classify(&req);
         let key = client_key(&req, &class);
         if !self.limiter.allow(&key, now) {
             out.events.push(Event::Ignored {
@@ -218,18 +316,38 @@ impl Server {
             });
             return out;
         }
+        let giaddr = req.msg.giaddr();
+        let trusted = !giaddr.is_unspecified() && self.config.is_trusted_relay(*ingress.src.ip());
+        if !trusted {
+            class.relay.distrust();
+        }
 
-        let step = self.decide(now, &req, &class, &key, ingress, &mut out);
+        let step = if !giaddr.is_unspecified() && !trusted && !self.config.trusted_relays.is_empty()
+        {
+            Step::Silent(Ignored::UntrustedRelay(*ingress.src.ip()))
+        } else {
+            self.decide(now, &req, &class, &key, ingress, &mut out)
+        };
+        let mut address = None;
         match step {
             Step::Reply(msg, dest, link_layer) => {
                 let msg_type = msg.opts().msg_type().unwrap_or(MessageType::Unknown(0));
+                let yiaddr = msg.yiaddr();
                 match encode_reply(&msg, class.relay.option82.as_deref(), req.max_reply_len()) {
-                    Ok(bytes) => out.replies.push(Reply {
-                        dest,
-                        link_layer,
-                        msg_type,
-                        bytes,
-                    }),
+                    Ok(bytes) => {
+                        address = match msg_type {
+                            _ if yiaddr.is_unspecified() => None,
+                            MessageType::Offer => Some(ObservedAddress::Offered(yiaddr)),
+                            MessageType::Ack => Some(ObservedAddress::Leased(yiaddr)),
+                            _ => None,
+                        };
+                        out.replies.push(Reply {
+                            dest,
+                            link_layer,
+                            msg_type,
+                            bytes,
+                        });
+                    }
                     Err(e) => {
                         // Never acknowledge what cannot be sent; keep persisted records
                         // anyway (they describe state the table already holds).
@@ -244,6 +362,20 @@ impl Server {
                 mac: class.mac,
                 reason,
             }),
+        }
+        if class.firmware.is_netboot()
+            && matches!(
+                req.msg_type,
+                MessageType::Discover | MessageType::Request | MessageType::Inform
+            )
+        {
+            let ciaddr = req.msg.ciaddr();
+            let address =
+                address.or((!ciaddr.is_unspecified()).then_some(ObservedAddress::Claimed(ciaddr)));
+            let known = self.is_known(&class);
+            out.events.push(Event::Observed(Box::new(observation(
+                class, &req, ingress, trusted, address, known,
+            ))));
         }
         out
     }
@@ -420,13 +552,15 @@ impl Server {
                 else {
                     return Step::Silent(Ignored::PoolExhausted);
                 };
-                if self.leases.offer_of(key).is_none()
-                    && self.leases.pending_offers() >= self.config.limits.max_pending_offers
+                // A full offer table still gets an OFFER, it just reserves nothing: a
+                // flood of DISCOVERs from made-up MACs must not lock the next real
+                // client out (its REQUEST binds any free address, see below).
+                if self.leases.offer_of(key).is_some()
+                    || self.leases.pending_offers() < self.config.limits.max_pending_offers
                 {
-                    return Step::Silent(Ignored::OfferTableFull);
+                    self.leases
+                        .offer(key.clone(), addr, now + self.config.limits.offer_ttl);
                 }
-                self.leases
-                    .offer(key.clone(), addr, now + self.config.limits.offer_ttl);
                 let mut msg = self.reply_base(req, class, MessageType::Offer);
                 msg.set_yiaddr(addr);
                 self.lease_options(&mut msg, &subnet, class, subnet.lease_time);
@@ -460,14 +594,24 @@ impl Server {
                     || self.leases.offer_of(key) == Some(target)
                     || reserved == Some(target);
                 if !ours {
-                    let taken = self.leases.holder(target).is_some_and(|h| h != key)
-                        || self.leases.is_declined(target)
+                    let taken = !self.leases.is_bindable_by(target, key)
                         || reserved.is_some_and(|r| r != target)
                         || self.reserved_for_other(target, class);
-                    if taken || server_id.is_some() {
-                        return self.nak(req, class, Some(target), out);
+                    // SELECTING a free pool address whose offer this client no longer
+                    // holds (expired, never remembered because the table was full, or
+                    // taken over by a later DISCOVER): offers are soft, the first
+                    // REQUEST binds. Never outside the pools, never from INIT-REBOOT
+                    // (RFC 2131 §4.3.2: no record, stay silent).
+                    let selecting_free = server_id.is_some()
+                        && !taken
+                        && target != self.config.server_address
+                        && in_pools(&subnet, target);
+                    if !selecting_free {
+                        if taken || server_id.is_some() {
+                            return self.nak(req, class, Some(target), out);
+                        }
+                        return Step::Silent(Ignored::NoRecord);
                     }
-                    return Step::Silent(Ignored::NoRecord);
                 }
                 let expires_at = now + subnet.lease_time;
                 self.leases.bind(target, key.clone(), class.mac, expires_at);
@@ -519,7 +663,7 @@ impl Server {
                     return Step::Silent(Ignored::NoRecord);
                 }
                 let until = now + self.config.limits.decline_hold;
-                self.leases.decline(addr, until);
+                self.leases.decline(addr, key.clone(), class.mac, until);
                 out.persist.push(LeaseRecord {
                     address: addr,
                     client: key.clone(),
@@ -577,7 +721,10 @@ impl Server {
     }
 
     /// Reservation, current lease, outstanding offer, requested address, then the
-    /// next free pool address after the subnet's cursor — in that order.
+    /// next free pool address after the subnet's cursor — in that order. The scan first
+    /// skips addresses offered to other clients; only when every free address is on
+    /// offer (the pool is under pressure) does it take one of those over, so DISCOVERs
+    /// alone can never exhaust a pool.
     fn pick_address(
         &mut self,
         subnet_idx: usize,
@@ -587,29 +734,28 @@ impl Server {
         requested: Option<Ipv4Addr>,
     ) -> Option<Ipv4Addr> {
         if let Some(r) = reserved {
-            return self.leases.is_free_for(r, key).then_some(r);
+            return self.leases.is_bindable_by(r, key).then_some(r);
         }
         let leases = &self.leases;
         let config = &self.config;
-        let usable = |a: Ipv4Addr| {
+        // `strict`: also skip addresses offered to someone else.
+        let usable = |a: Ipv4Addr, strict: bool| {
             subnet.network.contains(a)
                 && a != config.server_address
-                && leases.is_free_for(a, key)
+                && if strict {
+                    leases.is_free_for(a, key)
+                } else {
+                    leases.is_bindable_by(a, key)
+                }
                 && !config.reservations.iter().any(|r| r.address == Some(a))
         };
-        if let Some(a) = leases.lease_of(key).filter(|a| usable(*a)) {
+        if let Some(a) = leases.lease_of(key).filter(|a| usable(*a, false)) {
             return Some(a);
         }
-        if let Some(a) = leases.offer_of(key).filter(|a| usable(*a)) {
+        if let Some(a) = leases.offer_of(key).filter(|a| usable(*a, false)) {
             return Some(a);
         }
-        let in_pool = |a: Ipv4Addr| {
-            subnet
-                .pools
-                .iter()
-                .any(|(s, e)| (u32::from(*s)..=u32::from(*e)).contains(&u32::from(a)))
-        };
-        if let Some(a) = requested.filter(|a| in_pool(*a) && usable(*a)) {
+        if let Some(a) = requested.filter(|a| in_pools(subnet, *a) && usable(*a, true)) {
             return Some(a);
         }
         let sizes: Vec<u64> = subnet
@@ -632,10 +778,12 @@ impl Server {
             None
         };
         let start = self.cursors.get(subnet_idx).copied().unwrap_or(0) % total;
-        let found = (0..total)
-            .map(|step| (start + step) % total)
-            .find_map(|i| nth(i).filter(|a| usable(*a)).map(|a| (i, a)));
-        let (i, a) = found?;
+        let scan = |strict: bool| {
+            (0..total)
+                .map(|step| (start + step) % total)
+                .find_map(|i| nth(i).filter(|a| usable(*a, strict)).map(|a| (i, a)))
+        };
+        let (i, a) = scan(true).or_else(|| scan(false))?;
         if self.cursors.len() <= subnet_idx {
             self.cursors.resize(subnet_idx + 1, 0);
         }
@@ -701,6 +849,52 @@ impl Server {
     }
 }
 
+/// Moves what the classification found into an observation (no copies of its vectors).
+fn observation(
+    class: Classification,
+    req: &Request,
+    ingress: Ingress,
+    trusted: bool,
+    address: Option<ObservedAddress>,
+    known: bool,
+) -> Observation {
+    let Classification {
+        firmware,
+        arches,
+        vendor_class,
+        user_classes,
+        mac,
+        client_id,
+        uuid,
+        pi_serial,
+        relay,
+        ..
+    } = class;
+    let relay = (relay.is_relayed() || relay.circuit_id.is_some() || relay.remote_id.is_some())
+        .then_some(ObservedRelay {
+            giaddr: relay.giaddr,
+            circuit_id: relay.circuit_id,
+            remote_id: relay.remote_id,
+            trusted,
+        });
+    Observation {
+        mac,
+        client_id,
+        msg_type: req.msg_type,
+        port: ingress.port,
+        firmware,
+        arches,
+        vendor_class,
+        user_classes,
+        uuid,
+        pi_serial,
+        hostname: req.raw.get(12).map(<[u8]>::to_vec),
+        relay,
+        address,
+        known,
+    }
+}
+
 /// ProxyDHCP and boot-server replies must carry option 60 `PXEClient` for a PXE
 /// client to take them as such — iPXE included (it ignores a proxy offer without
 /// it and boots nothing), although it needs no option 60 from an authoritative
@@ -710,6 +904,15 @@ fn proxy_flavour(mut boot: BootParams, class: &Classification) -> BootParams {
         boot.vendor_class = Some(b"PXEClient");
     }
     boot
+}
+
+/// Whether `a` lies in one of the subnet's dynamic ranges.
+fn in_pools(subnet: &Subnet, a: Ipv4Addr) -> bool {
+    let a = u32::from(a);
+    subnet
+        .pools
+        .iter()
+        .any(|(s, e)| (u32::from(*s)..=u32::from(*e)).contains(&a))
 }
 
 fn client_key(req: &Request, class: &Classification) -> ClientKey {

@@ -3,22 +3,33 @@
 //!
 //! Sans-IO: [`Server::handle`] takes `now`, the datagram and where it came from, and
 //! returns an [`Outcome`] (lease records to persist first, replies to send, events).
-//! The tokio shell that owns sockets lives elsewhere; see `docs/dhcp.md`.
+//! The lease log's line format and its recovery scan ([`lease`]) are sans-IO too. The
+//! tokio shell that owns sockets, the lease file and the clock is [`server`] (feature
+//! `shell`): the one socket loop that both `tugboot-dhcpd` and `tugboot serve` run; see
+//! `docs/dhcp.md`.
 
 pub mod boot;
 pub mod classify;
 pub mod config;
 pub mod core;
 pub mod lease;
+#[cfg(feature = "shell")]
+pub mod lease_log;
 pub mod ratelimit;
 #[cfg(feature = "shell")]
 pub mod server;
+
 pub mod wire;
 
-pub use crate::classify::{ArchCode, Classification, Firmware, Mac, PiModel, Platform, classify};
+pub use crate::classify::{
+    ArchCode, Classification, Firmware, Mac, PiModel, Platform, Uuid, classify,
+};
 pub use crate::config::{Config, ConfigError, Mode, UnknownPolicy};
-pub use crate::core::{Event, Ignored, Ingress, Outcome, Reply, Server, ServerPort};
-pub use crate::lease::{ClientKey, LeaseRecord, LeaseState};
+pub use crate::core::{
+    Event, Ignored, Ingress, Observation, ObservedAddress, ObservedRelay, Outcome, Reply, Server,
+    ServerPort,
+};
+pub use crate::lease::{ClientKey, LeaseRecord, LeaseState, fuzz_lease_log};
 pub use crate::wire::{Request, WireError};
 
 /// The whole receive path (parse, classify, decide, encode) on a fixed server:
@@ -43,11 +54,13 @@ pub fn receive(
 }
 
 /// Fixed configuration used by the fuzz target and the seed test: two subnets,
-/// reservations, every boot file kind.
+/// reservations, every boot file kind, and the fuzzed datagrams' source as a trusted
+/// relay (so relayed inputs reach the relay options).
 pub const FUZZ_CONFIG: &str = r#"
 mode = "authoritative"
 server_address = "10.77.0.1"
 http_base_url = "http://10.77.0.1:8080"
+trusted_relays = ["10.77.0.9"]
 [[subnets]]
 network = "10.77.0.0/24"
 pools = [{ start = "10.77.0.100", end = "10.77.0.200" }]

@@ -65,20 +65,27 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         self.buckets.is_empty()
     }
 
-    /// Forgets buckets that have refilled completely (they carry no state); if none
-    /// has, forgets the least recently used one.
+    /// Forgets buckets that have refilled completely (they carry no state); if that frees
+    /// nothing, forgets the least recently used eighth. Evicting in bulk keeps a flood
+    /// of made-up keys at amortised O(1) per request instead of a full scan each.
     fn evict(&mut self, now: SystemTime) {
         let full_after = Duration::from_secs_f64(self.burst / self.per_second);
         self.buckets
             .retain(|_, b| now.duration_since(b.last).unwrap_or(Duration::ZERO) < full_after);
-        if self.buckets.len() >= self.capacity
-            && let Some(oldest) = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, b)| b.last)
-                .map(|(k, _)| k.clone())
-        {
-            self.buckets.remove(&oldest);
+        if self.buckets.len() < self.capacity {
+            return;
+        }
+        let drop = (self.capacity / 8).max(1);
+        let mut ages: Vec<(SystemTime, K)> = self
+            .buckets
+            .iter()
+            .map(|(k, b)| (b.last, k.clone()))
+            .collect();
+        if drop < ages.len() {
+            ages.select_nth_unstable_by_key(drop, |(t, _)| *t);
+        }
+        for (_, k) in ages.into_iter().take(drop) {
+            self.buckets.remove(&k);
         }
     }
 }
@@ -112,5 +119,24 @@ mod tests {
             assert!(r.allow(&k, t(u64::from(k))));
             assert!(r.len() <= 4);
         }
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_evicts_the_oldest_and_keeps_recent_ones() {
+        let us = |n: u64| SystemTime::UNIX_EPOCH + Duration::from_micros(n);
+        // Nothing refills within the flood (1 token per second, 10 ms of flood).
+        let mut r = RateLimiter::new(1, 1, 64);
+        for k in 0..10_000u32 {
+            assert!(r.allow(&k, us(u64::from(k))), "a new key has its burst");
+            assert!(r.len() <= 64);
+        }
+        assert!(
+            !r.allow(&9_999, us(10_000)),
+            "the newest key is still tracked"
+        );
+        assert!(
+            r.allow(&0, us(10_000)),
+            "the oldest was forgotten: a fresh bucket"
+        );
     }
 }

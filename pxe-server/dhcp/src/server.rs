@@ -1,26 +1,31 @@
 //! The thin tokio shell around the sans-IO core (feature `shell`): UDP sockets on
-//! ports 67 and 4011 bound to one interface, an append-only lease file, and the
-//! clock. Everything it decides is decided by [`Server::handle`].
+//! ports 67 and 4011 bound to one interface, the lease log ([`crate::lease_log`]), and
+//! the clock. Everything it decides is decided by [`Server::handle`].
 //!
-//! Order per batch of datagrams (see [`run`]): `handle` each → append all `persist`
-//! records to the lease file and `fsync` once → send all replies. A crash between
-//! the two loses only unsent replies, never an acknowledged lease.
+//! This is the one DHCP socket loop: `tugboot-dhcpd` and `tugboot serve` both run
+//! [`run`]; what differs is the [`EventSink`] (stderr lines, or a tokio channel plus
+//! `tracing`) and who reads the [`Counters`]. The benchmarked loop is the shipped one.
+//!
+//! Order per batch of datagrams (see [`run_with_log`]): `handle` each → append all
+//! `persist` records to the lease log and `fsync` once → send the replies that waited
+//! for them. A crash between the two loses only unsent replies, never an acknowledged
+//! lease.
 
-use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use tokio::net::UdpSocket;
 
-use crate::core::{DHCP_CLIENT_PORT, Event, Ingress, PXE_PORT, Reply, Server, ServerPort};
+use crate::core::{DHCP_CLIENT_PORT, Event, Ignored, Ingress, PXE_PORT, Reply, Server, ServerPort};
 use crate::lease::LeaseRecord;
+pub use crate::lease_log::{
+    Compacted, Compaction, LeaseLog, LeaseLogError, Recovered, load_live, read_records,
+};
 use crate::wire::MAX_REQUEST_LEN;
-
-/// Largest lease file read at start-up.
-pub const MAX_LEASE_FILE: u64 = 256 << 20;
 
 /// Errors of the I/O shell.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +39,7 @@ pub enum ShellError {
         /// Cause.
         source: io::Error,
     },
-    /// Receiving or sending failed.
+    /// Receiving failed.
     #[error("UDP I/O on port {port}: {source}")]
     Io {
         /// Port.
@@ -42,30 +47,13 @@ pub enum ShellError {
         /// Cause.
         source: io::Error,
     },
-    /// The lease file could not be read or written.
-    #[error("lease file {path}: {source}")]
-    LeaseFile {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: io::Error,
-    },
-    /// A line of the lease file is not a lease record.
-    #[error("lease file {path}, line {line}: {message}")]
-    LeaseRecord {
-        /// Path.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// Parser message.
-        message: String,
-    },
-    /// The lease file exceeds [`MAX_LEASE_FILE`].
-    #[error("lease file {path} is larger than {MAX_LEASE_FILE} bytes")]
-    LeaseFileTooLarge {
-        /// Path.
-        path: PathBuf,
-    },
+    /// The lease log cannot be opened, recovered, appended to or compacted. DHCP must
+    /// stop (nothing may be acknowledged any more); nothing else has to.
+    #[error(transparent)]
+    LeaseLog(#[from] LeaseLogError),
+    /// The blocking task writing the lease log panicked or was cancelled.
+    #[error("lease log writer task failed: {0}")]
+    Commit(#[source] tokio::task::JoinError),
 }
 
 /// Where and how the shell listens.
@@ -75,8 +63,8 @@ pub struct ShellConfig {
     pub device: Option<String>,
     /// Address of that interface (becomes `Ingress::interface`).
     pub interface_address: Ipv4Addr,
-    /// Append-only JSON-lines lease file.
-    pub lease_file: PathBuf,
+    /// Append-only JSON-lines lease log.
+    pub lease_file: std::path::PathBuf,
     /// Also serve PXE boot-server requests on port 4011.
     pub pxe_port: bool,
     /// Port for DHCP (67 in production).
@@ -86,99 +74,220 @@ pub struct ShellConfig {
     pub max_batch: usize,
 }
 
-/// Reads the lease file (missing file = no leases). A torn last line (crash during
-/// an append) is ignored; any other bad line is an error.
+/// The live leases of the lease log at `path` (missing file = none), read-only: a torn
+/// tail is skipped here and cut by [`run`] when it opens the log; a log damaged in the
+/// middle is an error ([`LeaseLogError::Damaged`]).
 pub fn load_leases(path: &Path) -> Result<Vec<LeaseRecord>, ShellError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(ShellError::LeaseFile {
-                path: path.into(),
-                source,
-            });
-        }
-    };
-    let lease_err = |source| ShellError::LeaseFile {
-        path: path.into(),
-        source,
-    };
-    let len = file.metadata().map_err(lease_err)?.len();
-    if len > MAX_LEASE_FILE {
-        return Err(ShellError::LeaseFileTooLarge { path: path.into() });
+    Ok(load_live(path)?)
+}
+
+/// What the loop has seen and done, as monotonic counters (readable from any thread
+/// while it runs: `tugboot serve` renders them on `/metrics`). Updated once per wake-up.
+#[derive(Debug, Default)]
+pub struct Counters {
+    received: AtomicU64,
+    malformed: AtomicU64,
+    ignored: AtomicU64,
+    replies_sent: AtomicU64,
+    send_errors: AtomicU64,
+    lease_records_persisted: AtomicU64,
+    commit_batches: AtomicU64,
+    compactions: AtomicU64,
+    events_dropped: AtomicU64,
+}
+
+/// A copy of the [`Counters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// Datagrams received.
+    pub received: u64,
+    /// Datagrams dropped as malformed.
+    pub malformed: u64,
+    /// Well-formed datagrams not answered (policy, rate limit, not for us).
+    pub ignored: u64,
+    /// Replies sent.
+    pub replies_sent: u64,
+    /// Replies whose send failed.
+    pub send_errors: u64,
+    /// Lease records made durable.
+    pub lease_records_persisted: u64,
+    /// Durable lease-log writes (group commits, compactions included).
+    pub commit_batches: u64,
+    /// Lease-log compactions done.
+    pub compactions: u64,
+    /// Events the sink could not take (its consumer fell behind).
+    pub events_dropped: u64,
+}
+
+impl CounterSnapshot {
+    /// `(name, help, value)` for each counter; names are Prometheus-style
+    /// (`tugboot serve` prefixes `tugboot_dhcp_` and suffixes `_total`).
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 9] {
+        [
+            ("packets_received", "DHCP packets received", self.received),
+            (
+                "packets_malformed",
+                "malformed DHCP packets dropped",
+                self.malformed,
+            ),
+            (
+                "packets_ignored",
+                "well-formed packets not answered (policy, rate limit, not for us)",
+                self.ignored,
+            ),
+            ("replies_sent", "DHCP replies sent", self.replies_sent),
+            (
+                "send_errors",
+                "DHCP replies that failed to send",
+                self.send_errors,
+            ),
+            (
+                "lease_records_persisted",
+                "lease records made durable",
+                self.lease_records_persisted,
+            ),
+            (
+                "commit_batches",
+                "durable lease-log writes (group commits)",
+                self.commit_batches,
+            ),
+            (
+                "lease_log_compactions",
+                "lease-log compactions",
+                self.compactions,
+            ),
+            (
+                "events_dropped",
+                "DHCP events dropped because their consumer fell behind",
+                self.events_dropped,
+            ),
+        ]
     }
-    let mut text = String::new();
-    BufReader::new(file.take(MAX_LEASE_FILE))
-        .read_to_string(&mut text)
-        .map_err(lease_err)?;
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+}
+
+impl Counters {
+    /// The current values.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            received: g(&self.received),
+            malformed: g(&self.malformed),
+            ignored: g(&self.ignored),
+            replies_sent: g(&self.replies_sent),
+            send_errors: g(&self.send_errors),
+            lease_records_persisted: g(&self.lease_records_persisted),
+            commit_batches: g(&self.commit_batches),
+            compactions: g(&self.compactions),
+            events_dropped: g(&self.events_dropped),
         }
-        match serde_json::from_str::<LeaseRecord>(line) {
-            Ok(r) => out.push(r),
-            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
-            Err(e) => {
-                return Err(ShellError::LeaseRecord {
-                    path: path.into(),
-                    line: i + 1,
-                    message: e.to_string(),
-                });
+    }
+
+    fn add(&self, t: &CounterSnapshot) {
+        for (c, v) in [
+            (&self.received, t.received),
+            (&self.malformed, t.malformed),
+            (&self.ignored, t.ignored),
+            (&self.replies_sent, t.replies_sent),
+            (&self.send_errors, t.send_errors),
+            (&self.lease_records_persisted, t.lease_records_persisted),
+            (&self.commit_batches, t.commit_batches),
+            (&self.compactions, t.compactions),
+            (&self.events_dropped, t.events_dropped),
+        ] {
+            if v != 0 {
+                c.fetch_add(v, Ordering::Relaxed);
             }
         }
     }
-    Ok(out)
 }
 
-/// Appends records durably (write + fsync).
+/// Something the shell itself did or met (as opposed to the core's [`Event`]s).
 #[derive(Debug)]
-pub struct LeaseLog {
-    path: PathBuf,
-    file: File,
+#[non_exhaustive]
+pub enum Notice {
+    /// Sockets are bound; the loop runs.
+    Serving {
+        /// DHCP port.
+        port: u16,
+        /// Whether port 4011 is served too.
+        pxe_port: bool,
+        /// `SO_BINDTODEVICE` interface.
+        device: Option<String>,
+        /// Interface address.
+        address: Ipv4Addr,
+        /// Lease records in the log.
+        log_records: u64,
+        /// Receive buffer of the DHCP socket as the kernel granted it (bytes).
+        recv_buffer: usize,
+    },
+    /// The lease log was compacted.
+    Compacted {
+        /// Lines before.
+        lines_before: u64,
+        /// Records after.
+        records: u64,
+    },
+    /// A compaction failed before its rename; the old log is still used and the
+    /// attempt is repeated once the log has doubled.
+    CompactionSkipped(LeaseLogError),
+    /// A reply could not be sent (the loop goes on).
+    SendFailed {
+        /// Destination.
+        dest: SocketAddrV4,
+        /// Cause.
+        error: io::Error,
+    },
 }
 
-impl LeaseLog {
-    /// Opens (creating) the file for appending.
-    pub fn open(path: &Path) -> Result<Self, ShellError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| ShellError::LeaseFile {
-                path: path.into(),
-                source,
-            })?;
-        Ok(Self {
-            path: path.into(),
-            file,
-        })
+/// Receives the core's events and the shell's notices. Called on the loop's task, so it
+/// must never block or wait: a sink that cannot keep up drops events (returning
+/// `false`, counted in `events_dropped`) — DHCP answers never wait for it.
+pub trait EventSink {
+    /// One event of the core. `false` = dropped.
+    fn event(&mut self, event: Event) -> bool;
+    /// One notice of the shell.
+    fn notice(&mut self, notice: Notice);
+    /// End of a wake-up (e.g. write what was buffered).
+    fn flush(&mut self) {}
+}
+
+/// The stand-alone daemon's sink: one line per event or notice on stderr, written once
+/// per wake-up (a closed stderr does not stop the server).
+#[derive(Debug, Default)]
+pub struct StderrSink {
+    buf: String,
+}
+
+impl EventSink for StderrSink {
+    fn event(&mut self, event: Event) -> bool {
+        use std::fmt::Write as _;
+        let _ = writeln!(self.buf, "dhcp: {event:?}");
+        true
     }
 
-    /// Appends and syncs; returns only once the records are on disk.
-    pub fn append(&mut self, records: &[LeaseRecord]) -> Result<(), ShellError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::new();
-        for r in records {
-            // LeaseRecord has only plain fields; serialisation cannot fail, but a
-            // failure is still reported rather than unwrapped.
-            serde_json::to_writer(&mut buf, r).map_err(|e| ShellError::LeaseFile {
-                path: self.path.clone(),
-                source: io::Error::other(e),
-            })?;
-            buf.push(b'\n');
-        }
-        let err = |source| ShellError::LeaseFile {
-            path: self.path.clone(),
-            source,
+    fn notice(&mut self, notice: Notice) {
+        use std::fmt::Write as _;
+        let _ = match &notice {
+            Notice::Serving { .. } => writeln!(self.buf, "dhcp: serving ({notice:?})"),
+            _ => writeln!(self.buf, "dhcp: {notice:?}"),
         };
-        self.file.write_all(&buf).map_err(err)?;
-        self.file.sync_data().map_err(err)
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            let _ = io::stderr().lock().write_all(self.buf.as_bytes());
+            self.buf.clear();
+        }
     }
 }
+
+/// Receive buffer asked for: a boot storm (or a commit that takes a few milliseconds
+/// while the host is busy) must queue in the kernel, not be dropped by it. The kernel caps
+/// it at `net.core.rmem_max` (often 208 KiB; raise it for large fleets).
+pub const RECV_BUFFER: usize = 4 << 20;
+/// Send buffer asked for: the replies a group commit releases at once.
+pub const SEND_BUFFER: usize = 1 << 20;
 
 fn udp(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket, ShellError> {
     let port = addr.port();
@@ -186,6 +295,10 @@ fn udp(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket, ShellError
     let std = std::net::UdpSocket::bind(addr).map_err(e)?;
     std.set_broadcast(true).map_err(e)?;
     std.set_nonblocking(true).map_err(e)?;
+    // Best effort: a smaller buffer still works, it only absorbs less.
+    let s2 = socket2::SockRef::from(&std);
+    let _ = s2.set_recv_buffer_size(RECV_BUFFER);
+    let _ = s2.set_send_buffer_size(SEND_BUFFER);
     let sock = UdpSocket::from_std(std).map_err(e)?;
     if let Some(dev) = device {
         sock.bind_device(Some(dev.as_bytes())).map_err(e)?;
@@ -199,15 +312,69 @@ fn udp(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket, ShellError
 /// or drops) until the commit is done.
 pub const MAX_BATCH: usize = 4096;
 
-/// Records of one batch going to disk on the blocking pool, with the replies that
-/// must wait for them.
+/// What a commit task hands back: the log, and how the write went.
+struct Done {
+    log: LeaseLog,
+    result: Result<Option<Notice>, LeaseLogError>,
+}
+
+/// A commit on its way to disk: the task, the replies waiting for it, its record count.
 type Commit = (
-    tokio::task::JoinHandle<(LeaseLog, Result<(), ShellError>)>,
+    tokio::task::JoinHandle<Done>,
     Vec<(ServerPort, Reply)>,
+    usize,
 );
 
-/// Runs the server until `shutdown` completes. `server` should already hold the
-/// leases of [`load_leases`] (see [`Server::restore`]).
+/// Makes `records` durable: by compacting to `snapshot` when given (it contains them),
+/// else — or if the compaction is skipped — by appending them.
+fn commit(mut log: LeaseLog, records: &[LeaseRecord], snapshot: Option<Vec<LeaseRecord>>) -> Done {
+    let mut notice = None;
+    if let Some(live) = snapshot {
+        match log.compact(&live) {
+            Ok(Compacted::Done {
+                lines_before,
+                records,
+            }) => {
+                return Done {
+                    log,
+                    result: Ok(Some(Notice::Compacted {
+                        lines_before,
+                        records,
+                    })),
+                };
+            }
+            Ok(Compacted::Skipped(e)) => notice = Some(Notice::CompactionSkipped(e)),
+            Err(e) => {
+                return Done {
+                    log,
+                    result: Err(e),
+                };
+            }
+        }
+    }
+    let result = log.append(records).map(|()| notice);
+    Done { log, result }
+}
+
+/// Opens the lease log at `shell.lease_file` with the default [`Compaction`] (cutting a
+/// torn tail, see [`LeaseLog::open`]) and runs [`run_with_log`]. `server` should already
+/// hold the leases of [`load_leases`] (see [`Server::restore`]).
+pub async fn run<S: EventSink + Send>(
+    server: Server,
+    shell: ShellConfig,
+    counters: &Counters,
+    sink: &mut S,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ShellError> {
+    let path = shell.lease_file.clone();
+    let (log, _) =
+        tokio::task::spawn_blocking(move || LeaseLog::open(&path, Compaction::default()))
+            .await
+            .map_err(ShellError::Commit)??;
+    run_with_log(server, shell, log, counters, sink, shutdown).await
+}
+
+/// Runs the server on an open lease log until `shutdown` completes.
 ///
 /// Group commit, pipelined: the shell keeps reading and deciding datagrams while the
 /// previous batch's lease records are being written and `fsync`ed on the blocking
@@ -216,13 +383,18 @@ type Commit = (
 /// acknowledges nothing durable (OFFER, NAK, INFORM's ACK, proxy replies) is sent at
 /// once. When a commit finishes, its held replies are sent and everything decided
 /// meanwhile (at most [`ShellConfig::max_batch`] datagrams) becomes the next commit:
-/// one write + one `fsync` for all of it. "Persisted before acknowledged" holds for
-/// every datagram; the `fsync` cost is shared by everything that arrived during the
-/// previous one. An `fsync` error stops the server without sending the replies of
-/// that commit.
-pub async fn run(
+/// one write + one `fsync` for all of it. When the log has grown much larger than the
+/// live lease set ([`Compaction`]), that commit is a compaction instead: the snapshot
+/// of the lease table, which already contains the batch's records. "Persisted before
+/// acknowledged" holds for every datagram. A lease-log error stops the loop without
+/// sending the replies of that commit. On `shutdown`, what was decided is committed
+/// and its replies sent before returning.
+pub async fn run_with_log<S: EventSink + Send>(
     mut server: Server,
     shell: ShellConfig,
+    log: LeaseLog,
+    counters: &Counters,
+    sink: &mut S,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ShellError> {
     let any = Ipv4Addr::UNSPECIFIED;
@@ -233,7 +405,21 @@ pub async fn run(
     } else {
         None
     };
-    let mut log = Some(LeaseLog::open(&shell.lease_file)?);
+    sink.notice(Notice::Serving {
+        port: shell.dhcp_port,
+        pxe_port: shell.pxe_port,
+        device: shell.device.clone(),
+        address: shell.interface_address,
+        log_records: log.lines(),
+        recv_buffer: socket2::SockRef::from(&s67)
+            .recv_buffer_size()
+            .unwrap_or_default(),
+    });
+    let sockets = Sockets {
+        s67: &s67,
+        s4011: s4011.as_ref(),
+    };
+    let mut log = Some(log);
     let max_batch = shell.max_batch.clamp(1, MAX_BATCH);
     let mut buf = vec![0u8; MAX_REQUEST_LEN + 1];
     // Decided but not yet committed: records, the replies waiting for them, and how
@@ -242,32 +428,47 @@ pub async fn run(
     let mut held: Vec<(ServerPort, Reply)> = Vec::new();
     let mut pending = 0usize;
     let mut immediate: Vec<(ServerPort, Reply)> = Vec::new();
-    let mut commit: Option<Commit> = None;
-    let mut events = String::new();
+    let mut in_flight: Option<Commit> = None;
+    let mut tally = CounterSnapshot::default();
     tokio::pin!(shutdown);
     loop {
         let room = pending < max_batch;
         tokio::select! {
             () = &mut shutdown => {
-                // Finish the commit on its way so its held replies are not lost.
-                if let Some((task, replies)) = commit.take() {
-                    let (_, r) = task.await.map_err(join_error(&shell.lease_file))?;
-                    r?;
-                    send_all(&s67, s4011.as_ref(), &replies).await;
+                // Finish the commit on its way, then commit what was decided since, so
+                // no decided ACK is lost.
+                if let Some((task, replies, n)) = in_flight.take() {
+                    let done = task.await.map_err(ShellError::Commit)?;
+                    log = Some(done.log);
+                    finish(done.result, n, &mut tally, sink)?;
+                    sockets.send_all(&replies, &mut tally, sink).await;
                 }
+                if !persist.is_empty() && let Some(l) = log.take() {
+                    let records = std::mem::take(&mut persist);
+                    let n = records.len();
+                    let done = tokio::task::spawn_blocking(move || commit(l, &records, None))
+                        .await
+                        .map_err(ShellError::Commit)?;
+                    finish(done.result, n, &mut tally, sink)?;
+                    sockets.send_all(&held, &mut tally, sink).await;
+                }
+                counters.add(&tally);
+                sink.flush();
                 return Ok(());
             }
             r = async {
-                match &mut commit {
-                    Some((task, _)) => task.await,
+                match &mut in_flight {
+                    Some((task, _, _)) => task.await,
                     None => std::future::pending().await,
                 }
             } => {
-                let (l, result) = r.map_err(join_error(&shell.lease_file))?;
-                log = Some(l);
-                result?;
-                if let Some((_, replies)) = commit.take() {
-                    send_all(&s67, s4011.as_ref(), &replies).await;
+                let done = r.map_err(ShellError::Commit)?;
+                log = Some(done.log);
+                if let Some((_, replies, n)) = in_flight.take() {
+                    let ok = finish(done.result, n, &mut tally, sink);
+                    counters.add(&std::mem::take(&mut tally));
+                    ok?;
+                    sockets.send_all(&replies, &mut tally, sink).await;
                 }
             }
             r = s67.readable(), if room => r.map_err(|source| ShellError::Io { port: shell.dhcp_port, source })?,
@@ -278,7 +479,6 @@ pub async fn run(
                 }
             }, if room => r.map_err(|source| ShellError::Io { port: PXE_PORT, source })?,
         }
-        events.clear();
         immediate.clear();
         // Alternate between the sockets until both are drained or the batch is full.
         loop {
@@ -302,6 +502,7 @@ pub async fn run(
                     }
                 };
                 pending += 1;
+                tally.received += 1;
                 let SocketAddr::V4(src) = src else { continue };
                 let ingress = Ingress {
                     interface: shell.interface_address,
@@ -310,10 +511,16 @@ pub async fn run(
                 };
                 let data = buf.get(..n).unwrap_or_default();
                 let out = server.handle(SystemTime::now(), data, ingress);
-                for e in &out.events {
-                    if !matches!(e, Event::Ignored { .. }) {
-                        use std::fmt::Write as _;
-                        let _ = writeln!(events, "dhcp: {e:?}");
+                for e in out.events {
+                    if let Event::Ignored { reason, .. } = &e {
+                        if matches!(reason, Ignored::Malformed(_)) {
+                            tally.malformed += 1;
+                        } else {
+                            tally.ignored += 1;
+                        }
+                    }
+                    if !sink.event(e) {
+                        tally.events_dropped += 1;
                     }
                 }
                 let replies = out.replies.into_iter().map(|r| (port, r));
@@ -328,51 +535,79 @@ pub async fn run(
                 break;
             }
         }
-        if !events.is_empty() {
-            // One write per wake-up; a closed stderr must not stop the server.
-            let _ = io::stderr().lock().write_all(events.as_bytes());
-        }
-        send_all(&s67, s4011.as_ref(), &immediate).await;
-        if commit.is_none() {
+        sockets.send_all(&immediate, &mut tally, sink).await;
+        if in_flight.is_none() {
             // Nothing waits for disk: the next batch starts here.
             pending = 0;
             if !persist.is_empty()
-                && let Some(mut l) = log.take()
+                && let Some(l) = log.take()
             {
                 let records = std::mem::take(&mut persist);
-                let task = tokio::task::spawn_blocking(move || {
-                    let r = l.append(&records);
-                    (l, r)
-                });
-                commit = Some((task, std::mem::take(&mut held)));
+                let n = records.len();
+                // The table already holds this batch: a snapshot taken now contains it.
+                let snapshot = l
+                    .wants_compaction(server.leases().live_count())
+                    .then(|| server.leases().snapshot());
+                let task = tokio::task::spawn_blocking(move || commit(l, &records, snapshot));
+                in_flight = Some((task, std::mem::take(&mut held), n));
             }
         }
+        counters.add(&std::mem::take(&mut tally));
+        sink.flush();
     }
 }
 
-fn join_error(path: &Path) -> impl Fn(tokio::task::JoinError) -> ShellError + '_ {
-    move |e| ShellError::LeaseFile {
-        path: path.into(),
-        source: io::Error::other(e),
+/// Accounts for a finished commit of `n` records.
+fn finish(
+    result: Result<Option<Notice>, LeaseLogError>,
+    n: usize,
+    tally: &mut CounterSnapshot,
+    sink: &mut impl EventSink,
+) -> Result<(), ShellError> {
+    let notice = result?;
+    tally.commit_batches += 1;
+    tally.lease_records_persisted += u64::try_from(n).unwrap_or(u64::MAX);
+    if let Some(n) = notice {
+        if matches!(n, Notice::Compacted { .. }) {
+            tally.compactions += 1;
+        }
+        sink.notice(n);
     }
+    Ok(())
 }
 
-async fn send_all(s67: &UdpSocket, s4011: Option<&UdpSocket>, replies: &[(ServerPort, Reply)]) {
-    for (port, r) in replies {
-        let sock = match (port, s4011) {
-            (ServerPort::Pxe, Some(s)) => s,
-            _ => s67,
-        };
-        // No ARP injection yet: a reply meant for a not-yet-configured client's new
-        // address goes to the broadcast address instead (every client accepts that).
-        let dest = if r.link_layer.is_some() {
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, DHCP_CLIENT_PORT)
-        } else {
-            r.dest
-        };
-        if let Err(source) = sock.send_to(&r.bytes, dest).await {
-            // One unreachable client must not stop the server.
-            eprintln!("dhcp: send to {dest} failed: {source}");
+struct Sockets<'a> {
+    s67: &'a UdpSocket,
+    s4011: Option<&'a UdpSocket>,
+}
+
+impl Sockets<'_> {
+    async fn send_all(
+        &self,
+        replies: &[(ServerPort, Reply)],
+        tally: &mut CounterSnapshot,
+        sink: &mut impl EventSink,
+    ) {
+        for (port, r) in replies {
+            let sock = match (port, self.s4011) {
+                (ServerPort::Pxe, Some(s)) => s,
+                _ => self.s67,
+            };
+            // No ARP injection yet: a reply meant for a not-yet-configured client's new
+            // address goes to the broadcast address instead (every client accepts that).
+            let dest = if r.link_layer.is_some() {
+                SocketAddrV4::new(Ipv4Addr::BROADCAST, DHCP_CLIENT_PORT)
+            } else {
+                r.dest
+            };
+            match sock.send_to(&r.bytes, dest).await {
+                Ok(_) => tally.replies_sent += 1,
+                Err(error) => {
+                    // One unreachable client must not stop the server.
+                    tally.send_errors += 1;
+                    sink.notice(Notice::SendFailed { dest, error });
+                }
+            }
         }
     }
 }
@@ -380,40 +615,20 @@ async fn send_all(s67: &UdpSocket, s4011: Option<&UdpSocket>, replies: &[(Server
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::{ClientKey, LeaseState};
-    use std::time::Duration;
-
-    fn rec(n: u8, state: LeaseState) -> LeaseRecord {
-        LeaseRecord {
-            address: Ipv4Addr::new(10, 0, 0, n),
-            client: ClientKey::Hardware(vec![1, 2, 3, 4, 5, 6, n]),
-            mac: Some(crate::Mac([2, 0, 0, 0, 0, n])),
-            state,
-            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        }
-    }
 
     #[test]
-    fn lease_log_round_trips_and_tolerates_a_torn_tail() {
-        let dir = std::env::temp_dir().join(format!("tugboot-dhcp-leases-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let path = dir.join("leases.jsonl");
-        let _ = std::fs::remove_file(&path);
-        assert!(load_leases(&path).expect("missing is empty").is_empty());
-        let mut log = LeaseLog::open(&path).expect("open");
-        let recs = vec![rec(1, LeaseState::Bound), rec(2, LeaseState::Released)];
-        log.append(&recs).expect("append");
-        assert_eq!(load_leases(&path).expect("load"), recs);
-        // A crash mid-append leaves a partial last line: ignored.
-        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
-        f.write_all(b"{\"address\":\"10.0").expect("write");
-        assert_eq!(load_leases(&path).expect("load"), recs);
-        // Corruption elsewhere is an error.
-        std::fs::write(&path, "garbage\n{}\n").expect("write");
-        assert!(matches!(
-            load_leases(&path),
-            Err(ShellError::LeaseRecord { line: 1, .. })
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+    fn counter_names_are_stable() {
+        let s = CounterSnapshot {
+            received: 2,
+            malformed: 1,
+            ..CounterSnapshot::default()
+        };
+        let f = s.fields();
+        assert_eq!(f[0], ("packets_received", "DHCP packets received", 2));
+        assert_eq!(f[1].0, "packets_malformed");
+        let c = Counters::default();
+        c.add(&s);
+        c.add(&s);
+        assert_eq!(c.snapshot().received, 4);
     }
 }

@@ -13,7 +13,7 @@ use std::process::Stdio;
 
 use netns_common::{Lab, read_pcap, require, sh, signal, wait_until};
 use tugboot_dhcp::LeaseState;
-use tugboot_dhcp::server::load_leases;
+use tugboot_dhcp::server::read_records;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 95, 0, 1);
 const RELAY_UP: Ipv4Addr = Ipv4Addr::new(10, 95, 0, 2);
@@ -178,7 +178,7 @@ lease_time_secs = 300
         replies.iter().all(|s| s.msg_type != Some(6)),
         "no NAK: {replies:#?}"
     );
-    let records = load_leases(&leases).expect("lease file");
+    let records = read_records(&leases).expect("lease log");
     assert!(records.len() >= 2, "bind + renew recorded: {records:?}");
     assert!(
         records

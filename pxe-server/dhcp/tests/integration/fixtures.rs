@@ -311,3 +311,33 @@ fn ovmf_x64_uefi_http_boot() {
     assert_eq!(file_field(&ack), url);
     golden("ovmf-httpboot-ack.bin", &ack);
 }
+
+/// Every seed of the `lease_log` fuzz target goes through the same entry function.
+#[test]
+fn lease_log_seeds_through_fuzz_entry() {
+    let dir = fixtures_dir().join("lease-log");
+    let mut seen = 0;
+    for (name, records) in [
+        ("clean.jsonl", 4),
+        ("torn-line.jsonl", 2),
+        ("torn-zero-fill.jsonl", 2),
+        ("no-final-newline.jsonl", 1),
+        ("damaged-middle.jsonl", 0),
+    ] {
+        let bytes = std::fs::read(dir.join(name)).expect(name);
+        assert_eq!(tugboot_dhcp::fuzz_lease_log(&bytes), records, "{name}");
+    }
+    for entry in std::fs::read_dir(&dir).expect("dir") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+        tugboot_dhcp::fuzz_lease_log(&bytes);
+        seen += 1;
+    }
+    assert!(seen >= 5);
+    let clean = std::fs::read(dir.join("clean.jsonl")).expect("clean");
+    let (records, _) = tugboot_dhcp::lease::scan_log(&clean).expect("clean log");
+    assert_eq!(
+        records[1].client,
+        ClientKey::ClientId(vec![1, 82, 84, 0, 18, 52, 1])
+    );
+    assert_eq!(records[3].state, LeaseState::Declined);
+}

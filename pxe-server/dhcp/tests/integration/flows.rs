@@ -231,7 +231,7 @@ fn relay_selects_subnet_and_echoes_option_82_verbatim() {
 
 #[test]
 fn link_selection_and_subnet_selection_override_giaddr() {
-    let mut s = server();
+    let mut s = trusting(&[Ipv4Addr::new(172, 16, 0, 1)]);
     let gi = Ipv4Addr::new(172, 16, 0, 1);
     let o82 = [5, 4, 10, 88, 0, 0];
     let out = s.handle(
@@ -261,13 +261,9 @@ fn link_selection_and_subnet_selection_override_giaddr() {
 fn pool_exhaustion_is_reported() {
     let mut s = server();
     let gi = Ipv4Addr::new(10, 88, 0, 1);
+    // Offers alone never exhaust a pool (they are soft); bindings do.
     for n in 0..2u8 {
-        let out = s.handle(
-            t(0),
-            &Pkt::new(1, [2, 0, 0, 0, 1, n]).giaddr(gi).bytes(),
-            relayed(gi),
-        );
-        assert_eq!(out.replies.len(), 1);
+        dora_relayed(&mut s, [2, 0, 0, 0, 1, n], gi, 0);
     }
     let out = s.handle(
         t(0),
@@ -463,22 +459,206 @@ fn rate_limit_per_mac() {
 }
 
 #[test]
-fn pending_offers_are_capped() {
+fn a_full_offer_table_still_answers_and_reserves_nothing() {
     let mut cfg = auth_config();
     cfg.limits.max_pending_offers = 3;
     let mut s = Server::new(cfg);
     for n in 0..3u8 {
-        assert_eq!(
-            s.handle(t(0), &Pkt::new(1, [2, 0, 0, 0, 2, n]).bytes(), local())
-                .replies
-                .len(),
-            1
-        );
+        let out = s.handle(t(0), &Pkt::new(1, [2, 0, 0, 0, 2, n]).bytes(), local());
+        assert_eq!(out.replies.len(), 1);
     }
-    let out = s.handle(t(0), &Pkt::new(1, [2, 0, 0, 0, 2, 9]).bytes(), local());
-    assert_eq!(ignored(&out), vec![Ignored::OfferTableFull]);
-    let later = s.handle(t(61), &Pkt::new(1, [2, 0, 0, 0, 2, 9]).bytes(), local());
-    assert_eq!(later.replies.len(), 1, "offers expire after offer_ttl");
+    let late = [2, 0, 0, 0, 2, 9];
+    let out = s.handle(t(0), &Pkt::new(1, late).bytes(), local());
+    let a = yiaddr(only_reply(&out));
+    assert_eq!(
+        s.leases().pending_offers(),
+        3,
+        "the fourth offer is not remembered"
+    );
+    // ... but its REQUEST binds the offered address (free, in the pool).
+    let req = Pkt::new(3, late)
+        .opt(54, &SERVER.octets())
+        .opt(50, &a.octets());
+    let out = s.handle(t(1), &req.bytes(), local());
+    assert_eq!(only_reply(&out).msg_type, MessageType::Ack);
+    assert_eq!(out.persist[0].address, a);
+    // Offers are forgotten after offer_ttl (10 s by default).
+    assert_eq!(s.leases().pending_offers(), 3);
+    s.handle(t(11), &Pkt::new(1, [2, 0, 0, 0, 3, 0]).bytes(), local());
+    assert_eq!(s.leases().pending_offers(), 1);
+}
+
+/// Issue #11 item 7: DISCOVERs from rotating MACs (never a REQUEST) used to pin every
+/// address of a pool for 60 s. Offers are soft now: the pool is never exhausted by
+/// offers, and a real client that DISCOVERs in the middle of the flood gets bound even
+/// if the flood takes its offered address over before its REQUEST arrives.
+#[test]
+fn a_discover_flood_from_rotating_macs_cannot_starve_the_pool() {
+    let mut s = server();
+    let gi = Ipv4Addr::new(10, 88, 0, 1);
+    // The relayed subnet has a pool of two: the smallest pool to starve.
+    let flood = |s: &mut Server, from: u32, n: u32, at: u64| {
+        for i in from..from + n {
+            let [_, a, b, c] = i.to_be_bytes();
+            let out = s.handle(
+                t(at),
+                &Pkt::new(1, [2, 0x66, 0x66, a, b, c]).giaddr(gi).bytes(),
+                relayed(gi),
+            );
+            assert_eq!(out.replies.len(), 1, "every DISCOVER is answered");
+        }
+    };
+    flood(&mut s, 0, 500, 0);
+    let real = [2, 0, 0, 0, 0x42, 1];
+    let out = s.handle(t(1), &Pkt::new(1, real).giaddr(gi).bytes(), relayed(gi));
+    let a = yiaddr(only_reply(&out));
+    flood(&mut s, 500, 500, 1);
+    let req = Pkt::new(3, real)
+        .giaddr(gi)
+        .opt(54, &SERVER.octets())
+        .opt(50, &a.octets());
+    let out = s.handle(t(2), &req.bytes(), relayed(gi));
+    assert_eq!(only_reply(&out).msg_type, MessageType::Ack);
+    assert_eq!(out.persist[0].address, a);
+    // The other address still serves a second real client, flood or not.
+    flood(&mut s, 1000, 500, 2);
+    let second = [2, 0, 0, 0, 0x42, 2];
+    assert_ne!(dora_relayed(&mut s, second, gi, 3), a);
+    // Now the pool really is full (two bindings): the flood is told so.
+    let out = s.handle(
+        t(4),
+        &Pkt::new(1, [2, 0x66, 0, 0, 0, 1]).giaddr(gi).bytes(),
+        relayed(gi),
+    );
+    assert_eq!(ignored(&out), vec![Ignored::PoolExhausted]);
+}
+
+fn dora_relayed(s: &mut Server, mac: [u8; 6], gi: Ipv4Addr, at: u64) -> Ipv4Addr {
+    let offer = s.handle(t(at), &Pkt::new(1, mac).giaddr(gi).bytes(), relayed(gi));
+    let addr = yiaddr(only_reply(&offer));
+    let req = Pkt::new(3, mac)
+        .giaddr(gi)
+        .opt(54, &SERVER.octets())
+        .opt(50, &addr.octets());
+    let ack = s.handle(t(at), &req.bytes(), relayed(gi));
+    assert_eq!(only_reply(&ack).msg_type, MessageType::Ack);
+    addr
+}
+
+#[test]
+fn soft_offers_first_request_wins_the_second_is_naked() {
+    let mut s = server();
+    let gi = Ipv4Addr::new(10, 88, 0, 1);
+    // Fill the two-address pool with offers, then a third client takes one over.
+    let macs = [
+        [2, 0, 0, 0, 0x50, 1],
+        [2, 0, 0, 0, 0x50, 2],
+        [2, 0, 0, 0, 0x50, 3],
+    ];
+    let offered: Vec<Ipv4Addr> = macs
+        .iter()
+        .map(|m| {
+            yiaddr(only_reply(&s.handle(
+                t(0),
+                &Pkt::new(1, *m).giaddr(gi).bytes(),
+                relayed(gi),
+            )))
+        })
+        .collect();
+    assert_ne!(offered[0], offered[1]);
+    let shared = offered[2];
+    let first = macs[offered
+        .iter()
+        .position(|a| *a == shared)
+        .expect("taken over")];
+    let request = |m: [u8; 6]| {
+        Pkt::new(3, m)
+            .giaddr(gi)
+            .opt(54, &SERVER.octets())
+            .opt(50, &shared.octets())
+            .bytes()
+    };
+    let out = s.handle(t(1), &request(macs[2]), relayed(gi));
+    assert_eq!(only_reply(&out).msg_type, MessageType::Ack);
+    let out = s.handle(t(1), &request(first), relayed(gi));
+    assert_eq!(
+        only_reply(&out).msg_type,
+        MessageType::Nak,
+        "bound to another: NAK"
+    );
+    assert!(out.persist.is_empty());
+}
+
+#[test]
+fn a_request_after_the_offer_expired_binds_if_the_address_is_free() {
+    let mut s = server();
+    let offer = s.handle(t(0), &Pkt::new(1, PLAIN_MAC).bytes(), local());
+    let a = yiaddr(only_reply(&offer));
+    let req = Pkt::new(3, PLAIN_MAC)
+        .opt(54, &SERVER.octets())
+        .opt(50, &a.octets());
+    let out = s.handle(t(45), &req.bytes(), local());
+    assert_eq!(only_reply(&out).msg_type, MessageType::Ack);
+    // SELECTING an address outside the pools (but in the subnet) is still refused, and
+    // INIT-REBOOT for an address without a record still gets silence.
+    let outside = Pkt::new(3, [2, 0, 0, 0, 0, 0x71])
+        .opt(54, &SERVER.octets())
+        .opt(50, &[10, 77, 0, 20]);
+    assert_eq!(
+        only_reply(&s.handle(t(46), &outside.bytes(), local())).msg_type,
+        MessageType::Nak
+    );
+    let reboot = Pkt::new(3, [2, 0, 0, 0, 0, 0x72]).opt(50, &[10, 77, 0, 150]);
+    assert!(s.handle(t(46), &reboot.bytes(), local()).replies.is_empty());
+}
+
+fn trusting(relays: &[Ipv4Addr]) -> Server {
+    let mut cfg = auth_config();
+    cfg.trusted_relays = relays
+        .iter()
+        .map(|a| tugboot_dhcp::config::Cidr {
+            addr: *a,
+            prefix: 32,
+        })
+        .collect();
+    Server::new(cfg)
+}
+
+/// Issue #11 item 7, second half: option 118 and option 82 link selection from a client
+/// on the local link (giaddr 0) used to select another subnet's pool.
+#[test]
+fn relay_options_count_only_from_trusted_relays() {
+    let gi = Ipv4Addr::new(10, 88, 0, 1);
+    let selects_88 = |p: Pkt| p.opt(118, &[10, 88, 0, 0]).opt(82, &[5, 4, 10, 88, 0, 0]);
+    // From the local link: ignored, whatever the configuration.
+    for mut s in [server(), trusting(&[gi])] {
+        let p = selects_88(Pkt::new(1, PLAIN_MAC));
+        let out = s.handle(t(0), &p.bytes(), local());
+        assert_eq!(yiaddr(only_reply(&out)), C1, "the interface's subnet");
+    }
+    // From a relay that is not trusted (none configured): giaddr selects, options ignored.
+    let other = Ipv4Addr::new(10, 77, 0, 2);
+    let mut s = server();
+    let p = selects_88(Pkt::new(1, PLAIN_MAC).giaddr(other));
+    let offer = s.handle(t(0), &p.bytes(), relayed(other));
+    assert_eq!(yiaddr(only_reply(&offer)), C1);
+    // Server identifier override from an untrusted relay: ignored.
+    let p = Pkt::new(1, [2, 0, 0, 0, 0, 0x21])
+        .giaddr(gi)
+        .opt(82, &[11, 4, 10, 88, 0, 1]);
+    let offer = s.handle(t(0), &p.bytes(), relayed(gi));
+    assert_eq!(opt(only_reply(&offer), 54), Some(SERVER.octets().to_vec()));
+    // Once relays are configured, relayed datagrams from anyone else are dropped.
+    let mut s = trusting(&[gi]);
+    let p = Pkt::new(1, PLAIN_MAC).giaddr(other);
+    let out = s.handle(t(0), &p.bytes(), relayed(other));
+    assert_eq!(ignored(&out), vec![Ignored::UntrustedRelay(other)]);
+    // A trusted relay's link selection is honoured.
+    let p = Pkt::new(1, [2, 0, 0, 0, 0, 0x22])
+        .giaddr(gi)
+        .opt(82, &[5, 4, 10, 88, 0, 0]);
+    let out = s.handle(t(0), &p.bytes(), relayed(gi));
+    assert_eq!(yiaddr(only_reply(&out)), Ipv4Addr::new(10, 88, 0, 10));
 }
 
 #[test]
@@ -512,7 +692,7 @@ fn malformed_input_is_reported_not_answered() {
 
 #[test]
 fn rfc5107_server_identifier_override() {
-    let mut s = server();
+    let mut s = trusting(&[Ipv4Addr::new(10, 88, 0, 1)]);
     let gi = Ipv4Addr::new(10, 88, 0, 1);
     let o82 = [11, 4, 10, 88, 0, 1];
     let out = s.handle(

@@ -2,4 +2,5 @@
 
 mod fixtures;
 mod flows;
+mod observe;
 mod support;

@@ -90,7 +90,18 @@ impl Lab {
             }
             assert!(!line.starts_with("Error"), "tugboot-dhcpd: {line}");
         }
-        std::thread::spawn(move || for _ in lines {});
+        // Keep the rest of its output for diagnosis (TB_KEEP_TEST_DIR=1 keeps the file).
+        let mut keep = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("tugboot-dhcpd-{pid}.log")))
+            .expect("server log");
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            for l in lines.map_while(Result::ok) {
+                let _ = writeln!(keep, "{l}");
+            }
+        });
         pid
     }
 

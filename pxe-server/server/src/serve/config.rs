@@ -138,6 +138,11 @@ pub struct RawDhcp {
     /// Reservations.
     #[serde(default)]
     pub reservations: Vec<RawReservation>,
+    /// Relay agents (addresses or CIDR networks they send from) whose relay options —
+    /// link selection, subnet selection, server identifier override — are honoured; when
+    /// not empty, relayed datagrams from elsewhere are dropped (docs/dhcp.md, "Relays").
+    #[serde(default)]
+    pub trusted_relays: Vec<String>,
     /// Rate limits and table sizes.
     #[serde(default)]
     pub limits: RawLimits,
@@ -548,6 +553,7 @@ fn dhcp_settings(
         boot,
         subnets: raw.subnets,
         reservations: raw.reservations,
+        trusted_relays: raw.trusted_relays,
         limits: raw.limits,
     };
     let config = tugboot_dhcp::Config::try_from(core).map_err(|e| match e {
@@ -603,6 +609,8 @@ struct ResolvedDhcp {
     http_boot: String,
     subnets: Vec<ResolvedSubnet>,
     reservations: usize,
+    trusted_relays: Vec<String>,
+    offer_ttl_secs: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -698,6 +706,12 @@ impl ServeConfig {
                         })
                         .collect(),
                     reservations: c.reservations.len(),
+                    trusted_relays: c
+                        .trusted_relays
+                        .iter()
+                        .map(|r| format!("{}/{}", r.addr, r.prefix))
+                        .collect(),
+                    offer_ttl_secs: c.limits.offer_ttl.as_secs(),
                 }
             }),
             tftp: self.tftp.as_ref().map(|t| ResolvedTftp {
@@ -1134,6 +1148,27 @@ boot_dir = "/srv/tftp"
             Err(ServeConfigError::Syntax(_))
         ));
         assert!(matches!(parse("\u{0}"), Err(ServeConfigError::Syntax(_))));
+    }
+
+    #[test]
+    fn dhcp_trusted_relays_reach_the_core() {
+        let c = parse(&FULL.replace(
+            "[[dhcp.subnets]]",
+            "trusted_relays = [\"10.77.0.2\", \"10.80.0.0/16\"]\n[[dhcp.subnets]]",
+        ))
+        .expect("valid");
+        let d = c.dhcp.as_ref().expect("dhcp");
+        assert!(d.config.is_trusted_relay(Ipv4Addr::new(10, 77, 0, 2)));
+        assert!(d.config.is_trusted_relay(Ipv4Addr::new(10, 80, 3, 4)));
+        assert!(!d.config.is_trusted_relay(Ipv4Addr::new(10, 77, 0, 3)));
+        let v = serde_json::to_value(c.resolved()).expect("json");
+        assert_eq!(v["dhcp"]["trusted_relays"][1], "10.80.0.0/16");
+        assert_eq!(v["dhcp"]["offer_ttl_secs"], 10);
+        let e = err(&FULL.replace(
+            "[[dhcp.subnets]]",
+            "trusted_relays = [\"0.0.0.0/0\"]\n[[dhcp.subnets]]",
+        ));
+        assert!(e.starts_with("dhcp: trusted_relays[0]"), "{e}");
     }
 
     #[test]
