@@ -188,21 +188,6 @@ impl Observation {
 pub enum Event {
     /// What a netboot request showed (see [`Observation`]).
     Observed(Box<Observation>),
-    /// A netboot client with no reservation sent a DISCOVER on port 67. Superseded by
-    /// [`Event::Observed`] (`known: false`), which carries more; kept while `tugboot
-    /// serve`'s sighting recorder still reads it.
-    UnknownMachine {
-        /// MAC address.
-        mac: Option<Mac>,
-        /// Firmware label (e.g. `pxe/uefi-x64`).
-        firmware: String,
-        /// Option 93 codes.
-        arches: Vec<u16>,
-        /// Option 60, lossily decoded.
-        vendor_class: Option<String>,
-        /// SMBIOS UUID.
-        uuid: Option<String>,
-    },
     /// A lease was bound or renewed.
     Leased {
         /// Address.
@@ -402,22 +387,6 @@ impl Server {
     ) -> Step {
         let known = self.is_known(class);
         let netboot = class.firmware.is_netboot();
-        if netboot
-            && !known
-            && matches!(req.msg_type, MessageType::Discover)
-            && ingress.port == ServerPort::Dhcp
-        {
-            out.events.push(Event::UnknownMachine {
-                mac: class.mac,
-                firmware: class.firmware.label(),
-                arches: class.arches.iter().map(|a| a.0).collect(),
-                vendor_class: class
-                    .vendor_class
-                    .as_deref()
-                    .map(|v| String::from_utf8_lossy(v).into_owned()),
-                uuid: class.uuid_string(),
-            });
-        }
         let boot_allowed = known || self.config.unknown_machines == UnknownPolicy::BootDefault;
         let boot = if netboot && boot_allowed {
             boot_params(class, &self.config)

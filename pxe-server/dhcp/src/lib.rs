@@ -31,6 +31,7 @@ pub use crate::core::{
 };
 pub use crate::lease::{ClientKey, LeaseRecord, LeaseState, fuzz_lease_log};
 pub use crate::wire::{Request, WireError};
+pub use dhcproto::v4::MessageType;
 
 /// The whole receive path (parse, classify, decide, encode) on a fixed server:
 /// the entry point of the `receive` fuzz target and of the seed-corpus test.

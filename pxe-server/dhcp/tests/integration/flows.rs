@@ -363,17 +363,11 @@ fn unknown_machines_are_reported_and_policy_applies() {
     let mut s = server();
     let out = s.handle(t(0), &p.bytes(), local());
     let unknown = out.events.iter().find_map(|e| match e {
-        Event::UnknownMachine {
-            mac,
-            firmware,
-            arches,
-            vendor_class,
-            ..
-        } => Some((
-            mac.map(|m| m.to_string()),
-            firmware.clone(),
-            arches.clone(),
-            vendor_class.clone(),
+        Event::Observed(o) if !o.known => Some((
+            o.mac.map(|m| m.to_string()),
+            o.firmware.label(),
+            o.arches.iter().map(|a| a.0).collect::<Vec<u16>>(),
+            o.vendor_class_text(),
         )),
         _ => None,
     });

@@ -57,16 +57,22 @@ impl EventSink for ChannelSink {
                 tracing::info!(%address, mac = ?mac_text(*mac), expires_in_secs = secs, "dhcp: leased");
             }
             Event::Observed(o) => {
-                tracing::debug!(
-                    mac = ?mac_text(o.mac),
-                    firmware = %o.firmware.label(),
-                    known = o.known,
-                    address = ?o.address,
-                    "dhcp: netboot request"
-                );
-            }
-            Event::UnknownMachine { mac, firmware, .. } => {
-                tracing::info!(mac = ?mac_text(*mac), %firmware, "dhcp: unknown machine");
+                // The first sight of a machine nobody declared, once per DISCOVER: what an
+                // operator watches for when a new machine is racked.
+                if !o.known
+                    && o.msg_type == tugboot_dhcp::MessageType::Discover
+                    && o.port == tugboot_dhcp::ServerPort::Dhcp
+                {
+                    tracing::info!(mac = ?mac_text(o.mac), firmware = %o.firmware.label(), "dhcp: unknown machine");
+                } else {
+                    tracing::debug!(
+                        mac = ?mac_text(o.mac),
+                        firmware = %o.firmware.label(),
+                        known = o.known,
+                        address = ?o.address,
+                        "dhcp: netboot request"
+                    );
+                }
             }
             other => tracing::info!(event = ?other, "dhcp"),
         }

@@ -564,25 +564,10 @@ async fn observe_dhcp(live: Arc<Live>, mut events: mpsc::Receiver<Event>) {
     while let Some(event) = events.recv().await {
         let now = unix_now();
         match event {
-            Event::UnknownMachine {
-                mac: Some(mac),
-                firmware,
-                vendor_class,
-                uuid,
-                ..
-            } => {
-                let mut extra: Vec<(&str, &str)> = Vec::new();
-                let vc = vendor_class
-                    .as_deref()
-                    .and_then(|v| tugboot_fleet::facts::sanitize_value(v.as_bytes()));
-                if let Some(v) = &vc {
-                    extra.push(("vendor_class", v));
+            Event::Observed(o) => {
+                if let Some(mac) = o.mac {
+                    live.observe(mac, &observation_facts(&o, now), now);
                 }
-                if let Some(u) = &uuid {
-                    extra.push(("uuid", u));
-                }
-                let facts = dhcp_facts(&firmware, &extra, now);
-                live.observe(Mac(mac.0), &facts, now);
             }
             Event::Leased {
                 address,
@@ -595,22 +580,62 @@ async fn observe_dhcp(live: Arc<Live>, mut events: mpsc::Receiver<Event>) {
                     now,
                     &[("address", &a)],
                 );
-                live.observe(Mac(mac.0), &facts, now);
+                live.observe(mac, &facts, now);
             }
             _ => {}
         }
     }
 }
 
+/// The facts one DHCP observation yields: firmware, architecture and netboot kind from its
+/// classification, the identifiers it carried, the relay path only when the relay is trusted
+/// (anyone can put option 82 into a datagram), and the address once it is the client's
+/// (leased here or claimed in `ciaddr`; an offer is not an address yet).
+fn observation_facts(o: &tugboot_dhcp::Observation, now: i64) -> tugboot_fleet::Facts {
+    use tugboot_dhcp::ObservedAddress;
+    use tugboot_fleet::facts::{keys, sanitize_value};
+    let text = |b: &[u8]| sanitize_value(b);
+    let mut owned: Vec<(&str, String)> = Vec::new();
+    if let Some(v) = o.vendor_class.as_deref().and_then(text) {
+        owned.push((keys::VENDOR_CLASS, v));
+    }
+    if let Some(v) = o.user_classes.first().and_then(|u| text(u)) {
+        owned.push((keys::USER_CLASS, v));
+    }
+    if let Some(u) = o.uuid {
+        owned.push((keys::UUID, u.to_string()));
+    }
+    if let Some(s) = &o.pi_serial {
+        owned.push((keys::SERIAL, s.clone()));
+    }
+    if let Some(h) = o
+        .hostname_text()
+        .as_deref()
+        .and_then(|h| text(h.as_bytes()))
+    {
+        owned.push((keys::HOSTNAME, h));
+    }
+    if let Some(r) = o.relay.as_ref().filter(|r| r.trusted) {
+        owned.push((keys::RELAY, r.giaddr.to_string()));
+        if let Some(c) = &r.circuit_id {
+            owned.push((keys::CIRCUIT_ID, hex::encode(c)));
+        }
+        if let Some(id) = &r.remote_id {
+            owned.push((keys::REMOTE_ID, hex::encode(id)));
+        }
+    }
+    if let Some(ObservedAddress::Leased(a) | ObservedAddress::Claimed(a)) = o.address {
+        owned.push((keys::ADDRESS, a.to_string()));
+    }
+    let extra: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    dhcp_facts(&o.firmware.label(), &extra, now)
+}
+
 /// DHCP reservations of the machines the profiles file declares with a MAC (a fixed `address`
 /// and `hostname` when given): one registry for DHCP too. A MAC or address `[dhcp]` already
 /// reserves keeps its `serve.toml` reservation.
 fn add_declared_reservations(config: &mut tugboot_dhcp::Config, profiles: &ProfileSet) {
-    let macs: BTreeSet<Mac> = config
-        .reservations
-        .iter()
-        .filter_map(|r| r.mac.map(|m| Mac(m.0)))
-        .collect();
+    let macs: BTreeSet<Mac> = config.reservations.iter().filter_map(|r| r.mac).collect();
     let addresses: BTreeSet<Ipv4Addr> = config
         .reservations
         .iter()
@@ -623,7 +648,7 @@ fn add_declared_reservations(config: &mut tugboot_dhcp::Config, profiles: &Profi
             continue;
         }
         config.reservations.push(tugboot_dhcp::config::Reservation {
-            mac: Some(tugboot_dhcp::Mac(mac.0)),
+            mac: Some(mac),
             client_id: None,
             address: m.address,
             hostname: m.hostname.clone(),
