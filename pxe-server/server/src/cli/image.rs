@@ -104,13 +104,13 @@ pub enum ImageCommand {
 
 /// What every newly built image needs besides its files.
 #[derive(Debug, Args)]
-pub struct MetaArgs {
+pub(super) struct MetaArgs {
     /// Monotonic version number; devices never go back to a lower one.
     #[arg(long)]
     version: u64,
     /// Board(s) the image is for (see `tugboot boards list`).
     #[arg(long = "board", required = true)]
-    boards: Vec<String>,
+    pub(super) boards: Vec<String>,
     /// Board catalog directory (default: the built-in catalog).
     #[arg(long)]
     boards_dir: Option<PathBuf>,
@@ -287,12 +287,12 @@ pub fn run(cmd: ImageCommand, global: Global) -> anyhow::Result<()> {
     }
 }
 
-enum Input {
+pub(super) enum Input {
     File(PathBuf),
     Text(String),
 }
 
-fn build(
+pub(super) fn build(
     name: String,
     inputs: Vec<(Role, Input)>,
     meta: MetaArgs,

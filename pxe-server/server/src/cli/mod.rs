@@ -7,6 +7,8 @@ mod boards;
 mod ca;
 mod image;
 mod images;
+mod initramfs;
+mod installer;
 mod keys;
 mod machines;
 pub mod output;
@@ -66,6 +68,12 @@ enum Command {
     Rollout(rollout::RolloutArgs),
     /// A server's image catalogue (publish/list); `image` is the local build and signing tools.
     Images(images::ImagesArgs),
+    /// The installer image `install` profiles netboot (docs/installer.md).
+    #[command(subcommand)]
+    Installer(installer::InstallerCommand),
+    /// Reproducible initramfs images (busybox, files, kernel modules).
+    #[command(subcommand)]
+    Initramfs(installer::InitramfsCommand),
 }
 
 /// Where the content-addressed artifact blobs live.
@@ -107,5 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enroll(args) => machines::run_enroll(args, global),
         Command::Rollout(args) => rollout::run(args, global),
         Command::Images(args) => images::run(args, global),
+        Command::Installer(cmd) => installer::run(cmd, global),
+        Command::Initramfs(cmd) => installer::run_initramfs(cmd, global),
     }
 }

@@ -1,0 +1,444 @@
+//! `tugboot installer build` and `tugboot initramfs build`: the environment a machine of an
+//! `install` profile netboots into (kernel + an initramfs holding busybox, the static agent,
+//! the kernel modules for disks and network, the server's CA and trust root, and the ESP image
+//! it writes), as one signed image. See docs/installer.md.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use tugboot_firmware::Role;
+use tugboot_fleet::KernelCmdline;
+
+use super::Global;
+use super::image::{Input, MetaArgs, build};
+use super::initramfs::{Initramfs, parse_file_arg};
+
+/// The A/B snippet every installed disk's GRUB sources (docs/bootloaders.md).
+const GRUB_AB: &str = include_str!("../../../../firmware/boot/grub-ab.cfg");
+
+/// Modules the installer loads unless told otherwise: virtio and common server disks and NICs,
+/// ext4 (the data partition), efivarfs (the boot entry).
+const DEFAULT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_scsi",
+    "sd_mod",
+    "ahci",
+    "nvme",
+    "e1000e",
+    "igb",
+    "ext4",
+    "efivarfs",
+];
+
+/// FAT time stamps cannot go below 1980: every file of the ESP image has this one.
+const FAT_EPOCH: &str = "315532800";
+
+#[derive(Debug, Subcommand)]
+pub enum InstallerCommand {
+    /// Build the installer image: kernel + initramfs (busybox, agent, modules, CA, trust root,
+    /// ESP image with Debian's GRUB and the A/B configuration), signed like any image.
+    Build(Box<InstallerArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallerArgs {
+    /// Kernel the installer runs (e.g. Debian's /boot/vmlinuz-<release>).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// The kernel's module tree, /lib/modules/<release>.
+    #[arg(long)]
+    modules: PathBuf,
+    /// Kernel modules to load (default: virtio, SATA/NVMe/SCSI disks, e1000e/igb, ext4,
+    /// efivarfs); repeat. Dependencies are added.
+    #[arg(long = "module")]
+    module: Vec<String>,
+    /// A static busybox (Debian's busybox-static).
+    #[arg(long)]
+    busybox: PathBuf,
+    /// The static tugboot-agent for the target architecture.
+    #[arg(long)]
+    agent: PathBuf,
+    /// GRUB EFI binary put on the ESP as \EFI\BOOT\BOOTX64.EFI (Debian's monolithic grubx64.efi,
+    /// grub-efi-amd64-bin, prefix /EFI/debian).
+    #[arg(long)]
+    grub_efi: PathBuf,
+    /// The device API the installer enrolls with and reports to (https://...).
+    #[arg(long)]
+    server: String,
+    /// The device API's CA certificate (`tugboot ca init` wrote ca.pem).
+    #[arg(long)]
+    ca: PathBuf,
+    /// Trust root the installer verifies the image to install against.
+    #[arg(long)]
+    trust_root: PathBuf,
+    /// The disk to install to.
+    #[arg(long, default_value = "/dev/vda")]
+    disk: String,
+    /// Size of each A/B slot, MiB.
+    #[arg(long, default_value_t = 512)]
+    slot_mib: u64,
+    /// Size of the ESP, MiB.
+    #[arg(long, default_value_t = 64)]
+    esp_mib: u64,
+    /// Kernel command line of the installed OS (both slots; `tugboot.slot=A|B` is added).
+    #[arg(long, default_value = "console=ttyS0 panic=10")]
+    os_cmdline: String,
+    /// Kernel command line of the installer itself.
+    #[arg(long, default_value = "console=ttyS0 panic=10")]
+    cmdline: String,
+    /// Extra files, SOURCE:PATH (repeat).
+    #[arg(long = "file")]
+    files: Vec<String>,
+    /// Image name of the installer.
+    #[arg(long, default_value = "installer")]
+    name: String,
+    #[command(flatten)]
+    meta: MetaArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InitramfsCommand {
+    /// Build a reproducible initramfs (newc cpio): an /init script, a static busybox, files,
+    /// kernel modules with their dependencies.
+    Build {
+        /// The /init script.
+        #[arg(long)]
+        init: PathBuf,
+        /// A static busybox, installed as /bin/busybox.
+        #[arg(long)]
+        busybox: PathBuf,
+        /// Kernel module tree, /lib/modules/<release> (with --module).
+        #[arg(long)]
+        modules: Option<PathBuf>,
+        /// Kernel modules (repeat); load order in /etc/tugboot/modules.
+        #[arg(long = "module")]
+        module: Vec<String>,
+        /// Extra files, SOURCE:PATH (repeat).
+        #[arg(long = "file")]
+        files: Vec<String>,
+        /// The cpio archive to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run_initramfs(cmd: InitramfsCommand, global: Global) -> anyhow::Result<()> {
+    let InitramfsCommand::Build {
+        init,
+        busybox,
+        modules,
+        module,
+        files,
+        out,
+    } = cmd;
+    let mut i = Initramfs::new();
+    i.file(
+        "init",
+        0o755,
+        std::fs::read(&init).with_context(|| format!("{}", init.display()))?,
+    )?;
+    i.copy("bin/busybox", &busybox)?;
+    i.symlink("bin/sh", "busybox")?;
+    let order = match modules {
+        Some(dir) => i.modules(&dir, &module)?,
+        None if module.is_empty() => Vec::new(),
+        None => bail!("--module needs --modules /lib/modules/<release>"),
+    };
+    for f in &files {
+        let (src, dst) = parse_file_arg(f)?;
+        i.copy(&dst, &src)?;
+    }
+    let bytes = i.to_cpio();
+    std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    if global.json {
+        super::output::print_json(&serde_json::json!({
+            "ok": true, "file": out, "bytes": bytes.len(), "modules": order,
+        }))
+    } else {
+        println!(
+            "wrote {} ({} bytes, {} modules)",
+            out.display(),
+            bytes.len(),
+            order.len()
+        );
+        Ok(())
+    }
+}
+
+pub fn run(cmd: InstallerCommand, global: Global) -> anyhow::Result<()> {
+    let InstallerCommand::Build(args) = cmd;
+    build_installer(*args, global)
+}
+
+fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
+    if !a.server.starts_with("https://") {
+        bail!("--server {:?}: the device API is https://", a.server);
+    }
+    let board = a
+        .meta
+        .boards
+        .first()
+        .cloned()
+        .context("--board names the board the installer installs for")?;
+    for (what, text) in [("--os-cmdline", &a.os_cmdline), ("--cmdline", &a.cmdline)] {
+        KernelCmdline::parse(text)
+            .and_then(|c| c.check_loader().map(|()| c))
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    }
+    let work = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let esp = esp_image(work.path(), &a.grub_efi, &a.os_cmdline)?;
+
+    let mut i = Initramfs::new();
+    i.file("init", 0o755, INSTALLER_INIT.as_bytes().to_vec())?;
+    i.copy("bin/busybox", &a.busybox)?;
+    i.symlink("bin/sh", "busybox")?;
+    i.copy("usr/bin/tugboot-agent", &a.agent)?;
+    i.copy("etc/tugboot/server-ca.pem", &a.ca)?;
+    i.copy("etc/tugboot/root.json", &a.trust_root)?;
+    i.file("usr/share/tugboot/esp.img", 0o644, esp)?;
+    i.file(
+        "usr/share/udhcpc/default.script",
+        0o755,
+        UDHCPC_SCRIPT.as_bytes().to_vec(),
+    )?;
+    i.file(
+        "etc/tugboot/installer.toml",
+        0o644,
+        installer_config(&a.server, &board, &a.disk, a.esp_mib, a.slot_mib).into_bytes(),
+    )?;
+    let modules: Vec<String> = if a.module.is_empty() {
+        DEFAULT_MODULES.iter().map(|m| (*m).to_owned()).collect()
+    } else {
+        a.module.clone()
+    };
+    i.modules(&a.modules, &modules)?;
+    for f in &a.files {
+        let (src, dst) = parse_file_arg(f)?;
+        i.copy(&dst, &src)?;
+    }
+    let initrd = work.path().join("initrd.img");
+    std::fs::write(&initrd, i.to_cpio())?;
+    let inputs = vec![
+        (Role::Kernel, Input::File(a.kernel.clone())),
+        (Role::Initrd, Input::File(initrd)),
+        (Role::Cmdline, Input::Text(a.cmdline.clone())),
+    ];
+    build(a.name, inputs, a.meta, global)
+}
+
+/// The installer's configuration (read by `tugboot-agent install-disk`, docs/agent.md).
+fn installer_config(server: &str, board: &str, disk: &str, esp_mib: u64, slot_mib: u64) -> String {
+    format!(
+        "# Written by `tugboot installer build`.\n\
+         server = \"{server}\"\n\
+         board = \"{board}\"\n\
+         trust_root = \"/etc/tugboot/root.json\"\n\n\
+         [tls]\nca = \"/etc/tugboot/server-ca.pem\"\n\n\
+         [install]\n\
+         disk = \"{disk}\"\n\
+         esp_image = \"/usr/share/tugboot/esp.img\"\n\
+         esp_mib = {esp_mib}\n\
+         slot_mib = {slot_mib}\n\
+         data_mib = 0\n\
+         data_mount = \"/data\"\n\
+         reboot_command = [\"reboot\", \"-f\"]\n"
+    )
+}
+
+/// The installed disk's GRUB configuration: the A/B snippet decides the slot (its environment
+/// on the data partition, an ext2 file system GRUB can write in place), each entry boots the
+/// kernel and initrd inside that slot's squashfs. Partition numbers are the installer's layout
+/// (1 ESP, 2 A, 3 B, 4 data).
+#[must_use]
+pub fn grub_cfg(os_cmdline: &str) -> String {
+    let entry = |slot: &str, part: u8| {
+        format!(
+            "menuentry \"tugboot slot {slot}\" --id tugboot_{slot} {{\n\
+             \x20 echo 'tugboot: booting slot {slot}'\n\
+             \x20 linux (${{tb_disk}},gpt{part})/boot/vmlinuz tugboot.slot={slot} {os_cmdline}\n\
+             \x20 if [ -f (${{tb_disk}},gpt{part})/boot/initrd.img ]; then\n\
+             \x20   initrd (${{tb_disk}},gpt{part})/boot/initrd.img\n\
+             \x20 fi\n\
+             }}\n"
+        )
+    };
+    format!(
+        "# tugboot: A/B boot from this disk's slots (written by `tugboot installer build`).\n\
+         set timeout=0\n\
+         # The disk GRUB came from: ($root) is its ESP, (hdN,gpt1).\n\
+         regexp --set=1:tb_disk '^([^,]+),' \"${{root}}\"\n\
+         search --no-floppy --label tugboot-data --set=tb_data\n\
+         set tugboot_env=\"(${{tb_data}})/grubenv\"\n\
+         source \"${{prefix}}/grub-ab.cfg\"\n\n{}\n{}",
+        entry("A", 2),
+        entry("B", 3)
+    )
+}
+
+/// A FAT image for the ESP, the same bytes for the same inputs: `\EFI\BOOT\BOOTX64.EFI` (the
+/// removable-media path every UEFI firmware boots), `\EFI\debian\grub.cfg` and `grub-ab.cfg`
+/// (Debian's monolithic grubx64.efi has the prefix /EFI/debian).
+fn esp_image(work: &Path, grub_efi: &Path, os_cmdline: &str) -> anyhow::Result<Vec<u8>> {
+    let tree = work.join("esp");
+    std::fs::create_dir_all(tree.join("EFI/BOOT"))?;
+    std::fs::create_dir_all(tree.join("EFI/debian"))?;
+    std::fs::copy(grub_efi, tree.join("EFI/BOOT/BOOTX64.EFI"))
+        .with_context(|| format!("cannot read {}", grub_efi.display()))?;
+    std::fs::write(tree.join("EFI/debian/grub.cfg"), grub_cfg(os_cmdline))?;
+    std::fs::write(tree.join("EFI/debian/grub-ab.cfg"), GRUB_AB)?;
+    let img = work.join("esp.img");
+    // 32 MiB: room for GRUB (4 MB) and its configuration; the partition may be larger.
+    tool(
+        Command::new("mformat")
+            .env("SOURCE_DATE_EPOCH", FAT_EPOCH)
+            .arg("-i")
+            .arg(&img)
+            .args([
+                "-C",
+                "-T",
+                "65536",
+                "-v",
+                "TUGBOOT-ESP",
+                "-N",
+                "7e600001",
+                "::",
+            ]),
+    )?;
+    // Time stamps from the tree (all FAT_EPOCH), so directories are reproducible too.
+    tool(
+        Command::new("touch")
+            .args(["-h", "-d", &format!("@{FAT_EPOCH}")])
+            .args([
+                tree.join("EFI"),
+                tree.join("EFI/BOOT"),
+                tree.join("EFI/debian"),
+                tree.join("EFI/BOOT/BOOTX64.EFI"),
+                tree.join("EFI/debian/grub.cfg"),
+                tree.join("EFI/debian/grub-ab.cfg"),
+            ]),
+    )?;
+    tool(
+        Command::new("mcopy")
+            .env("SOURCE_DATE_EPOCH", FAT_EPOCH)
+            .args(["-s", "-m", "-i"])
+            .arg(&img)
+            .arg(tree.join("EFI"))
+            .arg("::/"),
+    )?;
+    Ok(std::fs::read(&img)?)
+}
+
+fn tool(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {:?} (Debian package mtools)", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// busybox udhcpc calls this with the lease in the environment (shared with the reference OS,
+/// pxe-server/examples/os).
+const UDHCPC_SCRIPT: &str = include_str!("../../../examples/os/udhcpc.script");
+
+/// The installer's /init: modules, network, `tugboot-agent install-disk`, reboot.
+const INSTALLER_INIT: &str = r#"#!/bin/busybox sh
+# tugboot installer (tugboot installer build): install this machine's image to its disk.
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "tugboot-installer: loading modules"
+while read -r m; do
+  insmod "$m" 2>/dev/null || echo "tugboot-installer: insmod $m failed (no such hardware?)"
+done < /etc/tugboot/modules
+[ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+ip link set lo up
+iface=""
+for n in /sys/class/net/*; do
+  n="${n##*/}"
+  [ "$n" = lo ] && continue
+  [ -z "$iface" ] && iface="$n"
+done
+if [ -z "$iface" ]; then
+  echo "tugboot-installer: FAILED: no network interface"; sleep 30; reboot -f
+fi
+echo "tugboot-installer: DHCP on $iface"
+udhcpc -i "$iface" -s /usr/share/udhcpc/default.script -q -n -t 20 -T 3 || {
+  echo "tugboot-installer: FAILED: no DHCP lease on $iface"; sleep 30; reboot -f; }
+if tugboot-agent -c /etc/tugboot/installer.toml install-disk; then
+  echo "tugboot-installer: installed; rebooting into the disk"
+  sync
+  reboot -f
+fi
+echo "tugboot-installer: FAILED (reason above); trying again in 60 s"
+sleep 60
+reboot -f
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GRUB's own syntax checker accepts the generated configuration and the snippet.
+    #[test]
+    fn grub_cfg_passes_grub_script_check() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("grub.cfg", grub_cfg("console=ttyS0 panic=10")),
+            ("grub-ab.cfg", GRUB_AB.to_owned()),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            let out = Command::new("grub-script-check").arg(&p).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn esp_image_is_reproducible_and_holds_grub_where_uefi_looks() {
+        let dir = tempfile::tempdir().unwrap();
+        let grub = dir.path().join("grubx64.efi");
+        std::fs::write(&grub, b"MZ not really grub").unwrap();
+        let w1 = dir.path().join("1");
+        let w2 = dir.path().join("2");
+        std::fs::create_dir_all(&w1).unwrap();
+        std::fs::create_dir_all(&w2).unwrap();
+        let a = esp_image(&w1, &grub, "console=ttyS0").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let b = esp_image(&w2, &grub, "console=ttyS0").unwrap();
+        assert!(a == b, "two builds differ");
+        let out = Command::new("mtype")
+            .arg("-i")
+            .arg(w1.join("esp.img"))
+            .arg("::/EFI/BOOT/BOOTX64.EFI")
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"MZ not really grub");
+        let out = Command::new("mtype")
+            .arg("-i")
+            .arg(w1.join("esp.img"))
+            .arg("::/EFI/debian/grub.cfg")
+            .output()
+            .unwrap();
+        let cfg = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            cfg.contains("linux (${tb_disk},gpt3)/boot/vmlinuz tugboot.slot=B console=ttyS0"),
+            "{cfg}"
+        );
+    }
+}
