@@ -170,7 +170,7 @@ impl Initramfs {
         }
         entry(&mut out, 0, "TRAILER!!!", 0, 1, &[], (0, 0));
         // The kernel reads archives in 512-byte blocks; pad like cpio(1) does.
-        while out.len() % 512 != 0 {
+        while !out.len().is_multiple_of(512) {
             out.push(0);
         }
         out
@@ -197,11 +197,11 @@ fn entry(
     }
     out.extend_from_slice(name.as_bytes());
     out.push(0);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
