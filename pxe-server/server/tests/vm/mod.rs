@@ -450,31 +450,59 @@ pub struct Vm {
     pub console: Vec<String>,
 }
 
+/// What a machine has beyond firmware and a NIC.
+#[derive(Debug, Default, Clone)]
+pub struct Hardware {
+    /// A virtio disk (raw image file), kept across power cycles.
+    pub disk: Option<PathBuf>,
+    /// Reboots stay in the same QEMU (the machine reboots itself during its life); without,
+    /// QEMU exits at the first reboot (`-no-reboot`).
+    pub reboots: bool,
+}
+
 impl Vm {
     /// Powers on a guest with `firmware` and `mac` on `tap`, its state files in `dir`.
     pub fn start(ns: &mut Netns, dir: &Path, firmware: Firmware, mac: &str, tap: &str) -> Self {
+        Self::start_with(ns, dir, firmware, mac, tap, &Hardware::default())
+    }
+
+    /// [`Vm::start`] with a disk and/or reboots. The firmware's variable store
+    /// (`<dir>/OVMF_VARS-<mac>.fd`) is made once and kept: a second start with the same `dir`
+    /// and MAC is the same machine powered on again (boot entries and all).
+    pub fn start_with(
+        ns: &mut Netns,
+        dir: &Path,
+        firmware: Firmware,
+        mac: &str,
+        tap: &str,
+        hw: &Hardware,
+    ) -> Self {
         let mut qemu = ns.command(if firmware.is_arm64() {
             "qemu-system-aarch64"
         } else {
             "qemu-system-x86_64"
         });
         // -nographic: the serial port on stdout, SeaBIOS/iPXE output copied to it (sercon).
+        qemu.args(["-accel", "tcg", "-nographic", "-monitor", "none"]);
+        if !hw.reboots {
+            qemu.arg("-no-reboot");
+        }
+        if let Some(disk) = &hw.disk {
+            qemu.args([
+                "-drive",
+                &format!("if=virtio,format=raw,file={},cache=unsafe", disk.display()),
+            ]);
+        }
         qemu.args([
-            "-accel",
-            "tcg",
-            "-nographic",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
-        .args([
             "-netdev",
             &format!("tap,id=n,ifname={tap},script=no,downscript=no"),
         ]);
         let tag = mac.replace(':', "");
         let copy = |from: &str, name: &str| -> PathBuf {
             let to = dir.join(format!("{name}-{tag}.fd"));
-            fs::copy(from, &to).expect("copy firmware variables");
+            if !to.exists() {
+                fs::copy(from, &to).expect("copy firmware variables");
+            }
             to
         };
         // EDK2's PXE off: HTTP boot is then the first network boot option.
@@ -568,15 +596,40 @@ impl Vm {
         let _ = child.wait();
     }
 
+    /// Power cut: QEMU killed at once (nothing flushed by the guest).
+    pub fn kill(self, ns: &mut Netns) {
+        let child = &mut ns.children[self.index];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits for `marker` on the serial console within `within` from now; returns when it came
+    /// (since QEMU started) and the console lines that came meanwhile.
+    pub fn wait_within(
+        &mut self,
+        marker: &str,
+        within: Duration,
+        serve: &mut Serve,
+    ) -> (Duration, Vec<String>) {
+        let from = self.console.len();
+        let deadline = Instant::now() + within;
+        let t = self.wait_until(marker, deadline, serve);
+        (t.marker, self.console[from..].to_vec())
+    }
+
     /// Waits for `marker` on the serial console (not in an `echo` line), collecting the
     /// server's log meanwhile; panics with both on timeout or if QEMU exits first.
     /// `TUGBOOT_NETBOOT_VERBOSE=1` prints the console as it arrives.
     pub fn wait_for(&mut self, marker: &str, serve: &mut Serve) -> BootTimes {
+        let deadline = self.start + self.firmware.timeout();
+        self.wait_until(marker, deadline, serve)
+    }
+
+    fn wait_until(&mut self, marker: &str, deadline: Instant, serve: &mut Serve) -> BootTimes {
         let verbose = std::env::var_os("TUGBOOT_NETBOOT_VERBOSE").is_some();
-        let timeout = self.firmware.timeout();
         let mut t = BootTimes::default();
         loop {
-            let left = (self.start + timeout).saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match self
                 .serial
                 .recv_timeout(left.min(Duration::from_millis(500)))
@@ -622,8 +675,8 @@ impl Vm {
             }
             serve.drain();
             assert!(
-                self.start.elapsed() < timeout,
-                "{:?}: no {marker} within {timeout:?}.\nserial:\n{}\nserver:\n{}",
+                Instant::now() < deadline,
+                "{:?}: no {marker} in time.\nserial:\n{}\nserver:\n{}",
                 self.firmware,
                 self.console.join("\n"),
                 serve.lines.join("\n")

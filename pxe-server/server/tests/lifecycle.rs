@@ -1,0 +1,407 @@
+//! A device's whole life in a real VM (root: network namespaces + QEMU): netboot install,
+//! enrollment, first boot from its disk, an OTA through Debian's GRUB, and two broken updates
+//! the device survives without a human.
+//!
+//! The real `tugboot serve` (DHCP, TFTP, HTTP, device API) in a private namespace; the real
+//! static `tugboot-agent`; OVMF with a persistent variable store and a virtio disk; Debian's
+//! kernel, busybox-static and monolithic grubx64.efi. Every image is built and pushed with the
+//! real CLI, every operator step is a CLI command:
+//!
+//! 1. `install`: the machine (declared with an `install` profile, approved by MAC) PXE-boots
+//!    the installer, which enrolls, partitions the disk, writes slot A, the ESP and the data
+//!    partition, adds a boot entry and reports `installed`;
+//! 2. `first-boot`: it reboots into GRUB → slot A (os v1);
+//! 3. `enroll`: its agent reports over mutual TLS (status, inventory → attested facts);
+//! 4. `update-committed`: rollout of v2 → slot B written, GRUB trial, healthy → committed;
+//! 5. `rollback`: v3 fails its health check → the agent rolls back to B, reports it;
+//! 6. `rollout-paused`: the v3 rollout pauses at its error threshold; then v4, whose kernel
+//!    panics at boot (init exits): GRUB's countdown falls back to B, reported, paused too.
+//!
+//! `TUGBOOT_LIFECYCLE_DIR=DIR` keeps everything in DIR and writes `DIR/lifecycle.json` (steps,
+//! the machine and the rollouts as the server's API shows them): what
+//! `pxe-server/quickstart --lifecycle` runs. Times are printed, never asserted.
+//!
+//! `cargo test -p tugboot --test lifecycle -- --ignored --nocapture` (as root).
+
+mod vm;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vm::{
+    ARM64_CACHE, BIOS_ROM_DIR, Firmware, Hardware, Netns, OVMF_CODE, OVMF_VARS, Serve, Vm,
+    host_kernel, require_root_and_tools, run, tugboot,
+};
+
+const MAC: &str = "52:54:00:1f:00:01";
+const API: &str = "https://10.77.0.1:8443";
+
+/// The static agent for x86_64, built (or found up to date) by cargo.
+fn agent_binary() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).current_dir(&root).args([
+        "build",
+        "--quiet",
+        "--locked",
+        "--profile",
+        "release-agent",
+        "-p",
+        "tugboot-agent",
+        "--target",
+        "x86_64-unknown-linux-musl",
+    ]));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    target.join("x86_64-unknown-linux-musl/release-agent/tugboot-agent")
+}
+
+fn modules_dir(kernel: &Path) -> PathBuf {
+    let release = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .expect("kernel named vmlinuz-<release>");
+    PathBuf::from(format!("/lib/modules/{release}"))
+}
+
+/// One version of the reference OS (pxe-server/examples/os) as a slot image: its initramfs is
+/// the whole system; `init` and `health` say how well it works.
+fn os_image(dir: &Path, agent: &Path, version: u64, init: &str, health: &str) {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/os");
+    let p = |f: &str| dir.join(f).display().to_string();
+    let kernel = host_kernel();
+    let root = dir.join(format!("os{version}/rootfs"));
+    fs::create_dir_all(root.join("boot")).expect("mkdir");
+    fs::copy(&kernel, root.join("boot/vmlinuz")).expect("kernel");
+    let release = dir.join(format!("os{version}/os-release"));
+    fs::write(&release, format!("os v{version}\n")).expect("os-release");
+    let ex = |f: &str| examples.join(f).display().to_string();
+    let mut args = vec![
+        "initramfs".to_owned(),
+        "build".into(),
+        "--init".into(),
+        ex(init),
+        "--busybox".into(),
+        format!("{ARM64_CACHE}/busybox-x86_64"),
+        "--modules".into(),
+        modules_dir(&kernel).display().to_string(),
+        "--file".into(),
+        format!("{}:/usr/bin/tugboot-agent", agent.display()),
+        "--file".into(),
+        format!("{}:/etc/tugboot/health.toml", ex(health)),
+        "--file".into(),
+        format!("{}:/usr/share/udhcpc/default.script", ex("udhcpc.script")),
+        "--file".into(),
+        format!("{}:/etc/tugboot/os-release", release.display()),
+        "--out".into(),
+        root.join("boot/initrd.img").display().to_string(),
+    ];
+    for m in ["virtio_pci", "virtio_blk", "virtio_net", "ext4", "efivarfs"] {
+        args.extend(["--module".into(), m.into()]);
+    }
+    run(Command::new(tugboot()).args(&args).arg("--quiet"));
+    run(Command::new(tugboot()).arg("--quiet").args([
+        "image",
+        "build",
+        "--rootfs",
+        &root.display().to_string(),
+        "--name",
+        "os",
+        "--version",
+        &version.to_string(),
+        "--board",
+        "x86_64-uefi",
+        "--sign",
+        &p("signer.key"),
+        "--store",
+        &p("local-blobs"),
+        "--out",
+        &p(&format!("staging/os-{version}.json")),
+    ]));
+}
+
+fn setup(dir: &Path) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let t = |args: &[&str]| run(Command::new(tugboot()).args(args).arg("--quiet"));
+    for sub in ["staging", "tftp"] {
+        fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    t(&["keys", "generate", "--out", &p("signer")]);
+    t(&[
+        "keys", "root", "init", "--key", &p("signer.pub"), "--sign", &p("signer.key"), "--out",
+        &p("root.json"),
+    ]);
+    t(&["ca", "init", "--dir", &p("ca")]);
+    let agent = agent_binary();
+    let kernel = host_kernel();
+    t(&[
+        "installer",
+        "build",
+        "--kernel",
+        &kernel.display().to_string(),
+        "--modules",
+        &modules_dir(&kernel).display().to_string(),
+        "--busybox",
+        &format!("{ARM64_CACHE}/busybox-x86_64"),
+        "--agent",
+        &agent.display().to_string(),
+        "--grub-efi",
+        &format!("{ARM64_CACHE}/grubx64-stock.efi"),
+        "--server",
+        API,
+        "--ca",
+        &p("ca/ca.pem"),
+        "--trust-root",
+        &p("root.json"),
+        "--disk",
+        "/dev/vda",
+        "--slot-mib",
+        "96",
+        "--agent-poll-secs",
+        "5",
+        "--board",
+        "x86_64-uefi",
+        "--version",
+        "1",
+        "--sign",
+        &p("signer.key"),
+        "--store",
+        &p("local-blobs"),
+        "--out",
+        &p("staging/installer.json"),
+    ]);
+    os_image(dir, &agent, 1, "init", "health-ok.toml");
+    os_image(dir, &agent, 2, "init", "health-ok.toml");
+    os_image(dir, &agent, 3, "init", "health-broken.toml");
+    os_image(dir, &agent, 4, "init-panic", "health-ok.toml");
+    fs::copy(
+        Path::new(BIOS_ROM_DIR).join("snponly.efi"),
+        dir.join("tftp/snponly.efi"),
+    )
+    .expect("copy iPXE");
+    fs::write(
+        dir.join("profiles.toml"),
+        format!(
+            r#"
+[profiles.fleet]
+template = "install"
+image = "os"
+installer = "installer"
+
+[[machines]]
+name = "dev-1"
+mac = "{MAC}"
+board = "x86_64-uefi"
+profile = "fleet"
+"#
+        ),
+    )
+    .expect("profiles");
+    fs::write(
+        dir.join("serve.toml"),
+        r#"
+data_dir = "data"
+trust_root = "root.json"
+profiles = "profiles.toml"
+
+[network]
+interface = "br0"
+address = "10.77.0.1"
+
+[dhcp]
+mode = "authoritative"
+[dhcp.boot]
+uefi_x64 = "snponly.efi"
+[[dhcp.subnets]]
+network = "10.77.0.0/24"
+pools = [{ start = "10.77.0.100", end = "10.77.0.150" }]
+router = "10.77.0.1"
+
+[tftp]
+root = "tftp"
+
+[http]
+listen = "10.77.0.1:8080"
+
+[api]
+listen = "10.77.0.1:8443"
+ca_dir = "ca"
+"#,
+    )
+    .expect("serve.toml");
+}
+
+/// A step of the device's life: its name, whether it happened, how long it took.
+struct Steps {
+    start: Instant,
+    last: Instant,
+    done: Vec<Value>,
+}
+
+impl Steps {
+    fn ok(&mut self, name: &str, detail: &str) {
+        let now = Instant::now();
+        let secs = (now - self.last).as_secs_f64();
+        println!(
+            "lifecycle: {name:<17} ok  {secs:>6.1} s  (at {:>6.1} s)  {detail}",
+            (now - self.start).as_secs_f64()
+        );
+        self.done
+            .push(json!({"name": name, "ok": true, "seconds": secs, "detail": detail}));
+        self.last = now;
+    }
+}
+
+#[test]
+#[ignore = "root: network namespaces + QEMU"]
+fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
+    let cache = |f: &str| format!("{ARM64_CACHE}/{f}");
+    let files = [cache("busybox-x86_64"), cache("grubx64-stock.efi")];
+    let mut need: Vec<&str> = files.iter().map(String::as_str).collect();
+    need.extend([OVMF_CODE, OVMF_VARS, "/usr/lib/ipxe/snponly.efi"]);
+    require_root_and_tools(
+        &["ip", "qemu-system-x86_64", "dnsmasq", "mksquashfs", "mformat", "mcopy"],
+        &need,
+    );
+    let kept = std::env::var_os("TUGBOOT_LIFECYCLE_DIR").map(PathBuf::from);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = kept.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    fs::create_dir_all(&dir).expect("mkdir");
+    setup(&dir);
+    let s = |f: &str| dir.join(f).display().to_string();
+
+    let mut ns = Netns::new("life");
+    ns.router_advertisements(&dir);
+    let mut serve = Serve::start(&mut ns, &dir.join("serve.toml"));
+    let (token, ca) = (s("data/api/operator-token"), s("ca/ca.pem"));
+    let op = |ns: &Netns, args: &[&str]| -> String {
+        run(ns
+            .command(tugboot())
+            .args(args)
+            .env("TUGBOOT_SERVER", API)
+            .env("TUGBOOT_TOKEN_FILE", &token)
+            .env("TUGBOOT_CA_CERT", &ca))
+    };
+    let push = |ns: &Netns, manifest: &str| {
+        op(
+            ns,
+            &["images", "push", &s(manifest), "--store", &s("local-blobs")],
+        );
+    };
+    push(&ns, "staging/installer.json");
+    push(&ns, "staging/os-1.json");
+    op(&ns, &["machines", "approve", "dev-1"]);
+
+    let disk = dir.join("disk.img");
+    let f = fs::File::create(&disk).expect("disk");
+    f.set_len(1 << 30).expect("sparse 1 GiB disk");
+    drop(f);
+    let hw = Hardware {
+        disk: Some(disk),
+        reboots: true,
+    };
+    let mut steps = Steps {
+        start: Instant::now(),
+        last: Instant::now(),
+        done: Vec::new(),
+    };
+    let mut vm = Vm::start_with(&mut ns, &dir, Firmware::Uefi, MAC, "tap0", &hw);
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    vm.wait_within("tugboot-installer: installed", minutes(6), &mut serve);
+    steps.ok("install", "netbooted installer: disk partitioned, os v1 in slot A, boot entry, reported");
+    vm.wait_within("tugboot-os: os v1 booted from slot A", minutes(3), &mut serve);
+    steps.ok("first-boot", "from the disk: GRUB, slot A, os v1");
+
+    let machine = |ns: &Netns| -> Value {
+        serde_json::from_str(&op(ns, &["machines", "show", "dev-1", "--json"])).expect("json")
+    };
+    let fact = |m: &Value, k: &str| -> Option<String> {
+        m["machine"]["facts"][k]["value"].as_str().map(str::to_owned)
+    };
+    let wait_until = |what: &str, within: Duration, mut ok: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = Instant::now() + within;
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    };
+    wait_until(
+        "the installed agent's status report",
+        minutes(2),
+        Box::new(|| fact(&machine(&ns), "image").as_deref() == Some("os@1")),
+    );
+    let m = machine(&ns);
+    assert_eq!(fact(&m, "installed").as_deref(), Some("os@1"), "{m}");
+    assert_eq!(fact(&m, "board").as_deref(), Some("x86_64-uefi"), "{m}");
+    steps.ok("enroll", "certificate from the installer; status and inventory over mTLS");
+
+    let rollout = |ns: &Netns, version: &str| -> i64 {
+        let out = op(
+            ns,
+            &[
+                "rollout", "create", "--image", "os", "--version", version, "--selector",
+                "board=x86_64-uefi", "--stage", "100", "--max-failure-permille", "0",
+                "--min-reports", "1", "--json",
+            ],
+        );
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v["id"].as_i64().unwrap_or_else(|| panic!("{v}"))
+    };
+    let rollout_state = |ns: &Netns, id: i64| -> String {
+        let v: Value = serde_json::from_str(&op(ns, &["rollout", "status", &id.to_string(), "--json"]))
+            .expect("json");
+        v["state"].as_str().unwrap_or_default().to_owned()
+    };
+
+    push(&ns, "staging/os-2.json");
+    let r2 = rollout(&ns, "2");
+    vm.wait_within("tugboot-os: os v2 booted from slot B", minutes(5), &mut serve);
+    wait_until(
+        "rollout of v2 completed",
+        minutes(2),
+        Box::new(|| rollout_state(&ns, r2) == "completed"),
+    );
+    steps.ok("update-committed", "v2 into slot B, GRUB trial boot, healthy, committed; rollout completed");
+
+    push(&ns, "staging/os-3.json");
+    let r3 = rollout(&ns, "3");
+    vm.wait_within("tugboot-os: os v3 booted from slot A", minutes(5), &mut serve);
+    vm.wait_within("tugboot-os: os v2 booted from slot B", minutes(4), &mut serve);
+    wait_until(
+        "rollout of v3 paused",
+        minutes(2),
+        Box::new(|| rollout_state(&ns, r3) == "paused"),
+    );
+    steps.ok("rollback", "v3 failed its health check; the agent rolled back to v2 and reported it");
+    op(&ns, &["rollout", "abort", &r3.to_string()]);
+
+    push(&ns, "staging/os-4.json");
+    let r4 = rollout(&ns, "4");
+    vm.wait_within("tugboot-os: broken init", minutes(5), &mut serve);
+    vm.wait_within("tugboot-os: os v2 booted from slot B", minutes(4), &mut serve);
+    wait_until(
+        "rollout of v4 paused",
+        minutes(2),
+        Box::new(|| rollout_state(&ns, r4) == "paused"),
+    );
+    steps.ok("rollout-paused", "v4 panicked at boot; GRUB fell back to v2; reported; rollout paused");
+
+    let m = machine(&ns);
+    assert_eq!(fact(&m, "image").as_deref(), Some("os@2"), "{m}");
+    let rollouts: Value =
+        serde_json::from_str(&op(&ns, &["rollout", "status", "--json"])).expect("json");
+    vm.kill(&mut ns);
+    serve.stop(&mut ns);
+    if let Some(d) = &kept {
+        let doc = json!({"steps": steps.done, "machine": m, "rollouts": rollouts});
+        fs::write(
+            d.join("lifecycle.json"),
+            serde_json::to_vec_pretty(&doc).expect("json"),
+        )
+        .expect("lifecycle.json");
+        println!("lifecycle: wrote {}", d.join("lifecycle.json").display());
+    }
+}
