@@ -54,7 +54,8 @@ fn agent_binary() -> PathBuf {
         "--target",
         "x86_64-unknown-linux-musl",
     ]));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     target.join("x86_64-unknown-linux-musl/release-agent/tugboot-agent")
 }
 
@@ -131,7 +132,14 @@ fn setup(dir: &Path) {
     }
     t(&["keys", "generate", "--out", &p("signer")]);
     t(&[
-        "keys", "root", "init", "--key", &p("signer.pub"), "--sign", &p("signer.key"), "--out",
+        "keys",
+        "root",
+        "init",
+        "--key",
+        &p("signer.pub"),
+        "--sign",
+        &p("signer.key"),
+        "--out",
         &p("root.json"),
     ]);
     t(&["ca", "init", "--dir", &p("ca")]);
@@ -263,7 +271,14 @@ fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
     let mut need: Vec<&str> = files.iter().map(String::as_str).collect();
     need.extend([OVMF_CODE, OVMF_VARS, "/usr/lib/ipxe/snponly.efi"]);
     require_root_and_tools(
-        &["ip", "qemu-system-x86_64", "dnsmasq", "mksquashfs", "mformat", "mcopy"],
+        &[
+            "ip",
+            "qemu-system-x86_64",
+            "dnsmasq",
+            "mksquashfs",
+            "mformat",
+            "mcopy",
+        ],
         &need,
     );
     let kept = std::env::var_os("TUGBOOT_LIFECYCLE_DIR").map(PathBuf::from);
@@ -311,15 +326,24 @@ fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
     let mut vm = Vm::start_with(&mut ns, &dir, Firmware::Uefi, MAC, "tap0", &hw);
     let minutes = |m: u64| Duration::from_secs(m * 60);
     vm.wait_within("tugboot-installer: installed", minutes(6), &mut serve);
-    steps.ok("install", "netbooted installer: disk partitioned, os v1 in slot A, boot entry, reported");
-    vm.wait_within("tugboot-os: os v1 booted from slot A", minutes(3), &mut serve);
+    steps.ok(
+        "install",
+        "netbooted installer: disk partitioned, os v1 in slot A, boot entry, reported",
+    );
+    vm.wait_within(
+        "tugboot-os: os v1 booted from slot A",
+        minutes(3),
+        &mut serve,
+    );
     steps.ok("first-boot", "from the disk: GRUB, slot A, os v1");
 
     let machine = |ns: &Netns| -> Value {
         serde_json::from_str(&op(ns, &["machines", "show", "dev-1", "--json"])).expect("json")
     };
     let fact = |m: &Value, k: &str| -> Option<String> {
-        m["machine"]["facts"][k]["value"].as_str().map(str::to_owned)
+        m["machine"]["facts"][k]["value"]
+            .as_str()
+            .map(str::to_owned)
     };
     let wait_until = |what: &str, within: Duration, mut ok: Box<dyn FnMut() -> bool + '_>| {
         let deadline = Instant::now() + within;
@@ -336,58 +360,99 @@ fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
     let m = machine(&ns);
     assert_eq!(fact(&m, "installed").as_deref(), Some("os@1"), "{m}");
     assert_eq!(fact(&m, "board").as_deref(), Some("x86_64-uefi"), "{m}");
-    steps.ok("enroll", "certificate from the installer; status and inventory over mTLS");
+    steps.ok(
+        "enroll",
+        "certificate from the installer; status and inventory over mTLS",
+    );
 
     let rollout = |ns: &Netns, version: &str| -> i64 {
         let out = op(
             ns,
             &[
-                "rollout", "create", "--image", "os", "--version", version, "--selector",
-                "board=x86_64-uefi", "--stage", "100", "--max-failure-permille", "0",
-                "--min-reports", "1", "--json",
+                "rollout",
+                "create",
+                "--image",
+                "os",
+                "--version",
+                version,
+                "--selector",
+                "board=x86_64-uefi",
+                "--stage",
+                "100",
+                "--max-failure-permille",
+                "0",
+                "--min-reports",
+                "1",
+                "--json",
             ],
         );
         let v: Value = serde_json::from_str(&out).expect("json");
         v["id"].as_i64().unwrap_or_else(|| panic!("{v}"))
     };
     let rollout_state = |ns: &Netns, id: i64| -> String {
-        let v: Value = serde_json::from_str(&op(ns, &["rollout", "status", &id.to_string(), "--json"]))
-            .expect("json");
+        let v: Value =
+            serde_json::from_str(&op(ns, &["rollout", "status", &id.to_string(), "--json"]))
+                .expect("json");
         v["state"].as_str().unwrap_or_default().to_owned()
     };
 
     push(&ns, "staging/os-2.json");
     let r2 = rollout(&ns, "2");
-    vm.wait_within("tugboot-os: os v2 booted from slot B", minutes(5), &mut serve);
+    vm.wait_within(
+        "tugboot-os: os v2 booted from slot B",
+        minutes(5),
+        &mut serve,
+    );
     wait_until(
         "rollout of v2 completed",
         minutes(2),
         Box::new(|| rollout_state(&ns, r2) == "completed"),
     );
-    steps.ok("update-committed", "v2 into slot B, GRUB trial boot, healthy, committed; rollout completed");
+    steps.ok(
+        "update-committed",
+        "v2 into slot B, GRUB trial boot, healthy, committed; rollout completed",
+    );
 
     push(&ns, "staging/os-3.json");
     let r3 = rollout(&ns, "3");
-    vm.wait_within("tugboot-os: os v3 booted from slot A", minutes(5), &mut serve);
-    vm.wait_within("tugboot-os: os v2 booted from slot B", minutes(4), &mut serve);
+    vm.wait_within(
+        "tugboot-os: os v3 booted from slot A",
+        minutes(5),
+        &mut serve,
+    );
+    vm.wait_within(
+        "tugboot-os: os v2 booted from slot B",
+        minutes(4),
+        &mut serve,
+    );
     wait_until(
         "rollout of v3 paused",
         minutes(2),
         Box::new(|| rollout_state(&ns, r3) == "paused"),
     );
-    steps.ok("rollback", "v3 failed its health check; the agent rolled back to v2 and reported it");
+    steps.ok(
+        "rollback",
+        "v3 failed its health check; the agent rolled back to v2 and reported it",
+    );
     op(&ns, &["rollout", "abort", &r3.to_string()]);
 
     push(&ns, "staging/os-4.json");
     let r4 = rollout(&ns, "4");
     vm.wait_within("tugboot-os: broken init", minutes(5), &mut serve);
-    vm.wait_within("tugboot-os: os v2 booted from slot B", minutes(4), &mut serve);
+    vm.wait_within(
+        "tugboot-os: os v2 booted from slot B",
+        minutes(4),
+        &mut serve,
+    );
     wait_until(
         "rollout of v4 paused",
         minutes(2),
         Box::new(|| rollout_state(&ns, r4) == "paused"),
     );
-    steps.ok("rollout-paused", "v4 panicked at boot; GRUB fell back to v2; reported; rollout paused");
+    steps.ok(
+        "rollout-paused",
+        "v4 panicked at boot; GRUB fell back to v2; reported; rollout paused",
+    );
 
     let m = machine(&ns);
     assert_eq!(fact(&m, "image").as_deref(), Some("os@2"), "{m}");

@@ -136,17 +136,76 @@ pub(super) async fn machine(
         .iter()
         .map(|c| serde_json::json!({"serial": c.serial, "issued_at": c.issued_at, "not_after": c.not_after, "revoked_at": c.revoked_at}))
         .collect();
-    let reports: Vec<serde_json::Value> = s
-        .store
-        .list_reports(id, 10)
-        .await?
-        .into_iter()
+    let stored = s.store.list_reports(id, 50).await?;
+    let now = s.now();
+    let reports: Vec<serde_json::Value> = stored
+        .iter()
+        .take(10)
         .map(|r| serde_json::json!({"id": r.report_id, "received_at": r.received_at, "report": r.checks}))
         .collect();
+    let view = health_view(&stored, !certs.is_empty(), now, s.config.silent_after_secs);
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"machine": MachineView::from(&m), "certificates": certs, "reports": reports}),
+        &serde_json::json!({
+            "machine": MachineView::from(&m), "certificates": certs, "reports": reports,
+            "status": view.status, "inventory": view.inventory, "silent": view.silent,
+        }),
     ))
+}
+
+struct HealthView {
+    status: serde_json::Value,
+    inventory: serde_json::Value,
+    silent: serde_json::Value,
+}
+
+/// The device's latest status and inventory (newest report carrying each) with their age, and
+/// whether it has gone silent: it holds a certificate and its last report is older than
+/// `silent_after` (or it never reported).
+fn health_view(
+    reports: &[tugboot_store::Report],
+    enrolled: bool,
+    now: i64,
+    silent_after: u64,
+) -> HealthView {
+    let age = |at: i64| now.saturating_sub(at).max(0);
+    let status = reports
+        .iter()
+        .find(|r| r.checks.get("slot").is_some_and(|v| !v.is_null()))
+        .map_or(serde_json::Value::Null, |r| {
+            let c = &r.checks;
+            serde_json::json!({
+                "received_at": r.received_at, "age_secs": age(r.received_at),
+                "boot_id": c["boot_id"], "slot": c["slot"],
+                "image": match (c["image_name"].as_str(), c["image_version"].as_u64()) {
+                    (Some(n), Some(v)) => serde_json::Value::String(format!("{n}@{v}")),
+                    _ => serde_json::Value::Null,
+                },
+                "uptime_secs": c["uptime_secs"], "checks": c["checks"],
+                "last_error": c["last_error"], "update": c["update"],
+            })
+        });
+    let inventory = reports
+        .iter()
+        .find(|r| r.checks.get("inventory").is_some_and(|v| !v.is_null()))
+        .map_or(serde_json::Value::Null, |r| {
+            let mut v = r.checks["inventory"].clone();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("received_at".into(), r.received_at.into());
+                o.insert("age_secs".into(), age(r.received_at).into());
+            }
+            v
+        });
+    let last = reports.iter().map(|r| r.received_at).max();
+    let last_age = last.map(age);
+    let silent = enrolled && last_age.is_none_or(|a| u64::try_from(a).unwrap_or(0) > silent_after);
+    HealthView {
+        status,
+        inventory,
+        silent: serde_json::json!({
+            "silent": silent, "after_secs": silent_after, "last_report_age_secs": last_age,
+        }),
+    }
 }
 
 /// `POST /api/v1/admin/machines/{id}/facts`: what the operator declares about a machine.

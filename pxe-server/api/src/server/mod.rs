@@ -82,6 +82,10 @@ pub enum ApiError {
     Blob(#[from] tugboot_firmware::BlobError),
 }
 
+/// Default [`ApiConfig::silent_after_secs`]: four of the agent's default status intervals
+/// (900 s), so one lost report is not yet silence.
+pub const DEFAULT_SILENT_AFTER_SECS: u64 = 3600;
+
 /// Tunables of the API (see `docs/device-api.md`).
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -91,6 +95,9 @@ pub struct ApiConfig {
     pub renew_before_secs: u64,
     /// How long a device admitted to a rollout stage may stay silent.
     pub report_timeout_secs: u64,
+    /// A machine with a certificate whose last report is older than this is shown as silent
+    /// (`tugboot machines show`).
+    pub silent_after_secs: u64,
     /// Rollouts are re-evaluated at least this often (and after every outcome report and
     /// operator change).
     pub evaluate_interval: Duration,
@@ -109,6 +116,7 @@ impl Default for ApiConfig {
             device_cert_validity_secs: crate::ca::DEFAULT_DEVICE_VALIDITY_SECS,
             renew_before_secs: 30 * 24 * 3600,
             report_timeout_secs: DEFAULT_OUTCOME_TIMEOUT,
+            silent_after_secs: DEFAULT_SILENT_AFTER_SECS,
             evaluate_interval: Duration::from_secs(30),
             artifact_base_url: None,
             max_connections: 16_384,

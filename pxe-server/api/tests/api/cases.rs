@@ -675,6 +675,30 @@ pub async fn reports_attest_facts_that_rollouts_select_by(url: &str) {
     }
     // Made printable, not refused.
     assert_eq!(facts["model"]["value"], "QEMU Virtual Machine ??", "{m}");
+    // The latest status and inventory, with their age; not silent.
+    assert_eq!(m["status"]["slot"], "A", "{m}");
+    assert_eq!(m["status"]["image"], "edge@1", "{m}");
+    assert_eq!(m["status"]["age_secs"], 0, "{m}");
+    assert_eq!(m["inventory"]["kernel"], "6.1.0-57-arm64", "{m}");
+    assert_eq!(m["silent"]["silent"], false, "{m}");
+    // An hour and a bit later without a report: silent. The other device never reported.
+    f.advance(3601);
+    let m = f
+        .op("GET", &format!("/api/v1/admin/machines/{}", gw.id), b"")
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(m["silent"]["silent"], true, "{m}");
+    assert_eq!(m["silent"]["last_report_age_secs"], 3601, "{m}");
+    assert_eq!(m["status"]["age_secs"], 3601, "{m}");
+    let o = f
+        .op("GET", &format!("/api/v1/admin/machines/{}", other.id), b"")
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(o["silent"]["silent"], true, "{o}");
+    assert!(o["silent"]["last_report_age_secs"].is_null(), "{o}");
+    assert!(o["status"].is_null(), "{o}");
 
     f.publish().await;
     let body = serde_json::json!({

@@ -244,6 +244,10 @@ pub fn run(args: MachinesArgs, global: Global) -> anyhow::Result<()> {
                 .unwrap_or_default();
             println!();
             print_table(&["REPORT", "RECEIVED", "OUTCOME"], &reports);
+            println!();
+            for line in health_lines(&doc) {
+                println!("{line}");
+            }
         }
         MachinesCommand::Approve { machine } => {
             let id = machine_id(&remote, &machine)?;
@@ -368,4 +372,96 @@ pub fn run_enroll(args: EnrollArgs, global: Global) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// "12 s", "5 min", "3 h", "2 d".
+fn age(secs: &Value) -> String {
+    let Some(s) = secs.as_i64() else {
+        return "-".into();
+    };
+    match s {
+        ..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+/// The machine's latest status and inventory with their age, and a line when it went silent.
+fn health_lines(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let st = &doc["status"];
+    if st.is_null() {
+        out.push("status:    none reported".into());
+    } else {
+        let checks = st["checks"].as_object().map_or_else(
+            || "-".to_owned(),
+            |c| {
+                c.iter()
+                    .map(|(k, v)| {
+                        let r = match (v["ok"].as_bool(), v.as_str()) {
+                            (Some(true), _) => "ok",
+                            (Some(false), _) => "FAILED",
+                            (None, Some(text)) => text,
+                            (None, None) => "?",
+                        };
+                        format!("{k}={r}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        );
+        out.push(format!(
+            "status:    {} ago: slot {}, image {}, up {} s, checks {checks}, last error {}",
+            age(&st["age_secs"]),
+            cell(&st["slot"]),
+            cell(&st["image"]),
+            cell(&st["uptime_secs"]),
+            cell(&st["last_error"]),
+        ));
+    }
+    let inv = &doc["inventory"];
+    if !inv.is_null() {
+        let macs: Vec<String> = inv["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| format!("{} {}", cell(&i["name"]), cell(&i["mac"])))
+            .collect();
+        let disks: Vec<String> = inv["disks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                format!(
+                    "{} {} MiB",
+                    cell(&d["name"]),
+                    d["size_bytes"].as_u64().map_or(0, |b| b >> 20)
+                )
+            })
+            .collect();
+        out.push(format!(
+            "inventory: {} ago: board {}, arch {}, kernel {}, {} CPUs, {} MiB, disks [{}], interfaces [{}]",
+            age(&inv["age_secs"]),
+            cell(&inv["board"]),
+            cell(&inv["arch"]),
+            cell(&inv["kernel"]),
+            cell(&inv["cpus"]),
+            inv["memory_bytes"].as_u64().map_or(0, |b| b >> 20),
+            disks.join(", "),
+            macs.join(", "),
+        ));
+    }
+    let silent = &doc["silent"];
+    if silent["silent"].as_bool() == Some(true) {
+        out.push(format!(
+            "SILENT:    no report for {} (deadline {})",
+            match silent["last_report_age_secs"] {
+                Value::Null => "ever".to_owned(),
+                ref a => age(a),
+            },
+            age(&silent["after_secs"]),
+        ));
+    }
+    out
 }

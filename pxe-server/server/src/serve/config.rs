@@ -773,6 +773,10 @@ pub struct RawApi {
     /// Seconds an admitted device may stay silent before it counts as failed (default 7200).
     #[serde(default)]
     pub report_timeout_secs: Option<u64>,
+    /// Seconds without a report after which an enrolled machine is shown as silent (default
+    /// 3600).
+    #[serde(default)]
+    pub silent_after_secs: Option<u64>,
 }
 
 /// Validated `[api]`.
@@ -792,6 +796,8 @@ pub struct ApiSettings {
     pub artifact_base_url: Option<String>,
     /// Report timeout.
     pub report_timeout_secs: u64,
+    /// Silence deadline.
+    pub silent_after_secs: u64,
 }
 
 /// Default `[api]` report timeout (docs/rollouts.md).
@@ -864,6 +870,15 @@ fn api_settings(
             "must be 60..=2592000 (one minute to 30 days)",
         ));
     }
+    let silent_after_secs = raw
+        .silent_after_secs
+        .unwrap_or(tugboot_api::server::DEFAULT_SILENT_AFTER_SECS);
+    if !(60..=30 * 86_400).contains(&silent_after_secs) {
+        return Err(invalid(
+            "api.silent_after_secs",
+            "must be 60..=2592000 (one minute to 30 days)",
+        ));
+    }
     Ok(ApiSettings {
         listen,
         state_dir,
@@ -872,6 +887,7 @@ fn api_settings(
         operator_token_file,
         artifact_base_url,
         report_timeout_secs,
+        silent_after_secs,
     })
 }
 
@@ -885,6 +901,7 @@ pub struct ResolvedApi {
     operator_token_file: String,
     artifact_base_url: Option<String>,
     report_timeout_secs: u64,
+    silent_after_secs: u64,
 }
 
 impl ApiSettings {
@@ -897,6 +914,7 @@ impl ApiSettings {
             operator_token_file: show(&self.operator_token_file),
             artifact_base_url: self.artifact_base_url.clone(),
             report_timeout_secs: self.report_timeout_secs,
+            silent_after_secs: self.silent_after_secs,
         }
     }
 }

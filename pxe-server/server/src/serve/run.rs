@@ -719,6 +719,7 @@ async fn api_server(
     let config = tugboot_api::ApiConfig {
         artifact_base_url: a.artifact_base_url.clone(),
         report_timeout_secs: a.report_timeout_secs,
+        silent_after_secs: a.silent_after_secs,
         ..tugboot_api::ApiConfig::default()
     };
     let cert = tugboot_api::server::load_or_issue_server_cert(
