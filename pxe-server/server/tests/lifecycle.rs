@@ -79,6 +79,9 @@ fn os_image(dir: &Path, agent: &Path, version: u64, init: &str, health: &str) {
     fs::copy(&kernel, root.join("boot/vmlinuz")).expect("kernel");
     let release = dir.join(format!("os{version}/os-release"));
     fs::write(&release, format!("os v{version}\n")).expect("os-release");
+    // The image's agent settings: poll and report often, so the test does not wait minutes.
+    let settings = dir.join(format!("os{version}/agent-settings.toml"));
+    fs::write(&settings, "poll_interval_secs = 5\nstatus_interval_secs = 20\n").expect("settings");
     let ex = |f: &str| examples.join(f).display().to_string();
     let mut args = vec![
         "initramfs".to_owned(),
@@ -97,6 +100,8 @@ fn os_image(dir: &Path, agent: &Path, version: u64, init: &str, health: &str) {
         format!("{}:/usr/share/udhcpc/default.script", ex("udhcpc.script")),
         "--file".into(),
         format!("{}:/etc/tugboot/os-release", release.display()),
+        "--file".into(),
+        format!("{}:/etc/tugboot/agent-settings.toml", settings.display()),
         "--out".into(),
         root.join("boot/initrd.img").display().to_string(),
     ];
@@ -168,8 +173,6 @@ fn setup(dir: &Path) {
         "/dev/vda",
         "--slot-mib",
         "96",
-        "--agent-poll-secs",
-        "5",
         "--board",
         "x86_64-uefi",
         "--version",
