@@ -1,7 +1,8 @@
-//! The installer's configuration (`tugboot-agent -c installer.toml install-disk`), in the same
-//! two layers as the device's: [`RawInstallerConfig`] is the TOML as written, parsed by the
-//! same parser, and [`InstallerConfig`] the validated form. Every error names the line and the
-//! key (`line 12, key `install.esp_mib`: must be 1..=65536`).
+//! The installer's configuration (`tugboot-agent -c installer.toml install-disk`): the TOML
+//! parsed by the agent's own parser, read key by key from the document (not through serde:
+//! the static binary's size budget) into [`InstallerConfig`], validated. Every error names the
+//! line and the key (`line 12, key `install.esp_mib`: must be 1..=1073741824 MiB, not 0`);
+//! unknown keys are refused.
 //!
 //! It also writes the configuration of the agent it installs ([`InstallerConfig::agent_toml`]):
 //! plain TOML that the OS image may extend by appending its own `[[health.*]]` tables.
@@ -10,27 +11,35 @@
 //! server = "https://10.77.0.1:8443"
 //! board = "x86_64-uefi"
 //! trust_root = "/etc/tugboot/root.json"      # in the installer's initramfs
+//! # extra_boards = ["lab-board"]
 //! [tls]
 //! ca = "/etc/tugboot/server-ca.pem"          # in the installer's initramfs
 //! [enroll]                                    # as for `run`: MAC pre-authorised, or a token
-//! interface = "eth0"
+//! interface = "eth0"                          # also token_file, mac, serial, ca_sha256,
+//!                                             # renew_before_days
 //! [install]
-//! disk = "/dev/vda"
-//! esp_image = "/usr/share/tugboot/esp.img"
+//! disk = "/dev/vda"                           # the whole disk
+//! esp_image = "/usr/share/tugboot/esp.img"    # written raw into partition 1
 //! esp_mib = 64
-//! slot_mib = 512
-//! data_mib = 0                                # the rest of the disk
-//! data_mount = "/data"
-//! reboot_command = ["reboot", "-f"]
+//! slot_mib = 512                              # each of A and B
+//! data_mib = 0                                # 0 (default): the rest of the disk
+//! data_mount = "/data"                        # where the installer mounts the data partition
+//! reboot_command = ["reboot", "-f"]           # the installed agent's (default ["reboot"])
+//! # os_data_mount = "/data"                   # where the installed OS mounts it
+//! # os_disk = "/dev/vda"                      # the disk's name in the installed OS
+//! # busybox = "busybox"                       # mke2fs, mount, umount, blockdev, sync
+//! # reread_command = ["busybox", "blockdev", "--rereadpt", "{disk}"]
+//! # efivars = "/sys/firmware/efi/efivars"
+//! # efi_loader = "\\EFI\\BOOT\\BOOTX64.EFI"   # default by board (x86_64-uefi, arm64-uefi)
+//! # efi_description = "tugboot"
 //! ```
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
+use super::toml::{self, Node, Value};
 use super::{
     ConfigError, DeviceConfig, EnrollConfig, KNOWN_BOARDS, MAX_CONFIG_BYTES, RawEnroll, absolute,
-    board_name, enroll_config, suggest_board, toml, url,
+    board_name, enroll_config, suggest_board, url,
 };
 use crate::bootloader::efi::EFIVARFS;
 
@@ -41,97 +50,227 @@ pub const DEFAULT_EFI_DESCRIPTION: &str = "tugboot";
 /// Largest ESP, slot or data size in MiB (1 PiB).
 pub const MAX_PARTITION_MIB: u64 = 1 << 30;
 
-/// The installer's TOML as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawInstallerConfig {
-    /// Base URL of the device API.
-    pub server: String,
-    /// The machine's board.
-    pub board: String,
-    /// The trust root in the installer (copied to the data partition).
-    pub trust_root: PathBuf,
-    /// Board names beyond the catalogue.
-    #[serde(default)]
-    pub extra_boards: Vec<String>,
-    /// `[tls]`: the server's CA in the installer (copied to the data partition).
-    pub tls: RawInstallerTls,
-    /// `[enroll]`, as for the device (copied into the installed configuration).
-    #[serde(default)]
-    pub enroll: RawEnroll,
-    /// `[install]`.
-    pub install: RawInstall,
+/// One table of the document, read key by key: every key must be taken, type errors and
+/// missing keys name the line and the dotted key.
+struct Table<'a> {
+    path: &'static str,
+    line: usize,
+    entries: &'a [(String, Node)],
+    taken: Vec<&'a str>,
 }
 
-/// `[tls]` of the installer: only the CA (the device's key and certificate are made on the
-/// data partition).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawInstallerTls {
-    /// PEM of the CA that issued the server's certificate.
-    pub ca: PathBuf,
+fn located(line: usize, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidAt {
+        at: format!("line {line}, key `{key}`"),
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
 }
 
-/// `[install]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawInstall {
-    /// The whole disk (`/dev/vda`, `/dev/nvme0n1`, `/dev/loop3`).
-    pub disk: String,
-    /// The FAT image written raw into partition 1.
-    pub esp_image: PathBuf,
-    /// ESP size, MiB.
-    pub esp_mib: u64,
-    /// Size of each slot, MiB.
-    pub slot_mib: u64,
-    /// Data partition size, MiB; 0 = the rest of the disk.
-    #[serde(default)]
-    pub data_mib: u64,
-    /// Where the installer mounts the data partition.
-    pub data_mount: PathBuf,
-    /// Where the installed OS mounts it (paths in the installed configuration).
-    #[serde(default = "default_os_data_mount")]
-    pub os_data_mount: PathBuf,
-    /// The disk's name in the installed OS (slot paths); default: `disk`.
-    #[serde(default)]
-    pub os_disk: Option<String>,
-    /// `reboot_command` of the installed agent.
-    #[serde(default = "default_reboot")]
-    pub reboot_command: Vec<String>,
-    /// The busybox binary that provides `mke2fs`, `mount`, `umount`, `blockdev`, `sync`.
-    #[serde(default = "default_busybox")]
-    pub busybox: String,
-    /// What makes the kernel read the new table (`{disk}` is replaced by the disk); default
-    /// `[busybox, "blockdev", "--rereadpt", "{disk}"]`. A kernel that cannot parse GPTs
-    /// (without `CONFIG_EFI_PARTITION`) can be given the partitions from user space with
-    /// util-linux: `["partx", "-u", "{disk}"]`.
-    #[serde(default)]
-    pub reread_command: Option<Vec<String>>,
-    /// The efivarfs mount.
-    #[serde(default = "default_efivars")]
-    pub efivars: PathBuf,
-    /// The loader on the ESP the boot entry starts; default by board.
-    #[serde(default)]
-    pub efi_loader: Option<String>,
-    /// The boot entry's description.
-    #[serde(default = "default_efi_description")]
-    pub efi_description: String,
+impl<'a> Table<'a> {
+    fn of(node: &'a Node, path: &'static str) -> Result<Self, ConfigError> {
+        match &node.value {
+            Value::Table(entries, _) => Ok(Self {
+                path,
+                line: node.line,
+                entries,
+                taken: Vec::new(),
+            }),
+            _ => Err(located(node.line, path, "expected a table")),
+        }
+    }
+
+    fn dotted(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn node(&mut self, key: &'static str) -> Option<&'a Node> {
+        self.taken.push(key);
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, n)| n)
+    }
+
+    fn missing(&self, key: &str) -> ConfigError {
+        located(
+            self.line,
+            &self.dotted(key),
+            format!("missing field `{key}`"),
+        )
+    }
+
+    fn string(&mut self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.node(key) {
+            None => Ok(None),
+            Some(Node {
+                value: Value::Str(s),
+                ..
+            }) => Ok(Some(s.clone())),
+            Some(n) => Err(located(n.line, &self.dotted(key), "expected a string")),
+        }
+    }
+
+    fn required(&mut self, key: &'static str) -> Result<String, ConfigError> {
+        self.string(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    fn number(&mut self, key: &'static str) -> Result<Option<u64>, ConfigError> {
+        match self.node(key) {
+            None => Ok(None),
+            Some(n) => match n.value {
+                Value::Int(i) => u64::try_from(i).map(Some).map_err(|_| {
+                    located(
+                        n.line,
+                        &self.dotted(key),
+                        format!("expected a whole number ≥ 0, not {i}"),
+                    )
+                }),
+                _ => Err(located(
+                    n.line,
+                    &self.dotted(key),
+                    "expected a whole number",
+                )),
+            },
+        }
+    }
+
+    fn strings(&mut self, key: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(n) = self.node(key) else {
+            return Ok(None);
+        };
+        let bad = || located(n.line, &self.dotted(key), "expected an array of strings");
+        let Value::Array(items) = &n.value else {
+            return Err(bad());
+        };
+        items
+            .iter()
+            .map(|i| match &i.value {
+                Value::Str(s) => Ok(s.clone()),
+                _ => Err(bad()),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    fn table(
+        &mut self,
+        key: &'static str,
+        path: &'static str,
+    ) -> Result<Option<Self>, ConfigError> {
+        self.node(key).map(|n| Table::of(n, path)).transpose()
+    }
+
+    /// Refuses keys nobody took.
+    fn finish(self) -> Result<(), ConfigError> {
+        match self
+            .entries
+            .iter()
+            .find(|(k, _)| !self.taken.contains(&k.as_str()))
+        {
+            None => Ok(()),
+            Some((k, n)) => Err(located(
+                n.line,
+                &self.dotted(k),
+                format!(
+                    "unknown field `{k}`, expected one of {}",
+                    self.taken.join(", ")
+                ),
+            )),
+        }
+    }
 }
 
-fn default_os_data_mount() -> PathBuf {
-    PathBuf::from(DEFAULT_OS_DATA_MOUNT)
+/// `[install]` as written, defaults applied.
+#[derive(Debug, Clone)]
+struct RawInstall {
+    disk: String,
+    esp_image: PathBuf,
+    esp_mib: u64,
+    slot_mib: u64,
+    data_mib: u64,
+    data_mount: PathBuf,
+    os_data_mount: PathBuf,
+    os_disk: Option<String>,
+    reboot_command: Vec<String>,
+    busybox: String,
+    reread_command: Option<Vec<String>>,
+    efivars: PathBuf,
+    efi_loader: Option<String>,
+    efi_description: String,
 }
-fn default_reboot() -> Vec<String> {
-    vec!["reboot".to_owned()]
+
+/// The document as written: top level, `[tls]`, `[enroll]`, `[install]`.
+#[derive(Debug, Clone)]
+struct RawInstallerConfig {
+    server: String,
+    board: String,
+    trust_root: PathBuf,
+    extra_boards: Vec<String>,
+    tls_ca: PathBuf,
+    enroll: RawEnroll,
+    install: RawInstall,
 }
-fn default_busybox() -> String {
-    "busybox".to_owned()
-}
-fn default_efivars() -> PathBuf {
-    PathBuf::from(EFIVARFS)
-}
-fn default_efi_description() -> String {
-    DEFAULT_EFI_DESCRIPTION.to_owned()
+
+fn read_raw(root: &Node) -> Result<RawInstallerConfig, ConfigError> {
+    let mut top = Table::of(root, "")?;
+    let server = top.required("server")?;
+    let board = top.required("board")?;
+    let trust_root = PathBuf::from(top.required("trust_root")?);
+    let extra_boards = top.strings("extra_boards")?.unwrap_or_default();
+    let mut tls = top.table("tls", "tls")?.ok_or_else(|| top.missing("tls"))?;
+    let tls_ca = PathBuf::from(tls.required("ca")?);
+    tls.finish()?;
+    let mut enroll = RawEnroll::default();
+    if let Some(mut e) = top.table("enroll", "enroll")? {
+        enroll.token_file = e.string("token_file")?.map(PathBuf::from);
+        enroll.interface = e.string("interface")?;
+        enroll.mac = e.string("mac")?;
+        enroll.serial = e.string("serial")?;
+        enroll.ca_sha256 = e.string("ca_sha256")?;
+        if let Some(days) = e.number("renew_before_days")? {
+            enroll.renew_before_days = days;
+        }
+        e.finish()?;
+    }
+    let mut i = top
+        .table("install", "install")?
+        .ok_or_else(|| top.missing("install"))?;
+    let install = RawInstall {
+        disk: i.required("disk")?,
+        esp_image: PathBuf::from(i.required("esp_image")?),
+        esp_mib: i.number("esp_mib")?.ok_or_else(|| i.missing("esp_mib"))?,
+        slot_mib: i.number("slot_mib")?.ok_or_else(|| i.missing("slot_mib"))?,
+        data_mib: i.number("data_mib")?.unwrap_or(0),
+        data_mount: PathBuf::from(i.required("data_mount")?),
+        os_data_mount: PathBuf::from(
+            i.string("os_data_mount")?
+                .unwrap_or_else(|| DEFAULT_OS_DATA_MOUNT.to_owned()),
+        ),
+        os_disk: i.string("os_disk")?,
+        reboot_command: i
+            .strings("reboot_command")?
+            .unwrap_or_else(|| vec!["reboot".to_owned()]),
+        busybox: i.string("busybox")?.unwrap_or_else(|| "busybox".to_owned()),
+        reread_command: i.strings("reread_command")?,
+        efivars: PathBuf::from(i.string("efivars")?.unwrap_or_else(|| EFIVARFS.to_owned())),
+        efi_loader: i.string("efi_loader")?,
+        efi_description: i
+            .string("efi_description")?
+            .unwrap_or_else(|| DEFAULT_EFI_DESCRIPTION.to_owned()),
+    };
+    i.finish()?;
+    top.finish()?;
+    Ok(RawInstallerConfig {
+        server,
+        board,
+        trust_root,
+        extra_boards,
+        tls_ca,
+        enroll,
+        install,
+    })
 }
 
 /// The validated installer configuration.
@@ -276,10 +415,8 @@ fn array(items: &[String]) -> String {
     )
 }
 
-impl TryFrom<RawInstallerConfig> for InstallerConfig {
-    type Error = ConfigError;
-
-    fn try_from(raw: RawInstallerConfig) -> Result<Self, ConfigError> {
+impl InstallerConfig {
+    fn validate(raw: RawInstallerConfig) -> Result<Self, ConfigError> {
         let server = url("server", &raw.server, &["https"])?;
         let mut extra_boards = Vec::with_capacity(raw.extra_boards.len());
         for (i, b) in raw.extra_boards.iter().enumerate() {
@@ -366,7 +503,7 @@ impl TryFrom<RawInstallerConfig> for InstallerConfig {
             board,
             extra_boards,
             trust_root: absolute("trust_root", &raw.trust_root)?,
-            tls_ca: absolute("tls.ca", &raw.tls.ca)?,
+            tls_ca: absolute("tls.ca", &raw.tls_ca)?,
             enroll: enroll_config(&raw.enroll)?,
             disk,
             os_disk,
@@ -401,9 +538,8 @@ impl InstallerConfig {
             });
         }
         let root = toml::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        let raw: RawInstallerConfig =
-            toml::from_node(&root).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        Self::try_from(raw).map_err(|e| match e {
+        let raw = read_raw(&root)?;
+        Self::validate(raw).map_err(|e| match e {
             ConfigError::Invalid { key, reason } => {
                 let at = match toml::line_of(&root, key.split('[').next().unwrap_or_default()) {
                     Some(line) => format!("line {line}, key `{key}`"),
@@ -691,7 +827,7 @@ renew_before_days = 28
             ),
             (
                 swap("slot_mib = 512", "slot_mib = -1"),
-                "line 15, key `install.slot_mib`: invalid value",
+                "line 15, key `install.slot_mib`: expected a whole number ≥ 0, not -1",
             ),
             (
                 swap("\"/dev/vda\"", "\"/dev/disk/by-id/x\""),
@@ -733,7 +869,10 @@ renew_before_days = 28
                 swap("esp_mib = 64", "esp_mib = 64\nsize = 1"),
                 "line 15, key `install.size`: unknown field `size`",
             ),
-            (swap("esp_mib = 64\n", ""), "missing field `esp_mib`"),
+            (
+                swap("esp_mib = 64\n", ""),
+                "line 11, key `install.esp_mib`: missing field `esp_mib`",
+            ),
             (
                 swap("data_mib = 0", "data_mib = 0\nefi_loader = \"EFI\""),
                 "key `install.efi_loader`: must be a file path",

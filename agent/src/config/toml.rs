@@ -698,17 +698,6 @@ pub fn from_str<T: de::DeserializeOwned>(text: &str) -> Result<T> {
     })
 }
 
-/// Deserializes a parsed document as `T` (errors name line and key, as [`from_str`]).
-///
-/// # Errors
-/// [`TomlError`]: the line and, for errors of shape, the dotted key.
-pub fn from_node<T: de::DeserializeOwned>(root: &Node) -> Result<T> {
-    T::deserialize(NodeDe {
-        node: root,
-        path: String::new(),
-    })
-}
-
 /// The line of the dotted key `a.b.c` in a parsed document; for a key that is not written
 /// (a default), the line of the deepest table on its path that is, if any.
 #[must_use]

@@ -169,8 +169,11 @@ pub struct Installed {
     pub boot_entry: Option<u16>,
 }
 
-fn say(line: &str) {
-    eprintln!("tugboot-agent install: {line}");
+/// One step's line on stderr: `tugboot-agent install: …`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("tugboot-agent install: {}", format_args!($($arg)*))
+    };
 }
 
 /// Runs `argv`; a failure carries its status and the last line of its output.
@@ -550,21 +553,21 @@ fn enroll(device: &DeviceConfig, boot_id: &str) -> Result<i64, InstallDiskError>
                 device_id,
                 not_after,
             } => {
-                say(&format!(
+                say!(
                     "enrolled as device {device_id}; certificate valid until {not_after} (unix), \
                      key and certificate in {}",
                     device.tls.cert.parent().unwrap_or(Path::new("/")).display()
-                ));
+                );
                 return Ok(device_id);
             }
             EnrollStep::Pending { device_id } => {
                 let wait = pending_backoff(attempt, MAX_PENDING_WAIT);
                 attempt += 1;
-                say(&format!(
+                say!(
                     "enrollment pending: device {device_id} waits for an operator's approval; \
                      asking again in {}s",
                     wait.as_secs()
-                ));
+                );
                 std::thread::sleep(wait);
             }
         }
@@ -607,7 +610,7 @@ fn assigned_image(
             }),
         };
         if let Err(e) = report(client, boot_id, outcome) {
-            say(&format!("could not report the refusal: {e}"));
+            say!("could not report the refusal: {e}");
         }
         InstallDiskError::Manifest {
             url: url.clone(),
@@ -684,19 +687,19 @@ fn boot_entry(
     layout: &gpt::Layout,
 ) -> Result<Option<u16>, InstallDiskError> {
     let Some(loader) = &config.efi_loader else {
-        say(&format!(
+        say!(
             "no EFI boot entry: board {} does not boot through UEFI",
             config.board
-        ));
+        );
         return Ok(None);
     };
     let firmware = config.efivars.parent().unwrap_or(Path::new("/"));
     if !firmware.is_dir() {
-        say(&format!(
+        say!(
             "no EFI boot entry: this machine did not boot through UEFI ({} is absent); the \
              firmware must find {loader} on the ESP by itself",
             firmware.display()
-        ));
+        );
         return Ok(None);
     }
     if !mounts().iter().any(|(_, at)| *at == config.efivars) {
@@ -720,7 +723,7 @@ fn boot_entry(
     let shown = crate::bootloader::efi::LoadOption::new(&config.efi_description, &path)
         .map(|o| o.to_string().replace('\t', " "))
         .unwrap_or_default();
-    say(&format!(
+    say!(
         "boot entry Boot{:04X} {shown}{}; BootOrder {}",
         plan.number,
         if plan.replaces { " (replaced)" } else { "" },
@@ -729,7 +732,7 @@ fn boot_entry(
             .map(|n| format!("{n:04X}"))
             .collect::<Vec<_>>()
             .join(",")
-    ));
+    );
     Ok(Some(plan.number))
 }
 
@@ -784,7 +787,7 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
                 found,
             });
         }
-        say(&format!("wiping {}: it held {found}", disk.path.display()));
+        say!("wiping {}: it held {found}", disk.path.display());
     }
 
     write_table(&disk, &layout)?;
@@ -797,12 +800,12 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
     } = disk;
     // Closed (and its O_EXCL claim released) before the kernel re-reads the table.
     drop(file);
-    say(&format!(
+    say!(
         "partitioned {} (GPT: {}; {bytes} bytes, {}-byte sectors)",
         disk_path.display(),
         layout.summary(),
         layout.sector_size
-    ));
+    );
     let parts = load_partitions(config, &disk_path, &disk_name, &layout)?;
     let [esp_dev, slot_a, _slot_b, data_dev] = parts.as_slice() else {
         return Err(disk_err(&disk_path, "the layout has four partitions"));
@@ -838,10 +841,10 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
         argv: busybox(config, &["umount", &mount_point]),
         active: true,
     };
-    say(&format!(
+    say!(
         "formatted {} (ext2, label tugboot-data) and mounted it on {mount_point}",
         data_dev.display()
-    ));
+    );
     let dir = config.data_mount.join("tugboot");
     std::fs::create_dir_all(dir.join("reports")).map_err(io_err("create", &dir))?;
     copy_capped(&config.trust_root, &device.trust_root, MAX_ROOT_BYTES)?;
@@ -857,7 +860,7 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
         .partitions
         .get(1)
         .map_or(0, |p| p.sectors() * layout.sector_size);
-    say(&format!(
+    say!(
         "installing {} {} ({} bytes) into slot A ({}, {} MiB) from {}",
         image.name,
         image.version,
@@ -865,7 +868,7 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
         slot_a.display(),
         slot_bytes >> 20,
         client.resolve(&url)
-    ));
+    );
     let started = Instant::now();
     let mut download = ResumableDownload::new(&client, &url).expect_len(image.size);
     if let Err(e) = write_partition(slot_a, image.sha256, image.size, &mut download) {
@@ -880,12 +883,12 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
                 rejected: None,
             };
             if let Err(r) = report(&client, &boot_id, outcome) {
-                say(&format!("could not report the failure: {r}"));
+                say!("could not report the failure: {r}");
             }
         }
         return Err(e.into());
     }
-    say(&format!(
+    say!(
         "wrote slot A and read it back: sha256 {} verified ({:.1} s{})",
         image.sha256.to_hex(),
         started.elapsed().as_secs_f64(),
@@ -894,15 +897,15 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
         } else {
             format!(", resumed at bytes {:?}", download.resumes())
         }
-    ));
+    );
 
     let mut esp = File::open(&config.esp_image).map_err(io_err("open", &config.esp_image))?;
     write_partition(esp_dev, esp_sha256, esp_len, &mut esp)?;
-    say(&format!(
+    say!(
         "wrote the ESP image {} ({esp_len} bytes) into {} and read it back",
         config.esp_image.display(),
         esp_dev.display()
-    ));
+    );
 
     // What the installed system needs on its data partition.
     let env_file = config.data_mount.join("grubenv");
@@ -917,13 +920,13 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
     let agent_toml = dir.join("agent.toml");
     write_atomic(&mut io, &agent_toml, config.agent_toml().as_bytes())
         .map_err(io_err("write", &agent_toml))?;
-    say(&format!(
+    say!(
         "wrote {} (tugboot_slot=A), {} (committed A, floor {}) and {}",
         env_file.display(),
         device.state_file.display(),
         image.version,
         agent_toml.display()
-    ));
+    );
 
     let boot_entry = boot_entry(config, &layout)?;
 
@@ -936,18 +939,20 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
             slot: Slot::A,
         },
     )?;
-    say(&format!(
+    say!(
         "reported installed {} {} (slot A) to {}",
-        image.name, image.version, device.server
-    ));
+        image.name,
+        image.version,
+        device.server
+    );
     mounted.unmount()?;
     run(&busybox(config, &["sync"]))?;
-    say(&format!(
+    say!(
         "done: {} boots {} {} from slot A",
         disk_path.display(),
         image.name,
         image.version
-    ));
+    );
     Ok(Installed {
         device_id,
         image,
