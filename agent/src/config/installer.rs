@@ -575,16 +575,17 @@ impl InstallerConfig {
     /// valid TOML.
     #[must_use]
     pub fn agent_toml(&self) -> String {
-        self.render(&self.os_data_mount, &self.os_disk)
+        self.render(&self.os_data_mount, &self.os_disk, false)
     }
 
     /// The same configuration with the installer's view of the paths (data partition at
-    /// `data_mount`, slots on `disk`): what the installer itself enrolls and reports with.
+    /// `data_mount`, slots on `disk`) and the installer's `enroll.token_file`: what the
+    /// installer itself enrolls and reports with.
     ///
     /// # Errors
     /// A configuration that does not load (a bug, or paths that make it invalid).
     pub fn installer_view(&self) -> Result<DeviceConfig, ConfigError> {
-        DeviceConfig::parse(&self.render(&self.data_mount, &self.disk))
+        DeviceConfig::parse(&self.render(&self.data_mount, &self.disk, true))
     }
 
     /// [`InstallerConfig::agent_toml`] parsed, as the installed agent will read it.
@@ -598,7 +599,7 @@ impl InstallerConfig {
         })
     }
 
-    fn render(&self, data: &Path, disk: &Path) -> String {
+    fn render(&self, data: &Path, disk: &Path, token: bool) -> String {
         use std::fmt::Write as _;
         let t = data.join("tugboot");
         let mut s = String::new();
@@ -628,6 +629,9 @@ impl InstallerConfig {
         let _ = writeln!(s, "tries = 1");
         let _ = writeln!(s, "\n[enroll]");
         let e = &self.enroll;
+        if let Some(f) = e.token_file.as_deref().filter(|_| token) {
+            let _ = writeln!(s, "token_file = {}", quote_path(f));
+        }
         if let Some(i) = &e.interface {
             let _ = writeln!(s, "interface = {}", quote(i));
         }
@@ -798,6 +802,11 @@ renew_before_days = 28
         assert_eq!(v.tls.key, Path::new("/mnt/data/tugboot/device.key"));
         assert_eq!(v.slots.a, Path::new("/dev/loop7p2"));
         assert_eq!(v.slots.b, Path::new("/dev/loop7p3"));
+        assert_eq!(
+            v.enroll.token_file.as_deref(),
+            Some(Path::new("/etc/tugboot/token")),
+            "the installer enrolls with its token"
+        );
     }
 
     #[test]

@@ -60,10 +60,9 @@ pub fn gpt(data: &[u8]) -> Result<usize, GptPropertyError> {
         }
         let findings = probe::probe(data, data, len, ss);
         ensure(
-            !probe::describe(&findings).contains('\n') || findings.is_empty(),
+            !probe::describe(&findings).contains(['\n', '\r']),
             "a finding spans lines",
-        )
-        .or(Ok::<(), GptPropertyError>(()))?;
+        )?;
     }
     Ok(read)
 }

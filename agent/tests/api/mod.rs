@@ -199,4 +199,3 @@ impl Api {
         v["id"].as_i64().unwrap()
     }
 }
-
