@@ -283,9 +283,9 @@ mod tests {
     fn our_own_table_is_found_with_its_names() {
         let l = layout();
         let mut head = l.primary();
-        head.resize(HEAD_BYTES as usize, 0);
+        head.resize(usize::try_from(HEAD_BYTES).unwrap(), 0);
         let (offset, b) = l.backup();
-        let mut tail = vec![0u8; TAIL_BYTES as usize - b.len()];
+        let mut tail = vec![0u8; usize::try_from(TAIL_BYTES).unwrap() - b.len()];
         tail.extend_from_slice(&b);
         assert_eq!(offset + b.len() as u64, 2 << 30);
         let f = probe(&head, &tail, 2 << 30, 512);
