@@ -491,7 +491,15 @@ fn install_finished(config: &InstallerConfig, disk: &Path) -> bool {
     let point = at.to_string_lossy().into_owned();
     let mount = busybox(
         config,
-        &["mount", "-t", "ext2", "-o", "ro", &dev.to_string_lossy(), &point],
+        &[
+            "mount",
+            "-t",
+            "ext2",
+            "-o",
+            "ro",
+            &dev.to_string_lossy(),
+            &point,
+        ],
     );
     if run(&mount).is_err() {
         return false;
