@@ -15,7 +15,11 @@
 //! 4. `update-committed`: rollout of v2 → slot B written, GRUB trial, healthy → committed;
 //! 5. `rollback`: v3 fails its health check → the agent rolls back to B, reports it;
 //! 6. `rollout-paused`: the v3 rollout pauses at its error threshold; then v4, whose kernel
-//!    panics at boot (init exits): GRUB's countdown falls back to B, reported, paused too.
+//!    panics at boot (init exits): GRUB's countdown falls back to B, reported, paused too;
+//! 7. `power-cut-writing`, `power-cut-armed`, `power-cut-trial`: QEMU killed while slot A is
+//!    being written (3 MiB in; the download then resumes from its checkpoint), right after the agent armed the trial
+//!    (it says it reboots), and during the trial boot of the next version: each ends on a
+//!    bootable, verified slot (v2, then v5 committed, then v5 again) and a truthful report.
 //!
 //! `TUGBOOT_LIFECYCLE_DIR=DIR` keeps everything in DIR and writes `DIR/lifecycle.json` (steps,
 //! the machine and the rollouts as the server's API shows them): what
@@ -83,7 +87,7 @@ fn os_image(dir: &Path, agent: &Path, version: u64, init: &str, health: &str) {
     let settings = dir.join(format!("os{version}/agent-settings.toml"));
     fs::write(
         &settings,
-        "poll_interval_secs = 5\nstatus_interval_secs = 20\n",
+        "poll_interval_secs = 5\nstatus_interval_secs = 20\ndownload_checkpoint_mib = 1\n",
     )
     .expect("settings");
     let ex = |f: &str| examples.join(f).display().to_string();
@@ -192,6 +196,8 @@ fn setup(dir: &Path) {
     os_image(dir, &agent, 2, "init", "health-ok.toml");
     os_image(dir, &agent, 3, "init", "health-broken.toml");
     os_image(dir, &agent, 4, "init-panic", "health-ok.toml");
+    os_image(dir, &agent, 5, "init", "health-ok.toml");
+    os_image(dir, &agent, 6, "init", "health-ok.toml");
     fs::copy(
         Path::new(BIOS_ROM_DIR).join("snponly.efi"),
         dir.join("tftp/snponly.efi"),
@@ -250,13 +256,16 @@ ca_dir = "ca"
 }
 
 /// The steps of the device's life, in order (`lifecycle.json` names them so).
-const STEPS: [&str; 6] = [
+const STEPS: [&str; 9] = [
     "install",
     "first-boot",
     "enroll",
     "update-committed",
     "rollback",
     "rollout-paused",
+    "power-cut-writing",
+    "power-cut-armed",
+    "power-cut-trial",
 ];
 
 /// The steps that happened, how long each took; written to `lifecycle.json` when kept — also
@@ -313,6 +322,68 @@ impl Drop for Steps {
             self.write(&Value::Null, &Value::Null);
         }
     }
+}
+
+/// Waits for a line of the server's log holding `needle`; returns it.
+fn wait_log(serve: &mut Serve, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((_, line)) = serve.log.recv_timeout(left) else {
+            panic!(
+                "no {needle:?} in the server's log within {within:?}:\n{}",
+                serve.lines.join("\n")
+            );
+        };
+        serve.lines.push(line.clone());
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+/// Waits until slot A of `disk.img` (the installer's layout: after a 1 MiB gap and the 64 MiB
+/// ESP) holds the slot artifact of `manifest` at `offset`; says how far it got.
+fn slot_written_past(dir: &Path, manifest: &str, offset: usize, within: Duration) -> String {
+    use std::os::unix::fs::FileExt as _;
+    let m: Value =
+        serde_json::from_slice(&fs::read(dir.join(manifest)).expect("manifest")).expect("json");
+    let digest = m["signed"]["artifacts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["role"] == "slot"))
+        .and_then(|a| a["sha256"].as_str())
+        .expect("slot artifact")
+        .to_owned();
+    let blob = fs::read(dir.join("local-blobs/sha256").join(&digest)).expect("blob");
+    assert!(
+        blob.len() > offset + 4096,
+        "the slot image is too small to cut"
+    );
+    let want = &blob[offset..offset + 4096];
+    let disk = fs::File::open(dir.join("disk.img")).expect("disk");
+    let slot_a: u64 = (1 + 64) << 20;
+    let mut got = vec![0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        disk.read_exact_at(&mut got, slot_a + offset as u64)
+            .expect("read disk");
+        if got == want {
+            return format!("{} MiB of {} MiB", offset >> 20, blob.len() >> 20);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot A never got past {offset} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `key=value` of a tracing line (`-` when absent).
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or("-")
+        .to_owned()
 }
 
 #[test]
@@ -510,6 +581,89 @@ fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
 
     let m = machine(&ns);
     assert_eq!(fact(&m, "image").as_deref(), Some("os@2"), "{m}");
+    op(&ns, &["rollout", "abort", &r4.to_string()]);
+
+    // Power cuts (QEMU killed) at three moments of an OTA; each must end on a bootable,
+    // verified slot and a truthful report. Slot A holds the failed v4, B the committed v2.
+    let power_on = |ns: &mut Netns| Vm::start_with(ns, &dir, Firmware::Uefi, MAC, "tap0", &hw);
+    push(&ns, "staging/os-5.json");
+    let r5 = rollout(&ns, "5");
+    // 1. While slot A is being written: once the disk shows v5's bytes past 3 MiB into slot A
+    //    (the agent syncs and records a checkpoint every MiB), before it finished.
+    wait_log(&mut serve, "device artifact download", minutes(3));
+    let written = slot_written_past(&dir, "staging/os-5.json", 3 << 20, minutes(3));
+    vm.kill(&mut ns);
+    vm = power_on(&mut ns);
+    vm.wait_within(
+        "tugboot-os: os v2 booted from slot B",
+        minutes(3),
+        &mut serve,
+    );
+    let resumed = field(
+        &wait_log(&mut serve, "device artifact download", minutes(3)),
+        "range",
+    );
+    let from: u64 = resumed
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the download after the cut is no resume: range {resumed}"));
+    assert!(from >= 1 << 20, "resumed from {from}");
+    steps.ok(
+        "power-cut-writing",
+        &format!(
+            "cut {written} into slot A; came back on the committed v2 in B; the download \
+             resumed from byte {from}"
+        ),
+    );
+    // 2. Right after arming: the agent armed the trial and says it reboots.
+    vm.wait_within("tugboot-agent: rebooting", minutes(5), &mut serve);
+    vm.kill(&mut ns);
+    vm = power_on(&mut ns);
+    vm.wait_within(
+        "tugboot-os: os v5 booted from slot A",
+        minutes(3),
+        &mut serve,
+    );
+    wait_until(
+        "rollout of v5 completed",
+        minutes(3),
+        Box::new(|| rollout_state(&ns, r5) == "completed"),
+    );
+    let m = machine(&ns);
+    assert_eq!(fact(&m, "image").as_deref(), Some("os@5"), "{m}");
+    assert_eq!(fact(&m, "slot").as_deref(), Some("A"), "{m}");
+    steps.ok(
+        "power-cut-armed",
+        "cut right after arming; GRUB's trial booted v5 from A, committed",
+    );
+    // 3. During the trial boot of v6 in B, before the agent could confirm it.
+    push(&ns, "staging/os-6.json");
+    let r6 = rollout(&ns, "6");
+    vm.wait_within(
+        "tugboot-os: os v6 booted from slot B",
+        minutes(5),
+        &mut serve,
+    );
+    vm.kill(&mut ns);
+    vm = power_on(&mut ns);
+    vm.wait_within(
+        "tugboot-os: os v5 booted from slot A",
+        minutes(3),
+        &mut serve,
+    );
+    wait_until(
+        "rollout of v6 paused",
+        minutes(3),
+        Box::new(|| rollout_state(&ns, r6) == "paused"),
+    );
+    let m = machine(&ns);
+    assert_eq!(fact(&m, "image").as_deref(), Some("os@5"), "{m}");
+    steps.ok(
+        "power-cut-trial",
+        "cut during v6's trial boot; GRUB fell back to v5 in A; reported; rollout paused",
+    );
+
     let rollouts: Value =
         serde_json::from_str(&op(&ns, &["rollout", "status", "--json"])).expect("json");
     vm.kill(&mut ns);

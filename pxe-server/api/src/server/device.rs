@@ -217,8 +217,16 @@ pub(super) async fn artifact(
     UrlPath(digest): UrlPath<String>,
     req: Request,
 ) -> Answer {
-    s.authenticate(conn.as_deref()).await?;
+    let id = s.authenticate(conn.as_deref()).await?;
     let digest = parse_digest(&digest)?;
+    // Who downloads what, and from where a resumed download picks up.
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    tracing::info!(device = %id.device, %digest, %range, "device artifact download");
     let Some(size) = s.live.snapshot().catalogue.artifact_size(&digest) else {
         return Err(Reject(
             StatusCode::NOT_FOUND,
