@@ -19,6 +19,21 @@ pub(super) async fn serve(
     tls: Arc<rustls::ServerConfig>,
     listener: TcpListener,
 ) -> Result<(), ApiError> {
+    match crate::tokens::import_legacy_file(
+        &state.state_dir,
+        &state.store,
+        state.now(),
+        state.config.token_ttl_secs,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            tokens = n,
+            "unused enrollment tokens of enrollment-tokens.json moved into the store"
+        ),
+        Err(e) => tracing::error!(error = %e, "enrollment-tokens.json not imported"),
+    }
     state.refresh_logged().await;
     state.evaluate_logged().await;
     let periodic = {

@@ -50,7 +50,7 @@ use tugboot_store::{AnyStore, StoreError};
 
 use crate::ca::{CertAuthority, needs_renewal};
 use crate::metrics::Metrics;
-use crate::tokens::{OperatorToken, TokenBook, TokenError};
+use crate::tokens::{OperatorToken, TokenError};
 use crate::wire::WireError;
 
 pub use auth::ConnInfo;
@@ -86,6 +86,11 @@ pub enum ApiError {
 /// (900 s), so one lost report is not yet silence.
 pub const DEFAULT_SILENT_AFTER_SECS: u64 = 3600;
 
+/// Default [`ApiConfig::max_pending_enrollments`].
+pub const DEFAULT_MAX_PENDING_ENROLLMENTS: u64 = 1024;
+/// Default [`ApiConfig::enroll_replay_window_secs`]: ten minutes.
+pub const DEFAULT_ENROLL_REPLAY_WINDOW_SECS: u64 = 600;
+
 /// Tunables of the API (see `docs/device-api.md`).
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -108,6 +113,14 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Time allowed for the TLS handshake and for request headers.
     pub handshake_timeout: Duration,
+    /// Most machines that may wait for approval, created by token-less enrollment requests
+    /// (further new MACs are refused with 503 and nothing is written).
+    pub max_pending_enrollments: u64,
+    /// A request repeating an issued enrollment (same MAC, same key) within this many seconds
+    /// gets the same certificate again (a retry after a lost answer); later it is refused.
+    pub enroll_replay_window_secs: u64,
+    /// Lifetime of an enrollment token when the operator does not give one.
+    pub token_ttl_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -121,6 +134,9 @@ impl Default for ApiConfig {
             artifact_base_url: None,
             max_connections: 16_384,
             handshake_timeout: Duration::from_secs(10),
+            max_pending_enrollments: DEFAULT_MAX_PENDING_ENROLLMENTS,
+            enroll_replay_window_secs: DEFAULT_ENROLL_REPLAY_WINDOW_SECS,
+            token_ttl_secs: crate::tokens::DEFAULT_TOKEN_TTL_SECS,
         }
     }
 }
@@ -146,7 +162,8 @@ pub struct ApiParts {
     pub live: Arc<Live>,
     /// The CA.
     pub ca: CertAuthority,
-    /// Directory for the enrollment-token file.
+    /// The API state directory (a pre-v3 `enrollment-tokens.json` there is imported into the
+    /// store once, when serving starts).
     pub state_dir: PathBuf,
     /// The operator's bearer token.
     pub operator: OperatorToken,
@@ -178,7 +195,7 @@ pub struct ApiState {
     store: AnyStore,
     live: Arc<Live>,
     ca: CertAuthority,
-    tokens: Mutex<TokenBook>,
+    state_dir: PathBuf,
     operator: OperatorToken,
     blobs: BlobStore,
     trusted_root: TrustedRoot,
@@ -336,7 +353,10 @@ fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/admin/certificates/{serial}/revoke",
             post(admin::revoke_cert),
         )
-        .route("/api/v1/admin/enrollment-tokens", post(admin::new_token))
+        .route(
+            "/api/v1/admin/enrollment-tokens",
+            get(admin::tokens).post(admin::new_token),
+        )
         .route(
             "/api/v1/admin/rollouts",
             get(admin::rollouts).post(admin::create_rollout),
@@ -404,11 +424,14 @@ pub fn tls_config(
 }
 
 /// Loads the server certificate from `dir` (`server.pem`, `server.key`), or issues one for
-/// `names` with `ca` and writes it (key mode 0600) when there is none or it expires within
+/// `names` with `ca` and writes the pair ([`crate::ca::write_server_pair`]: temporary files
+/// created with their final mode, fsync, rename) when there is none, when the two do not
+/// belong together (a crash between the renames) or when it expires within
 /// `renew_before_secs`.
 ///
 /// # Errors
-/// CA and file errors.
+/// CA and file errors; [`crate::ca::CaError::KeyPermissions`] for a key file readable by group
+/// or others.
 pub fn load_or_issue_server_cert(
     dir: &Path,
     ca: &CertAuthority,
@@ -416,31 +439,13 @@ pub fn load_or_issue_server_cert(
     now: i64,
     renew_before_secs: u64,
 ) -> Result<crate::ca::ServerCert, ApiError> {
-    let cert_path = dir.join("server.pem");
-    let key_path = dir.join("server.key");
-    if let (Ok(cert_pem), Ok(key_pem)) = (
-        std::fs::read_to_string(&cert_path),
-        std::fs::read_to_string(&key_path),
-    ) && let Some(der) = crate::ca::pem_to_der(&cert_pem, "CERTIFICATE")
-        && let Ok((_, c)) = x509_parser::parse_x509_certificate(&der)
-        && !needs_renewal(c.validity().not_after.timestamp(), now, renew_before_secs)
+    if let Some((pair, not_after)) = crate::ca::load_server_pair(dir)?
+        && !needs_renewal(not_after, now, renew_before_secs)
     {
-        return Ok(crate::ca::ServerCert { cert_pem, key_pem });
+        return Ok(pair);
     }
     let issued = ca.issue_server(names, now, crate::ca::DEFAULT_SERVER_VALIDITY_SECS)?;
-    std::fs::create_dir_all(dir)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    use std::io::Write as _;
-    let mut f = opts.open(&key_path)?;
-    f.write_all(issued.key_pem.as_bytes())?;
-    f.sync_all()?;
-    std::fs::write(&cert_path, &issued.cert_pem)?;
+    crate::ca::write_server_pair(dir, &issued)?;
     Ok(issued)
 }
 
@@ -469,16 +474,15 @@ impl ApiServer {
     /// Builds the server.
     ///
     /// # Errors
-    /// TLS set-up and token-file errors.
+    /// TLS set-up errors.
     pub fn new(parts: ApiParts) -> Result<Self, ApiError> {
         let tls = tls_config(&parts.ca, &parts.server_cert_pem, &parts.server_key_pem)?;
-        let tokens = TokenBook::open(&parts.state_dir)?;
         Ok(Self {
             state: Arc::new(ApiState {
                 store: parts.store,
                 ca: parts.ca,
                 live: parts.live,
-                tokens: Mutex::new(tokens),
+                state_dir: parts.state_dir,
                 operator: parts.operator,
                 blobs: parts.blobs,
                 trusted_root: parts.trusted_root,
