@@ -30,6 +30,8 @@ commands:
   status [--json]         show slots, update phase, last result, queued reports
   install (--manifest FILE --artifacts DIR | --manifest-url URL) [--slot A|B]
                           provision a slot from local files or a URL and make it the default
+  install-disk [--wipe]   installer: partition the config's [install] disk, enroll, write slot A,
+                          the ESP, the data partition and a boot entry; report `installed`
   enroll [--once]         get the device certificate: key made here, CSR to the server, wait for approval
   retry                   try a refused assignment again (it is otherwise skipped until it changes)
   mark-good               commit the slot on trial without running the health checks
@@ -109,6 +111,9 @@ pub enum CliError {
         /// Why.
         reason: String,
     },
+    /// Installing to a disk failed.
+    #[error("install-disk: {0}")]
+    InstallDisk(#[from] crate::install::InstallDiskError),
     /// Writing a file failed.
     #[error("writing {path}: {source}")]
     Write {
@@ -161,6 +166,11 @@ pub enum Command {
     Status {
         /// Machine-readable.
         json: bool,
+    },
+    /// Install to a whole disk (installer configuration).
+    InstallDisk {
+        /// Erase a disk that already holds data.
+        wipe: bool,
     },
     /// Installer mode.
     Install {
@@ -260,6 +270,9 @@ pub fn parse(args: &[String]) -> Result<Invocation, CliError> {
             };
             Command::Install { source, slot }
         }
+        "install-disk" => Command::InstallDisk {
+            wipe: opts.flag("--wipe"),
+        },
         "enroll" => Command::Enroll {
             once: opts.flag("--once"),
         },
@@ -398,6 +411,10 @@ pub fn execute(inv: &Invocation) -> Result<(), CliError> {
         Command::MarkGood => mark_good(&config::load(&inv.config)?),
         Command::Rollback => rollback(&config::load(&inv.config)?),
         Command::Install { source, slot } => install(&config::load(&inv.config)?, source, *slot),
+        Command::InstallDisk { wipe } => {
+            crate::install::install_disk(&config::load_installer(&inv.config)?, *wipe)?;
+            Ok(())
+        }
     }
 }
 
@@ -798,7 +815,7 @@ fn rollback(config: &DeviceConfig) -> Result<(), CliError> {
 }
 
 /// `\r` progress on a terminal: a bar, percent, MiB done and rate. Silent elsewhere.
-struct ProgressBar {
+pub(crate) struct ProgressBar {
     total: u64,
     done: u64,
     start: Instant,
@@ -807,7 +824,7 @@ struct ProgressBar {
 }
 
 impl ProgressBar {
-    fn new(total: u64) -> Self {
+    pub(crate) fn new(total: u64) -> Self {
         Self {
             total,
             done: 0,
@@ -838,7 +855,7 @@ impl ProgressBar {
         );
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if self.tty {
             let _ = writeln!(std::io::stderr());
         }
@@ -870,9 +887,9 @@ pub fn render_progress(done: u64, total: u64, elapsed: Duration) -> String {
 }
 
 /// A reader that advances a progress bar.
-struct Counting<'a, R> {
-    inner: R,
-    bar: &'a mut ProgressBar,
+pub(crate) struct Counting<'a, R> {
+    pub(crate) inner: R,
+    pub(crate) bar: &'a mut ProgressBar,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
@@ -1037,6 +1054,16 @@ mod tests {
         assert_eq!(cmd(&["status", "--json"]), Command::Status { json: true });
         assert_eq!(cmd(&["mark-good"]), Command::MarkGood);
         assert_eq!(cmd(&["rollback"]), Command::Rollback);
+        assert_eq!(cmd(&["install-disk"]), Command::InstallDisk { wipe: false });
+        assert_eq!(
+            cmd(&[
+                "-c",
+                "/etc/tugboot/installer.toml",
+                "install-disk",
+                "--wipe"
+            ]),
+            Command::InstallDisk { wipe: true }
+        );
         assert_eq!(cmd(&["-V"]), Command::Version);
         assert_eq!(cmd(&["help"]), Command::Help);
         assert_eq!(
@@ -1097,6 +1124,14 @@ mod tests {
             (&["run", "--twice"][..], "unknown option \"--twice\""),
             (&["run", "x"][..], "unexpected argument \"x\""),
             (&["run", "--once", "--once"][..], "--once given twice"),
+            (
+                &["install-disk", "--force"][..],
+                "unknown option \"--force\"",
+            ),
+            (
+                &["install-disk", "/dev/vda"][..],
+                "unexpected argument \"/dev/vda\"",
+            ),
             (&["install"][..], "install needs --manifest and --artifacts"),
             (
                 &["install", "--manifest", "m"][..],

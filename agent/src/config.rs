@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod installer;
 mod toml;
+
+pub use installer::{InstallerConfig, load_installer, partition_path};
 
 use crate::bootloader::efi::EFIVARFS;
 use crate::bootloader::rpi::{AUTOBOOT_FILE, PROC_DEVICE_TREE, REBOOT_ARG};
@@ -76,6 +79,17 @@ pub enum ConfigError {
     /// Not TOML of the expected shape (unknown key, wrong type, missing key).
     #[error("{0}")]
     Syntax(String),
+    /// A value is out of range or contradicts another one, located in the file (the
+    /// installer's configuration): `line 14, key `install.esp_mib`: …`.
+    #[error("{at}: {reason}")]
+    InvalidAt {
+        /// Where: file, line and dotted key.
+        at: String,
+        /// The dotted key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A value is out of range or contradicts another one.
     #[error("{key}: {reason}")]
     Invalid {

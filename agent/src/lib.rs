@@ -3,6 +3,7 @@
 pub mod bootloader;
 pub mod cli;
 pub mod config;
+pub mod install;
 pub mod io;
 pub mod net;
 pub mod slot;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tugboot_agent::bootloader::{Slot, Vars};
 use tugboot_agent::config::DeviceConfig;
 use tugboot_agent::io::RealIo;
@@ -19,197 +19,15 @@ use tugboot_agent::net::daemon::{BootContext, Daemon, DaemonError, Step, open_bo
 use tugboot_agent::net::enroll::{DeviceKey, EnrollStep, cert_info};
 use tugboot_agent::net::inventory::SysRoot;
 use tugboot_agent::update::{AgentState, Evidence, Image, PlainFileEnv, sim};
-use tugboot_api::client::ApiClient;
-use tugboot_api::server::{ApiConfig, ApiParts, ApiServer, ServerHandle};
-use tugboot_api::tokens::OperatorToken;
-use tugboot_api::{CertAuthority, ca};
-use tugboot_firmware::{
-    Artifact, BlobStore, Document, Manifest, Role, SecretKey, Sha256Digest, Signed, Timestamp,
-    TrustRoot, TrustedRoot,
-};
+use tugboot_api::server::ApiConfig;
+use tugboot_firmware::Sha256Digest;
 
-const TOKEN: &str = "operator-token-for-the-agent-tests";
+mod api;
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn key(n: u8) -> SecretKey {
-    SecretKey::from_seed(&[n; 32])
-}
-
-fn sign<T: Document>(value: T) -> Vec<u8> {
-    let mut s = Signed::new(value).unwrap();
-    s.sign(&key(1));
-    s.to_bytes()
-}
-
-fn root_bytes() -> Vec<u8> {
-    sign(TrustRoot {
-        version: 1,
-        expires: Timestamp::from_unix(now() + 10 * 365 * 86_400),
-        threshold: 1,
-        keys: vec![key(1).public()],
-        revoked: vec![],
-    })
-}
+use api::{Api, noise, root_bytes};
 
 fn manifest(version: u64, board: &str, content: &[u8]) -> Vec<u8> {
-    sign(Manifest {
-        name: "edge-gw".into(),
-        version,
-        boards: vec![board.into()],
-        artifacts: vec![Artifact {
-            role: Role::Slot,
-            name: "rootfs.img".into(),
-            sha256: Sha256Digest::of(content),
-            size: content.len() as u64,
-        }],
-        created: Timestamp::from_unix(now() - 60),
-        expires: Timestamp::from_unix(now() + 86_400),
-        min_version: None,
-        labels: Default::default(),
-    })
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_be_bytes()[0]
-        })
-        .collect()
-}
-
-/// The real device API on 127.0.0.1:0.
-struct Api {
-    rt: tokio::runtime::Runtime,
-    handle: Option<ServerHandle>,
-    dir: tempfile::TempDir,
-    ca_pem: String,
-}
-
-impl Api {
-    fn start(config: ApiConfig) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let unix = now();
-        let now = i64::try_from(unix).unwrap();
-        let ca_dir = dir.path().join("ca");
-        let ca = CertAuthority::init(&ca_dir, "agent test CA", now, ca::DEFAULT_CA_VALIDITY_SECS)
-            .unwrap();
-        let server = ca.issue_server(&["127.0.0.1".into()], now, 86_400).unwrap();
-        let root = TrustedRoot::bootstrap(&root_bytes(), Timestamp::from_unix(unix)).unwrap();
-        let db = format!("sqlite://{}", dir.path().join("fleet.db").display());
-        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
-        let handle = rt.block_on(async {
-            let store = tugboot_store::AnyStore::open(&db).await.unwrap();
-            let api = ApiServer::new(ApiParts {
-                store,
-                ca: CertAuthority::load(&ca_dir).unwrap(),
-                state_dir: dir.path().join("state"),
-                operator: OperatorToken::new(TOKEN).unwrap(),
-                blobs,
-                trusted_root: root,
-                server_cert_pem: server.cert_pem,
-                server_key_pem: server.key_pem,
-                config,
-                clock: tugboot_api::server::system_clock(),
-                live: std::sync::Arc::new(
-                    tugboot_fleet::Live::new(tugboot_fleet::Fleet::default()),
-                ),
-            })
-            .unwrap();
-            api.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap()
-        });
-        Self {
-            rt,
-            handle: Some(handle),
-            ca_pem: ca.cert_pem().to_owned(),
-            dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://{}", self.handle.as_ref().unwrap().addr)
-    }
-
-    /// An operator request; answers (status, JSON or null).
-    fn op(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
-        let c = ApiClient::new(
-            self.handle.as_ref().unwrap().addr,
-            "127.0.0.1",
-            &self.ca_pem,
-            None,
-        )
-        .unwrap();
-        let auth = format!("Bearer {TOKEN}");
-        let body = if body.is_null() {
-            Vec::new()
-        } else {
-            serde_json::to_vec(body).unwrap()
-        };
-        let r = self
-            .rt
-            .block_on(c.request(
-                method,
-                path,
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/json"),
-                ],
-                &body,
-            ))
-            .unwrap();
-        (r.status, r.json().unwrap_or(Value::Null))
-    }
-
-    fn publish(&self, manifest: &[u8], artifact: &[u8]) {
-        BlobStore::open(self.dir.path().join("blobs"))
-            .unwrap()
-            .put(artifact, None)
-            .unwrap();
-        let c = ApiClient::new(
-            self.handle.as_ref().unwrap().addr,
-            "127.0.0.1",
-            &self.ca_pem,
-            None,
-        )
-        .unwrap();
-        let auth = format!("Bearer {TOKEN}");
-        let r = self
-            .rt
-            .block_on(c.request(
-                "POST",
-                "/api/v1/admin/images",
-                &[("Authorization", &auth)],
-                manifest,
-            ))
-            .unwrap();
-        assert!(r.status == 201 || r.status == 200, "{}", r.status);
-    }
-
-    fn rollout(&self, version: u64, max_failure_permille: u16) -> i64 {
-        let (status, v) = self.op(
-            "POST",
-            "/api/v1/admin/rollouts",
-            &json!({"image_name": "edge-gw", "image_version": version, "selector": "*",
-                "stages": [{"percent": 100, "soak_secs": 0}],
-                "max_failure_permille": max_failure_permille, "min_reports": 1}),
-        );
-        assert_eq!(status, 201, "{v}");
-        v["id"].as_i64().unwrap()
-    }
+    api::manifest_named("edge-gw", version, board, content)
 }
 
 /// A device: slots, state (v41 in slot A), a U-Boot-contract file environment, trust root,
@@ -389,7 +207,7 @@ fn enroll_with_a_token_update_and_complete_the_rollout() {
     // An update over the real API: assignment, manifest, artifact, arm, reboot.
     let v2 = noise(200_000, 0x42);
     api.publish(&manifest(42, "raspberrypi-4", &v2), &v2);
-    let rollout = api.rollout(42, 500);
+    let rollout = api.rollout("edge-gw", 42, 500);
     assert_eq!(d.cycle().unwrap(), Step::Reboot, "{:?}", d.log);
     assert_eq!(
         &std::fs::read(dev.path("slotB")).unwrap()[..v2.len()],
@@ -529,7 +347,7 @@ fn a_manifest_refused_on_the_device_fails_the_rollout_at_once() {
     // Published for another board: the device refuses it.
     let v2 = noise(1000, 0x9);
     api.publish(&manifest(42, "raspberrypi-5", &v2), &v2);
-    let rollout = api.rollout(42, 0);
+    let rollout = api.rollout("edge-gw", 42, 0);
     assert_eq!(d.cycle().unwrap(), Step::Idle, "{:?}", d.log);
     assert!(
         d.log.lines.iter().any(|l| l.contains("(wrong-board)")),

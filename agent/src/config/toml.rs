@@ -698,6 +698,25 @@ pub fn from_str<T: de::DeserializeOwned>(text: &str) -> Result<T> {
     })
 }
 
+/// The line of the dotted key `a.b.c` in a parsed document; for a key that is not written
+/// (a default), the line of the deepest table on its path that is, if any.
+#[must_use]
+pub fn line_of(root: &Node, dotted: &str) -> Option<usize> {
+    let mut node = root;
+    let mut found = None;
+    for part in dotted.split('.') {
+        let Value::Table(entries, _) = &node.value else {
+            break;
+        };
+        let Some((_, child)) = entries.iter().find(|(k, _)| k == part) else {
+            break;
+        };
+        node = child;
+        found = Some(child.line);
+    }
+    found
+}
+
 // ---------------------------------------------------------------------------------------------
 // serde
 

@@ -1221,6 +1221,11 @@ pub fn describe_outcome(o: &Outcome) -> String {
         Outcome::Interrupted { name, version } => {
             format!("installation of {name} {version} was interrupted")
         }
+        Outcome::Installed {
+            name,
+            version,
+            slot,
+        } => format!("installed {name} {version} into slot {slot} of a new disk"),
     }
 }
 

@@ -711,3 +711,40 @@ fn rootfs_becomes_a_reproducible_squashfs_slot() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no boot/vmlinuz"), "{err}");
 }
+
+/// `tugboot ... | head`: the reader closes the pipe early; the command leaves quietly with
+/// 141 (as if killed by SIGPIPE), never a panic.
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    for args in [
+        &["boards", "list"][..],
+        &["boards", "show", "raspberrypi-4", "--json"],
+    ] {
+        // A pipe whose reader is gone before the command starts: its first write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = Command::new(env!("CARGO_BIN_EXE_tugboot"))
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+    }
+}
+
+/// `image` (local files) and `images` (a server's catalogue) are told apart in the error.
+#[test]
+fn image_and_images_slips_name_the_right_command() {
+    let env = Env::new();
+    let out = env.run(&["image", "push", "x.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did you mean `tugboot images push`?"), "{err}");
+    let out = env.run(&["images", "build", "--name", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did you mean `tugboot image build`?"), "{err}");
+}

@@ -79,6 +79,13 @@ fn os_image(dir: &Path, agent: &Path, version: u64, init: &str, health: &str) {
     fs::copy(&kernel, root.join("boot/vmlinuz")).expect("kernel");
     let release = dir.join(format!("os{version}/os-release"));
     fs::write(&release, format!("os v{version}\n")).expect("os-release");
+    // The image's agent settings: poll and report often, so the test does not wait minutes.
+    let settings = dir.join(format!("os{version}/agent-settings.toml"));
+    fs::write(
+        &settings,
+        "poll_interval_secs = 5\nstatus_interval_secs = 20\n",
+    )
+    .expect("settings");
     let ex = |f: &str| examples.join(f).display().to_string();
     let mut args = vec![
         "initramfs".to_owned(),
@@ -97,6 +104,8 @@ fn os_image(dir: &Path, agent: &Path, version: u64, init: &str, health: &str) {
         format!("{}:/usr/share/udhcpc/default.script", ex("udhcpc.script")),
         "--file".into(),
         format!("{}:/etc/tugboot/os-release", release.display()),
+        "--file".into(),
+        format!("{}:/etc/tugboot/agent-settings.toml", settings.display()),
         "--out".into(),
         root.join("boot/initrd.img").display().to_string(),
     ];
@@ -168,8 +177,6 @@ fn setup(dir: &Path) {
         "/dev/vda",
         "--slot-mib",
         "96",
-        "--agent-poll-secs",
-        "5",
         "--board",
         "x86_64-uefi",
         "--version",
@@ -242,15 +249,33 @@ ca_dir = "ca"
     .expect("serve.toml");
 }
 
-/// A step of the device's life: its name, whether it happened, how long it took.
+/// The steps of the device's life, in order (`lifecycle.json` names them so).
+const STEPS: [&str; 6] = [
+    "install",
+    "first-boot",
+    "enroll",
+    "update-committed",
+    "rollback",
+    "rollout-paused",
+];
+
+/// The steps that happened, how long each took; written to `lifecycle.json` when kept — also
+/// when the test fails (then the missing steps are `"ok": false`).
 struct Steps {
     start: Instant,
     last: Instant,
     done: Vec<Value>,
+    out: Option<PathBuf>,
+    finished: bool,
 }
 
 impl Steps {
     fn ok(&mut self, name: &str, detail: &str) {
+        assert_eq!(
+            STEPS.get(self.done.len()),
+            Some(&name),
+            "steps out of order"
+        );
         let now = Instant::now();
         let secs = (now - self.last).as_secs_f64();
         println!(
@@ -260,6 +285,33 @@ impl Steps {
         self.done
             .push(json!({"name": name, "ok": true, "seconds": secs, "detail": detail}));
         self.last = now;
+    }
+
+    fn write(&self, machine: &Value, rollouts: &Value) {
+        let Some(dir) = &self.out else { return };
+        let mut steps = self.done.clone();
+        for name in &STEPS[self.done.len()..] {
+            steps.push(
+                json!({"name": name, "ok": false, "seconds": null, "detail": "did not happen"}),
+            );
+        }
+        let doc = json!({"steps": steps, "machine": machine, "rollouts": rollouts});
+        let path = dir.join("lifecycle.json");
+        fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json")).expect("lifecycle.json");
+        println!("lifecycle: wrote {}", path.display());
+    }
+
+    fn finish(&mut self, machine: &Value, rollouts: &Value) {
+        self.write(machine, rollouts);
+        self.finished = true;
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.write(&Value::Null, &Value::Null);
+        }
     }
 }
 
@@ -322,6 +374,8 @@ fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
         start: Instant::now(),
         last: Instant::now(),
         done: Vec::new(),
+        out: kept.clone(),
+        finished: false,
     };
     let mut vm = Vm::start_with(&mut ns, &dir, Firmware::Uefi, MAC, "tap0", &hw);
     let minutes = |m: u64| Duration::from_secs(m * 60);
@@ -460,13 +514,5 @@ fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
         serde_json::from_str(&op(&ns, &["rollout", "status", "--json"])).expect("json");
     vm.kill(&mut ns);
     serve.stop(&mut ns);
-    if let Some(d) = &kept {
-        let doc = json!({"steps": steps.done, "machine": m, "rollouts": rollouts});
-        fs::write(
-            d.join("lifecycle.json"),
-            serde_json::to_vec_pretty(&doc).expect("json"),
-        )
-        .expect("lifecycle.json");
-        println!("lifecycle: wrote {}", d.join("lifecycle.json").display());
-    }
+    steps.finish(&m, &rollouts);
 }

@@ -275,7 +275,11 @@ pub struct Rejection {
 ///   manifest itself (wrong board, expired, below the rollback floor, bad signature, …) and
 ///   wrote nothing. `name`/`version` are the manifest's as far as it could be read (empty and
 ///   0 when it could not);
-/// - `interrupted {name, version}`: a download was abandoned (the assignment changed).
+/// - `interrupted {name, version}`: a download was abandoned (the assignment changed);
+/// - `installed {name, version, slot}`: the installer (`tugboot-agent install-disk`) wrote the
+///   image to a new disk, verified, into `slot` (A), with the bootloader, configuration and
+///   certificate beside it; the machine boots it from its disk next. Not an update: it does
+///   not count for or against a rollout, and the first boot of the disk reports the rest.
 ///
 /// A rejection is a failure that happened before any byte was written, so in Rust it is
 /// [`Outcome::Failed`] with `rejected` set: code that counts failures (rollouts) counts it
@@ -321,6 +325,15 @@ pub enum Outcome {
         /// Image version.
         version: u64,
     },
+    /// The installer wrote the image to the machine's disk (verified), which boots it next.
+    Installed {
+        /// Image name.
+        name: String,
+        /// Image version.
+        version: u64,
+        /// The slot it was written to (A).
+        slot: Slot,
+    },
 }
 
 /// The JSON form of [`Outcome`].
@@ -353,6 +366,11 @@ enum OutcomeJson {
     Interrupted {
         name: String,
         version: u64,
+    },
+    Installed {
+        name: String,
+        version: u64,
+        slot: Slot,
     },
 }
 
@@ -402,6 +420,15 @@ impl From<Outcome> for OutcomeJson {
                 manifest_sha256: r.manifest_sha256,
             },
             Outcome::Interrupted { name, version } => Self::Interrupted { name, version },
+            Outcome::Installed {
+                name,
+                version,
+                slot,
+            } => Self::Installed {
+                name,
+                version,
+                slot,
+            },
         }
     }
 }
@@ -455,6 +482,15 @@ impl From<OutcomeJson> for Outcome {
                 }),
             },
             OutcomeJson::Interrupted { name, version } => Self::Interrupted { name, version },
+            OutcomeJson::Installed {
+                name,
+                version,
+                slot,
+            } => Self::Installed {
+                name,
+                version,
+                slot,
+            },
         }
     }
 }
@@ -467,11 +503,13 @@ impl Outcome {
             Self::Committed { name, version, .. }
             | Self::RolledBack { name, version, .. }
             | Self::Failed { name, version, .. }
-            | Self::Interrupted { name, version } => (name, *version),
+            | Self::Interrupted { name, version }
+            | Self::Installed { name, version, .. } => (name, *version),
         }
     }
 
-    /// `committed`, `rolled-back`, `failed`, `rejected`, `interrupted`: the JSON name.
+    /// `committed`, `rolled-back`, `failed`, `rejected`, `interrupted`, `installed`: the JSON
+    /// name.
     #[must_use]
     pub fn kind(&self) -> &'static str {
         match self {
@@ -482,6 +520,7 @@ impl Outcome {
                 rejected: Some(_), ..
             } => "rejected",
             Self::Interrupted { .. } => "interrupted",
+            Self::Installed { .. } => "installed",
         }
     }
 
@@ -1176,6 +1215,48 @@ mod tests {
         assert_eq!(r.running_slot(), None);
         assert_eq!(r.running_version(), 0);
         assert_eq!(r.outcome.unwrap().rejection().unwrap().code, "expired");
+    }
+
+    /// The report `tugboot-agent install-disk` sends (fixture shared with the agent's tests).
+    #[test]
+    fn installed_outcome_report() {
+        let body = include_bytes!("../../../tests/fixtures/agent-install/report-installed.json");
+        let r = DeviceReport::parse(body).unwrap();
+        let o = r.outcome.as_ref().unwrap();
+        assert_eq!(o.kind(), "installed");
+        assert_eq!(o.image(), ("edge-os", 7));
+        assert_eq!(o.reason(), None);
+        assert_eq!(o.rejection(), None);
+        assert_eq!(
+            *o,
+            Outcome::Installed {
+                name: "edge-os".into(),
+                version: 7,
+                slot: Slot::A
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(o).unwrap(),
+            serde_json::json!({"outcome": "installed", "name": "edge-os", "version": 7, "slot": "A"})
+        );
+        // Not a status report: the slot is not "running" yet (the installer runs), the version
+        // neither.
+        assert_eq!((r.running_slot(), r.running_version()), (None, 0));
+        let again = serde_json::to_vec(&r).unwrap();
+        assert_eq!(DeviceReport::parse(&again).unwrap(), r);
+        for bad in [
+            r#"{"outcome":"installed","name":"e","version":1}"#,
+            r#"{"outcome":"installed","name":"e","version":1,"slot":"C"}"#,
+            r#"{"outcome":"installed","name":"e","version":1,"slot":"A","reason":"r"}"#,
+        ] {
+            assert!(serde_json::from_str::<Outcome>(bad).is_err(), "{bad}");
+        }
+        let nameless = Outcome::Installed {
+            name: String::new(),
+            version: 1,
+            slot: Slot::A,
+        };
+        assert!(nameless.validate().is_err());
     }
 
     #[test]

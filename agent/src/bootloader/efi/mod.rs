@@ -10,10 +10,12 @@
 //! - [`efivarfs`]: variables as files under `/sys/firmware/efi/efivars` (attributes prefix,
 //!   one `write(2)` per variable, the immutable flag).
 //! - [`EfiBootNext`]: the [`AbBootloader`](crate::update::AbBootloader).
+//! - [`entry`]: the installer's `Boot####` entry (created, first in `BootOrder`).
 //! - [`fuzzing`]: the entry function of the `efi_load_option` fuzz target.
 
 mod bootnext;
 pub mod efivarfs;
+pub mod entry;
 pub mod fuzzing;
 pub mod load_option;
 
