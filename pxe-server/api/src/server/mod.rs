@@ -86,6 +86,11 @@ pub enum ApiError {
 /// (900 s), so one lost report is not yet silence.
 pub const DEFAULT_SILENT_AFTER_SECS: u64 = 3600;
 
+/// Default [`ApiConfig::max_connections_per_peer`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 64;
+/// Default [`ApiConfig::body_timeout`]: a 16 MiB upload chunk at 1 MiB/s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Default [`ApiConfig::max_pending_enrollments`].
 pub const DEFAULT_MAX_PENDING_ENROLLMENTS: u64 = 1024;
 /// Default [`ApiConfig::enroll_replay_window_secs`]: ten minutes.
@@ -109,10 +114,17 @@ pub struct ApiConfig {
     /// If set, assignments point artifact downloads at `{base}/{sha256}` (the HTTP server,
     /// which serves the same catalogue) instead of this API's `/api/v1/device/artifacts/{sha256}`.
     pub artifact_base_url: Option<String>,
-    /// Most TLS connections served at once.
+    /// Most TLS connections served at once; further connections are closed at once.
     pub max_connections: usize,
-    /// Time allowed for the TLS handshake and for request headers.
+    /// Most connections open at once from one client address (IPv6: one /64); further ones
+    /// from it are closed at once.
+    pub max_connections_per_peer: usize,
+    /// Time allowed for the TLS handshake and for request headers (also how long an idle
+    /// keep-alive connection stays open).
     pub handshake_timeout: Duration,
+    /// Time allowed for a request's body, from the end of its headers: a client that sends
+    /// part of a body gets `408` and its connection is closed (its place released).
+    pub body_timeout: Duration,
     /// Most machines that may wait for approval, created by token-less enrollment requests
     /// (further new MACs are refused with 503 and nothing is written).
     pub max_pending_enrollments: u64,
@@ -133,7 +145,9 @@ impl Default for ApiConfig {
             evaluate_interval: Duration::from_secs(30),
             artifact_base_url: None,
             max_connections: 16_384,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             handshake_timeout: Duration::from_secs(10),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             max_pending_enrollments: DEFAULT_MAX_PENDING_ENROLLMENTS,
             enroll_replay_window_secs: DEFAULT_ENROLL_REPLAY_WINDOW_SECS,
             token_ttl_secs: crate::tokens::DEFAULT_TOKEN_TTL_SECS,
@@ -327,6 +341,52 @@ async fn track(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Resp
 /// Largest request body the router accepts at all (a manifest, an upload chunk).
 const MAX_BODY_BYTES: usize = admin::MAX_UPLOAD_CHUNK + 1;
 
+/// Reads the whole request body within [`ApiConfig::body_timeout`] (and at most
+/// [`MAX_BODY_BYTES`]) before any handler runs. A client that stops sending part way gets
+/// `408` with `Connection: close`: the connection ends and its place in the connection budget
+/// is free again, instead of being held by a handler waiting for bytes that never come.
+async fn body_deadline(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(s.config.body_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+            let status = if too_large {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return close(Reject(status, format!("request body: {e}")).into_response());
+        }
+        Err(_) => {
+            s.metrics.refusal("body_timeout");
+            tracing::info!(path = %parts.uri.path(), "request body not received in time; closing");
+            return close(
+                Reject(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "request body not received within {} s",
+                        s.config.body_timeout.as_secs()
+                    ),
+                )
+                .into_response(),
+            );
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+fn close(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// The routes (without TLS: requests reaching it without the TLS layer have no identity).
 fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -384,6 +444,10 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_deadline,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }

@@ -4,6 +4,7 @@
 mod cases;
 mod durability;
 mod harness;
+mod limits;
 mod seeds;
 
 macro_rules! for_each_case {
