@@ -678,10 +678,10 @@ ca_dir = "ca"
     ));
     let mut stranger = Device::new();
     stranger.mac = "02:00:00:aa:bb:cd".into();
-    let body = json!({"csr": stranger.csr_pem, "mac": stranger.mac, "token": bound["tokens"][0]});
+    let req = json!({"csr": stranger.csr_pem, "mac": stranger.mac, "token": bound["tokens"][0]});
     let r = net
         .rt
-        .block_on(net.client(None).post_json("/api/v1/enroll", &body))
+        .block_on(net.client(None).post_json("/api/v1/enroll", &req))
         .expect("enroll");
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
     let listed = ok_env(&["enroll", "token", "list"], &env);
