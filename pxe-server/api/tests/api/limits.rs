@@ -128,3 +128,42 @@ async fn half_sent_bodies_are_cut_off_and_release_their_place() {
         "{m}"
     );
 }
+
+/// A pre-v3 server's `enrollment-tokens.json`: its unused tokens move into the store once and
+/// then enroll like any other; a used one does not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_token_file_is_imported_once() {
+    use tugboot_api::tokens::{LEGACY_FILE, import_legacy_file, token_hash};
+    let loc = fresh(Db::Sqlite).await.unwrap();
+    let f = Fleet::start(&loc.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let unused = "legacy-token-unused-0123456789";
+    let used = "legacy-token-used-0123456789";
+    std::fs::write(
+        dir.path().join(LEGACY_FILE),
+        serde_json::json!({"tokens": [
+            {"sha256": token_hash(unused), "created_at": 1, "used_at": null, "device": null},
+            {"sha256": token_hash(used), "created_at": 1, "used_at": 2, "device": 7},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let now = crate::harness::real_now();
+    assert_eq!(
+        import_legacy_file(dir.path(), &f.store, now, 3600)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!dir.path().join(LEGACY_FILE).exists());
+    assert!(dir.path().join(format!("{LEGACY_FILE}.imported")).exists());
+    assert_eq!(
+        import_legacy_file(dir.path(), &f.store, now, 3600)
+            .await
+            .unwrap(),
+        0
+    );
+    let mut d = Device::new(90);
+    assert_eq!(f.enroll(&mut d, Some(used)).await.status, 403);
+    assert_eq!(f.enroll(&mut d, Some(unused)).await.status, 200);
+}
