@@ -52,6 +52,15 @@ macro_rules! suite {
                 };
                 crate::durability::kill9_during_report_burst(&loc.url).await;
             }
+
+            /// kill -9 of the server process during a burst of enrollments.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn acknowledged_enrollments_survive_kill9() {
+                let Some(loc) = crate::harness::fresh($db).await else {
+                    return;
+                };
+                crate::durability::kill9_during_enrollment_burst(&loc.url).await;
+            }
         }
     };
 }
