@@ -5,7 +5,9 @@
 //! with one line saying why:
 //!
 //! 1. check the disk: a whole block device, not in use, big enough for the layout, holding no
-//!    partition table or file system in its first and last MiBs ([`probe`]) unless `--wipe`;
+//!    partition table or file system in its first and last MiBs ([`probe`]) unless `--wipe`
+//!    (a table that is exactly this installer's own layout is an unfinished install, written
+//!    again: the server only sends a machine here until it reported `installed`);
 //! 2. write a GPT ([`gpt`]: ESP, A, B, data; random GUIDs), have the kernel read it
 //!    (`blockdev --rereadpt`) and check its partitions against the layout;
 //! 3. format the data partition (ext2, label `tugboot-data`) and mount it; copy the trust root
@@ -476,6 +478,37 @@ fn load_partitions(
     Ok(paths)
 }
 
+/// Whether `disk`'s data partition (4 in our layout) holds a finished install: an ext2 file
+/// system with the agent's state (`tugboot/state.json`, the last file the installer writes
+/// before its report). Mounted read-only at `install.data_mount` for the look; anything that
+/// fails (no such partition, no file system) means not finished.
+fn install_finished(config: &InstallerConfig, disk: &Path) -> bool {
+    let dev = crate::config::partition_path(disk, 4);
+    let at = &config.data_mount;
+    if std::fs::create_dir_all(at).is_err() || mounts().iter().any(|(_, m)| m == at) {
+        return false;
+    }
+    let point = at.to_string_lossy().into_owned();
+    let mount = busybox(
+        config,
+        &[
+            "mount",
+            "-t",
+            "ext2",
+            "-o",
+            "ro",
+            &dev.to_string_lossy(),
+            &point,
+        ],
+    );
+    if run(&mount).is_err() {
+        return false;
+    }
+    let finished = at.join("tugboot/state.json").is_file();
+    let _ = run(&busybox(config, &["umount", &point]));
+    finished
+}
+
 /// The data partition mounted; unmounted when dropped (an error path), or by
 /// [`Mounted::unmount`].
 struct Mounted {
@@ -779,7 +812,26 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
             ),
         ));
     }
-    if !findings.is_empty() {
+    // Our own layout: finished (its data partition holds the agent's state) or not (a power
+    // cut, a failed download: written again). The data partition is looked at with the disk
+    // closed: our exclusive claim would keep the mount out.
+    let mut disk = disk;
+    let mut unfinished = false;
+    if probe::only_our_layout(&findings) {
+        let path = disk.path.clone();
+        drop(disk);
+        unfinished = !install_finished(config, &path);
+        disk = Disk::open(&path)?;
+        if unfinished {
+            say!(
+                "{} holds an unfinished tugboot install ({}; no agent state on its data \
+                 partition): writing it again",
+                disk.path.display(),
+                probe::describe(&findings)
+            );
+        }
+    }
+    if !unfinished && !findings.is_empty() {
         let found = probe::describe(&findings);
         if !wipe {
             return Err(InstallDiskError::HoldsData {

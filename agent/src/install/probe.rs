@@ -242,6 +242,20 @@ fn signatures(head: &[u8]) -> Vec<Finding> {
     out
 }
 
+/// True when everything found is this installer's own layout (a GPT, either copy, whose
+/// partitions are exactly `tugboot-esp`, `tugboot-a`, `tugboot-b`, `tugboot-data`): an install
+/// that did not finish (power cut, network failure), which the next run may write over
+/// without `--wipe`. Anything else (another table, a damaged one, a file system outside our
+/// layout) is someone's data.
+#[must_use]
+pub fn only_our_layout(findings: &[Finding]) -> bool {
+    !findings.is_empty()
+        && findings.iter().all(|f| {
+            matches!(f, Finding::Gpt { partitions, .. }
+                if partitions.iter().map(String::as_str).eq(gpt::LABELS))
+        })
+}
+
 /// One line: `a GPT (primary table) with 4 partitions (…), a signature of ext2/3/4 at byte 1080`.
 #[must_use]
 pub fn describe(findings: &[Finding]) -> String {
@@ -277,6 +291,36 @@ mod tests {
         assert!(probe(&[0; 4096], &[0; 4096], 1 << 30, 512).is_empty());
         assert!(probe(&[], &[], 0, 512).is_empty());
         assert!(probe(&[0; 10], &[0; 10], 5, 4096).is_empty());
+    }
+
+    #[test]
+    fn only_our_own_layout_may_be_written_over() {
+        let ours = |primary| Finding::Gpt {
+            primary,
+            partitions: gpt::LABELS.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        assert!(only_our_layout(&[ours(true)]));
+        assert!(only_our_layout(&[ours(true), ours(false)]));
+        assert!(!only_our_layout(&[]));
+        assert!(!only_our_layout(&[
+            ours(true),
+            Finding::Signature {
+                kind: "ext2/3/4",
+                offset: 1080
+            }
+        ]));
+        assert!(!only_our_layout(&[Finding::Gpt {
+            primary: true,
+            partitions: vec!["tugboot-esp".into(), "tugboot-a".into(), "tugboot-b".into()],
+        }]));
+        assert!(!only_our_layout(&[Finding::Gpt {
+            primary: true,
+            partitions: vec!["EFI".into(), "root".into(), "home".into(), "swap".into()],
+        }]));
+        assert!(!only_our_layout(&[Finding::DamagedGpt {
+            primary: true,
+            reason: "crc".into()
+        }]));
     }
 
     #[test]

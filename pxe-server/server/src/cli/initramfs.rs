@@ -136,7 +136,12 @@ impl Initramfs {
         })?;
         let builtin =
             std::fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
-        let deps = ModuleDeps::parse(&dep_text, &builtin);
+        // Soft dependencies (`softdep ext4 pre: crypto-crc32c`): modprobe loads them first;
+        // without them ext4 cannot mount (it asks for crc32c). Names resolve through aliases.
+        let softdep =
+            std::fs::read_to_string(modules_dir.join("modules.softdep")).unwrap_or_default();
+        let alias = std::fs::read_to_string(modules_dir.join("modules.alias")).unwrap_or_default();
+        let deps = ModuleDeps::parse(&dep_text, &builtin).with_soft(&softdep, &alias);
         let order = deps.load_order(names)?;
         let mut list = String::new();
         for rel in &order {
@@ -213,6 +218,9 @@ struct ModuleDeps {
     /// path → dependency paths.
     by_path: HashMap<String, Vec<String>>,
     builtin: BTreeSet<String>,
+    /// name → module names to load before it (soft `pre:` dependencies, aliases resolved to
+    /// the modules of this tree that provide them).
+    soft_pre: HashMap<String, Vec<String>>,
 }
 
 fn module_name(path: &str) -> String {
@@ -238,7 +246,58 @@ impl ModuleDeps {
             by_name,
             by_path,
             builtin,
+            soft_pre: HashMap::new(),
         }
+    }
+
+    /// Adds `modules.softdep`'s `pre:` lists; a name that is no module of this tree is looked
+    /// up among the exact (wildcard-free) aliases of `modules.alias`, every provider taken
+    /// (`crypto-crc32c` → `crc32c_generic` and `crc32c_intel`; the one the CPU cannot run
+    /// fails to load, harmlessly). Names that resolve to nothing are skipped, as modprobe does.
+    fn with_soft(mut self, softdep: &str, alias: &str) -> Self {
+        let mut aliases: HashMap<String, Vec<String>> = HashMap::new();
+        for line in alias.lines() {
+            let mut w = line.split_whitespace();
+            if let (Some("alias"), Some(name), Some(module)) = (w.next(), w.next(), w.next())
+                && !name.contains(['*', '?', '['])
+            {
+                aliases
+                    .entry(name.replace('-', "_"))
+                    .or_default()
+                    .push(module.replace('-', "_"));
+            }
+        }
+        for line in softdep.lines() {
+            let mut w = line.split_whitespace();
+            let (Some("softdep"), Some(module)) = (w.next(), w.next()) else {
+                continue;
+            };
+            let mut pre = Vec::new();
+            let mut in_pre = false;
+            for word in w {
+                match word {
+                    "pre:" => in_pre = true,
+                    "post:" => in_pre = false,
+                    name if in_pre => {
+                        let key = name.replace('-', "_");
+                        if self.by_name.contains_key(&key) || self.builtin.contains(&key) {
+                            pre.push(key);
+                        } else {
+                            for m in aliases.get(&key).into_iter().flatten() {
+                                if self.by_name.contains_key(m) && !pre.contains(m) {
+                                    pre.push(m.clone());
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !pre.is_empty() {
+                self.soft_pre.insert(module.replace('-', "_"), pre);
+            }
+        }
+        self
     }
 
     /// Paths to load, each after everything it depends on; built-ins left out.
@@ -270,6 +329,11 @@ impl ModuleDeps {
         }
         if !seen.insert(path.to_owned()) {
             return Ok(());
+        }
+        for soft in self.soft_pre.get(&module_name(path)).into_iter().flatten() {
+            if let Some((p, _)) = self.by_name.get(soft) {
+                self.visit(p, seen, order, depth + 1)?;
+            }
         }
         // modprobe loads the listed dependencies from the last to the first.
         for dep in self.by_path.get(path).into_iter().flatten().rev() {
@@ -326,6 +390,34 @@ kernel/drivers/virtio/virtio_ring.ko:\n";
         assert!(
             err.contains("\"nope\" is neither in modules.dep nor built in"),
             "{err}"
+        );
+    }
+
+    /// Debian's ext4 mounts only with crc32c loaded first: a soft dependency through an alias.
+    #[test]
+    fn soft_dependencies_come_first_through_their_aliases() {
+        let dep = format!(
+            "{DEP}kernel/crypto/crc32c_generic.ko:\nkernel/arch/x86/crypto/crc32c-intel.ko:\n"
+        );
+        let d = ModuleDeps::parse(&dep, "").with_soft(
+            "# comment\nsoftdep ext4 pre: crypto-crc32c\nsoftdep jbd2 pre: crypto-crc32c post: nope\n\
+             softdep virtio_blk pre: missing-alias\n",
+            "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\n\
+             alias pci:v*d* virtio_blk\n",
+        );
+        let order = d.load_order(&["ext4".into(), "virtio_blk".into()]).unwrap();
+        assert_eq!(
+            order,
+            [
+                "kernel/arch/x86/crypto/crc32c-intel.ko",
+                "kernel/crypto/crc32c_generic.ko",
+                "kernel/fs/jbd2/jbd2.ko",
+                "kernel/fs/mbcache.ko",
+                "kernel/lib/crc16.ko",
+                "kernel/fs/ext4/ext4.ko",
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/block/virtio_blk.ko",
+            ]
         );
     }
 
