@@ -293,12 +293,23 @@ fn pending_enrollment_waits_for_approval_then_renews() {
         key,
         "same key"
     );
-    // A second enrollment by MAC is refused by the server, with its reason.
+    // The same request again (a retry after a lost answer): the same certificate, not a
+    // second one.
+    let cert = std::fs::read(dev.path("tls/device.pem")).unwrap();
+    let again = d.enroll().unwrap();
+    assert!(
+        matches!(again, EnrollStep::Issued { device_id: id, .. } if id == device_id),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::read(dev.path("tls/device.pem")).unwrap(), cert);
+    // A second enrollment by MAC with another key is refused by the server, with its reason.
+    std::fs::rename(dev.path("tls/device.key"), dev.path("tls/device.key.kept")).unwrap();
     let e = d.enroll().unwrap_err().to_string();
     assert!(
         e.contains("HTTP 409") && e.contains("already enrolled"),
         "{e}"
     );
+    std::fs::rename(dev.path("tls/device.key.kept"), dev.path("tls/device.key")).unwrap();
     // Renewal: the next cycle is within the window.
     let cert = std::fs::read(dev.path("tls/device.pem")).unwrap();
     assert_eq!(d.cycle().unwrap(), Step::Idle, "{:?}", d.log);

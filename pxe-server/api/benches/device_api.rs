@@ -181,7 +181,11 @@ async fn run(label: &str, url: &str, devices: usize, concurrency: usize) -> Stri
         trusted_root,
         server_cert_pem: server.cert_pem,
         server_key_pem: server.key_pem,
-        config: ApiConfig::default(),
+        // Every simulated device connects from 127.0.0.1: no per-address cap here.
+        config: ApiConfig {
+            max_connections_per_peer: usize::MAX,
+            ..ApiConfig::default()
+        },
         clock: system_clock(),
     })
     .unwrap();

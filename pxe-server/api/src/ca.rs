@@ -434,6 +434,127 @@ pub fn check_csr(csr_pem: &str) -> Result<(), CaError> {
         .map_err(|e| CaError::BadCsr(e.to_string()))
 }
 
+/// SHA-256 (lowercase hex) of the public key of a CSR whose self-signature verifies: what the
+/// store keys enrollments by, so that one key is certified for one enrolled device and a
+/// replayed CSR gets no second certificate.
+///
+/// # Errors
+/// [`CaError::TooLarge`], [`CaError::BadCsr`].
+pub fn csr_key_sha256(csr_pem: &str) -> Result<String, CaError> {
+    use rcgen::PublicKeyData as _;
+    use sha2::Digest as _;
+    if csr_pem.len() > MAX_CSR_BYTES {
+        return Err(CaError::TooLarge {
+            what: "CSR",
+            size: csr_pem.len(),
+            limit: MAX_CSR_BYTES,
+        });
+    }
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| CaError::BadCsr(e.to_string()))?;
+    Ok(hex::encode(sha2::Sha256::digest(
+        csr.public_key.der_bytes(),
+    )))
+}
+
+/// File names of the API server's certificate and key (in the API state directory).
+pub const SERVER_CERT_FILE: &str = "server.pem";
+/// See [`SERVER_CERT_FILE`].
+pub const SERVER_KEY_FILE: &str = "server.key";
+
+/// Writes `file` in `dir` through a temporary file created (exclusively) with `mode`, written
+/// and fsynced, then renamed over `file`: a reader sees the old content or the new, never part.
+fn write_replacing(dir: &Path, file: &str, data: &[u8], mode: u32) -> Result<(), CaError> {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    let path = dir.join(file);
+    // A temporary file left by a crash is ours and incomplete.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove", &tmp)(e)),
+    }
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("write", &tmp))?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+}
+
+/// Writes the API server's key and certificate as a pair a crash cannot leave mismatched in
+/// a way that goes unnoticed: each goes through a temporary file created with its final mode
+/// (the key 0600 from its creation, never readable by others even for a moment), fsynced and
+/// renamed over the old one, the key first; then the directory is fsynced. A crash between
+/// the two renames leaves the new key beside the old certificate, which
+/// [`load_server_pair`] detects (the certificate does not carry the key's public key), so the
+/// next start issues a new pair.
+///
+/// # Errors
+/// File errors.
+pub fn write_server_pair(dir: &Path, pair: &ServerCert) -> Result<(), CaError> {
+    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    write_replacing(dir, SERVER_KEY_FILE, pair.key_pem.as_bytes(), 0o600)?;
+    write_replacing(dir, SERVER_CERT_FILE, pair.cert_pem.as_bytes(), 0o644)?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", dir))
+}
+
+/// The API server's certificate and key from `dir` with the certificate's `notAfter`, if both
+/// are there and belong together (the certificate carries the key's public key); `None`
+/// otherwise (missing, unparsable or torn by a crash: the caller issues a new pair).
+///
+/// # Errors
+/// [`CaError::KeyPermissions`] for a key readable by group or others; read errors other than
+/// a missing file.
+pub fn load_server_pair(dir: &Path) -> Result<Option<(ServerCert, i64)>, CaError> {
+    use rcgen::PublicKeyData as _;
+    let key_path = dir.join(SERVER_KEY_FILE);
+    let cert_path = dir.join(SERVER_CERT_FILE);
+    let meta = match fs::metadata(&key_path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("stat", &key_path)(e)),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(CaError::KeyPermissions(key_path));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    if !cert_path.exists() {
+        return Ok(None);
+    }
+    let key_pem = read_capped(&key_path)?;
+    let cert_pem = read_capped(&cert_path)?;
+    let Ok(key) = KeyPair::from_pem(&key_pem) else {
+        return Ok(None);
+    };
+    let Some(der) = pem_to_der(&cert_pem, "CERTIFICATE") else {
+        return Ok(None);
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return Ok(None);
+    };
+    if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        return Ok(None);
+    }
+    let not_after = cert.validity().not_after.timestamp();
+    Ok(Some((ServerCert { cert_pem, key_pem }, not_after)))
+}
+
 /// True when a certificate expiring at `not_after` should be renewed at `now`: within the
 /// last `renew_before_secs` of its life (or already expired).
 #[must_use]
@@ -646,6 +767,80 @@ mod tests {
             "a server cert names no device"
         );
         assert!(ca.issue_server(&[], NOW, 60).is_err());
+    }
+
+    #[test]
+    fn server_pair_is_written_atomically_and_checked_on_load() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertAuthority::generate("test CA", NOW, DEFAULT_CA_VALIDITY_SECS).unwrap();
+        assert!(load_server_pair(dir.path()).unwrap().is_none());
+        let first = ca.issue_server(&["a.example".into()], NOW, 3600).unwrap();
+        write_server_pair(dir.path(), &first).unwrap();
+        let mode = |f: &str| {
+            fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(SERVER_KEY_FILE), 0o600);
+        let (loaded, not_after) = load_server_pair(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.key_pem, first.key_pem);
+        assert_eq!(not_after, NOW + 3600);
+        // A crash between the two renames: the new key beside the old certificate.
+        let second = ca.issue_server(&["a.example".into()], NOW, 3600).unwrap();
+        write_replacing(
+            dir.path(),
+            SERVER_KEY_FILE,
+            second.key_pem.as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        assert!(
+            load_server_pair(dir.path()).unwrap().is_none(),
+            "torn pair detected"
+        );
+        // A stale temporary file from a crash before a rename is replaced, not appended to.
+        fs::write(dir.path().join(".server.pem.tmp"), "partial").unwrap();
+        write_server_pair(dir.path(), &second).unwrap();
+        assert_eq!(
+            load_server_pair(dir.path()).unwrap().unwrap().0.cert_pem,
+            second.cert_pem
+        );
+        // An older key file with a loose mode is replaced with 0600, never chmod-ed in place.
+        fs::set_permissions(
+            dir.path().join(SERVER_KEY_FILE),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert!(matches!(
+            load_server_pair(dir.path()),
+            Err(CaError::KeyPermissions(_))
+        ));
+        write_server_pair(dir.path(), &first).unwrap();
+        assert_eq!(mode(SERVER_KEY_FILE), 0o600);
+    }
+
+    #[test]
+    fn csr_key_hash_names_the_key() {
+        let (key, pem) = csr();
+        let again = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        assert_eq!(
+            csr_key_sha256(&pem).unwrap(),
+            csr_key_sha256(&again).unwrap()
+        );
+        let (_, other) = csr();
+        assert_ne!(
+            csr_key_sha256(&pem).unwrap(),
+            csr_key_sha256(&other).unwrap()
+        );
+        assert!(csr_key_sha256("garbage").is_err());
     }
 
     #[test]

@@ -129,12 +129,7 @@ impl ApiClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<HttpResponse, ClientError> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
-        tcp.set_nodelay(true)?;
-        let mut tls = self
-            .connector
-            .connect(self.server_name.clone(), tcp)
-            .await?;
+        let mut tls = self.connect().await?;
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: tugboot\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
@@ -164,6 +159,21 @@ impl ApiClient {
             Err(e) => return Err(e.into()),
         }
         parse_response(&raw)
+    }
+
+    /// A new TLS connection to the server, handshake done (to speak HTTP on by hand).
+    ///
+    /// # Errors
+    /// Connection and TLS errors.
+    pub async fn connect(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(self
+            .connector
+            .connect(self.server_name.clone(), tcp)
+            .await?)
     }
 
     /// `GET`.

@@ -90,7 +90,18 @@ pub fn fuzz_bodies(data: &[u8]) {
     }
     let _ = capped::<CreateRollout>(data, MAX_ENROLL_BYTES);
     let _ = crate::ca::peer_identity(data);
+    // Operator token requests (network) and the pre-v3 token file (disk).
+    if let Ok(spec) = crate::tokens::TokenRequest::parse(data, 3600) {
+        assert!((1..=crate::tokens::MAX_TOKEN_TTL_SECS).contains(&spec.ttl_secs));
+    }
+    if let Ok(hashes) = crate::tokens::parse_legacy(data) {
+        assert!(hashes.iter().all(|(h, _)| h.len() == 64));
+    }
     if let Ok(text) = std::str::from_utf8(data) {
+        // The key an enrollment is recorded under (from the request's CSR).
+        if let Ok(h) = crate::ca::csr_key_sha256(text) {
+            assert_eq!(h.len(), 64);
+        }
         let _ = crate::ca::parse_device_id(text);
         let _ = crate::server::Selector::parse(text);
     }

@@ -19,10 +19,13 @@
 //!   observed (the architecture from option 93) reaches the files TFTP generates.
 //! - [`rollout`]: the rollout controller, a pure function of (now, rows) → transitions and
 //!   assignments.
+//! - [`conn`]: the budget of open connections (global and per client address) the TCP front
+//!   ends admit connections against.
 //! - [`live`]: the snapshot and observations as one running server shares them (locks only).
 
 pub mod catalogue;
 pub mod cmdline;
+pub mod conn;
 pub mod facts;
 pub mod live;
 pub mod machine;

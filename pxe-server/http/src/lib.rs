@@ -19,8 +19,9 @@ pub mod fuzzing;
 
 pub use range::{RangeDecision, decide_range};
 pub use server::{
-    BootObserver, BootServer, Clock, Counters, CountersSnapshot, HttpConfig, MetricsSource, Scheme,
-    serve, serve_tls, system_clock,
+    Admitted, BootObserver, BootServer, Clock, Counters, CountersSnapshot, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_PEER, HttpConfig, MetricsSource, Scheme, serve, serve_tls,
+    system_clock,
 };
 pub use tls::{TlsError, TlsListener, server_config};
 pub use tugboot_fleet::render::ipxe::{BaseUrl, ErrorAction};

@@ -28,8 +28,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tugboot_firmware::{BlobStore, Sha256Digest};
+use tugboot_fleet::conn::{ConnBudget, ConnPermit, ConnRefusal};
 use tugboot_fleet::netboot::{self, Answer};
 use tugboot_fleet::render::ipxe::{self, BaseUrl, ErrorAction};
 use tugboot_fleet::{BootPlan, Live, NoBoot};
@@ -61,7 +63,18 @@ pub struct HttpConfig {
     pub retry_secs: u32,
     /// What the script for a machine that no profile covers does.
     pub unknown_machine: ErrorAction,
+    /// Most connections open at once; further ones are closed at once.
+    pub max_connections: usize,
+    /// Most connections open at once from one client address (IPv6: one /64); further ones
+    /// from it are closed at once (for HTTPS before the handshake).
+    pub max_connections_per_peer: usize,
 }
+
+/// Default [`HttpConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+/// Default [`HttpConfig::max_connections_per_peer`]: iPXE, GRUB and firmware use one or two
+/// connections at a time; a host downloading several artifacts at once a few more.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 32;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -71,6 +84,8 @@ impl Default for HttpConfig {
             chunk_size: DEFAULT_CHUNK,
             retry_secs: 10,
             unknown_machine: ErrorAction::Retry { after_secs: 60 },
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
         }
     }
 }
@@ -88,6 +103,8 @@ pub struct Counters {
     pub(crate) not_modified: AtomicU64,
     pub(crate) partial: AtomicU64,
     pub(crate) body_bytes: AtomicU64,
+    pub(crate) refused_global: AtomicU64,
+    pub(crate) refused_per_peer: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -104,6 +121,10 @@ pub struct CountersSnapshot {
     pub partial: u64,
     /// File bytes handed to the HTTP layer (sent or being sent).
     pub body_bytes: u64,
+    /// Connections closed because the server held its most connections.
+    pub refused_global: u64,
+    /// Connections closed because their client address held its most connections.
+    pub refused_per_peer: u64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -124,6 +145,8 @@ impl Counters {
             not_modified: g(&self.not_modified),
             partial: g(&self.partial),
             body_bytes: g(&self.body_bytes),
+            refused_global: g(&self.refused_global),
+            refused_per_peer: g(&self.refused_per_peer),
         }
     }
 }
@@ -177,6 +200,7 @@ pub struct BootServer {
     config: HttpConfig,
     clock: Clock,
     streaming: Streaming,
+    conns: Arc<ConnBudget>,
 }
 
 impl std::fmt::Debug for BootServer {
@@ -211,7 +235,9 @@ impl BootServer {
         clock: Clock,
     ) -> Arc<Self> {
         let chunk = config.chunk_size.clamp(MIN_CHUNK, MAX_CHUNK);
+        let conns = ConnBudget::new(config.max_connections, config.max_connections_per_peer);
         Arc::new(BootServer {
+            conns,
             hooks: Hooks::default(),
             blobs,
             live,
@@ -266,8 +292,14 @@ impl BootServer {
         &self.live
     }
 
-    fn counter(&self) -> &Counters {
+    pub(crate) fn counter(&self) -> &Counters {
         &self.streaming.counters
+    }
+
+    /// The connection budget shared by this server's HTTP and HTTPS listeners.
+    #[must_use]
+    pub fn conn_budget(&self) -> Arc<ConnBudget> {
+        Arc::clone(&self.conns)
     }
 
     /// The router (plain HTTP scheme for `Host`-derived base URLs).
@@ -321,21 +353,102 @@ impl BootServer {
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// A TCP listener that turns Nagle off on every connection (scripts are small writes).
+/// A connection admitted by the [`ConnBudget`]: the stream and its place in the budget, given
+/// back when the connection is dropped.
 #[derive(Debug)]
-pub struct NodelayListener(pub TcpListener);
+pub struct Admitted<T> {
+    io: T,
+    _permit: ConnPermit,
+}
+
+impl<T> Admitted<T> {
+    pub(crate) fn new(io: T, permit: ConnPermit) -> Self {
+        Self {
+            io,
+            _permit: permit,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Admitted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Admitted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Logs (at debug: a flood must not flood the log) and counts a connection closed by the
+/// budget.
+pub(crate) fn refused(counters: &Counters, peer: SocketAddr, why: ConnRefusal) {
+    inc(match why {
+        ConnRefusal::Global => &counters.refused_global,
+        ConnRefusal::PerPeer => &counters.refused_per_peer,
+    });
+    tracing::debug!(%peer, cap = why.as_str(), "connection refused");
+}
+
+/// A TCP listener that admits connections against a [`ConnBudget`] (closing the others at
+/// once) and turns Nagle off on every one (scripts are small writes).
+#[derive(Debug)]
+pub struct NodelayListener {
+    listener: TcpListener,
+    budget: Arc<ConnBudget>,
+    server: Arc<BootServer>,
+}
 
 impl axum::serve::Listener for NodelayListener {
-    type Io = tokio::net::TcpStream;
+    type Io = Admitted<tokio::net::TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            match self.0.accept().await {
-                Ok((tcp, addr)) => {
-                    let _ = tcp.set_nodelay(true);
-                    return (tcp, addr);
-                }
+            match self.listener.accept().await {
+                Ok((tcp, addr)) => match self.budget.admit(addr.ip()) {
+                    Ok(permit) => {
+                        let _ = tcp.set_nodelay(true);
+                        return (Admitted::new(tcp, permit), addr);
+                    }
+                    Err(why) => refused(self.server.counter(), addr, why),
+                },
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -346,7 +459,7 @@ impl axum::serve::Listener for NodelayListener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
@@ -361,7 +474,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let router = server.router_for(Scheme::Http);
-    serve_connections(NodelayListener(listener), router, shutdown).await
+    let listener = NodelayListener {
+        listener,
+        budget: server.conn_budget(),
+        server: Arc::clone(&server),
+    };
+    serve_connections(listener, router, shutdown).await
 }
 
 /// Serves HTTPS with `tls` until `shutdown` completes, then lets requests in flight finish.
@@ -372,7 +490,13 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let router = server.router_for(Scheme::Https);
-    serve_connections(TlsListener::new(listener, tls)?, router, shutdown).await
+    let budget = server.conn_budget();
+    serve_connections(
+        TlsListener::new(listener, tls, budget, server)?,
+        router,
+        shutdown,
+    )
+    .await
 }
 
 /// The HTTP/1.1 connection loop. Not `axum::serve`, for two settings it does not offer:
@@ -669,6 +793,16 @@ async fn metrics(State(s): State<Arc<BootServer>>) -> Response {
         ("not_modified", "304 responses", c.not_modified),
         ("partial", "206 responses", c.partial),
         ("body_bytes", "file bytes sent", c.body_bytes),
+        (
+            "refused_global",
+            "connections closed at the global connection cap",
+            c.refused_global,
+        ),
+        (
+            "refused_per_peer",
+            "connections closed at the per-address connection cap",
+            c.refused_per_peer,
+        ),
     ] {
         out.push_str(&format!(
             "# HELP tugboot_http_{name}_total {help}\n# TYPE tugboot_http_{name}_total counter\ntugboot_http_{name}_total {v}\n"

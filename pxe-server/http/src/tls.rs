@@ -15,6 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tugboot_fleet::conn::ConnBudget;
+
+use crate::server::{Admitted, BootServer, refused};
 
 /// Largest certificate chain or key file accepted, checked before parsing.
 pub const MAX_PEM_BYTES: usize = 256 << 10;
@@ -75,18 +78,23 @@ pub fn server_config(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfi
 /// An [`axum::serve::Listener`] that yields TLS streams.
 #[derive(Debug)]
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Admitted<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
     /// Starts accepting on `listener`. Must be called inside a tokio runtime.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        budget: Arc<ConnBudget>,
+        server: Arc<BootServer>,
+    ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
         let acceptor = TlsAcceptor::from(config);
-        let accept_task = tokio::spawn(accept_loop(listener, acceptor, tx));
+        let accept_task = tokio::spawn(accept_loop(listener, acceptor, tx, budget, server));
         Ok(TlsListener {
             ready,
             local,
@@ -104,7 +112,9 @@ impl Drop for TlsListener {
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    tx: mpsc::Sender<(Admitted<TlsStream<TcpStream>>, SocketAddr)>,
+    budget: Arc<ConnBudget>,
+    server: Arc<BootServer>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
@@ -120,6 +130,14 @@ async fn accept_loop(
         if tx.is_closed() {
             return;
         }
+        // The connection budget first: one host cannot hold the handshake slots either.
+        let admitted = match budget.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                refused(server.counter(), peer, why);
+                continue;
+            }
+        };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             tracing::warn!(%peer, "too many TLS handshakes in progress; connection dropped");
             continue;
@@ -132,7 +150,7 @@ async fn accept_loop(
             drop(permit);
             match handshake {
                 Ok(Ok(tls)) => {
-                    let _ = tx.send((tls, peer)).await;
+                    let _ = tx.send((Admitted::new(tls, admitted), peer)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -142,7 +160,7 @@ async fn accept_loop(
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Admitted<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

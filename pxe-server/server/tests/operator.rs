@@ -662,6 +662,39 @@ ca_dir = "ca"
         d.id = v["device_id"].as_i64().expect("id");
         d.cert_pem = v["certificate"].as_str().map(str::to_owned);
     }
+    // A token bound to one MAC with a short life: another MAC is refused, the list shows it.
+    let bound = json_of(&ok_env(
+        &[
+            "enroll",
+            "token",
+            "create",
+            "--mac",
+            "02-00-00-aa-bb-cc",
+            "--expires",
+            "1h",
+            "--json",
+        ],
+        &env,
+    ));
+    let mut stranger = Device::new();
+    stranger.mac = "02:00:00:aa:bb:cd".into();
+    let req = json!({"csr": stranger.csr_pem, "mac": stranger.mac, "token": bound["tokens"][0]});
+    let r = net
+        .rt
+        .block_on(net.client(None).post_json("/api/v1/enroll", &req))
+        .expect("enroll");
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let listed = ok_env(&["enroll", "token", "list"], &env);
+    assert!(
+        listed.contains("02:00:00:aa:bb:cc") && listed.contains("unused"),
+        "{listed}"
+    );
+    assert_eq!(
+        listed.matches("used").count() - listed.matches("unused").count(),
+        2,
+        "{listed}"
+    );
+    assert!(!listed.contains(bound["tokens"][0].as_str().unwrap()));
     let labelled = json_of(&ok_env(
         &["machines", "label", &lab.mac, "site=lab", "--json"],
         &env,

@@ -193,4 +193,23 @@ impl Store for AnyStore {
     async fn revoke_device_cert(&self, serial: &str, now: i64) -> Result<DeviceCert, StoreError> {
         dispatch!(self.revoke_device_cert(serial, now))
     }
+    async fn create_enrollment_token(
+        &self,
+        token: &crate::NewEnrollmentToken,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.create_enrollment_token(token))
+    }
+    async fn list_enrollment_tokens(&self) -> Result<Vec<crate::EnrollmentToken>, StoreError> {
+        dispatch!(self.list_enrollment_tokens())
+    }
+    async fn enroll<F>(
+        &self,
+        attempt: &crate::EnrollAttempt,
+        issue: F,
+    ) -> Result<crate::EnrollOutcome, StoreError>
+    where
+        F: FnOnce(MachineId) -> Result<crate::EnrolledCert, String> + Send,
+    {
+        dispatch!(self.enroll(attempt, issue))
+    }
 }

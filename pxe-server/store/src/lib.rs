@@ -14,8 +14,11 @@
 
 #[macro_use]
 mod sql;
+#[macro_use]
+mod enroll_sql;
 
 mod any;
+pub mod enrollment;
 mod error;
 mod migrations;
 pub mod model;
@@ -26,6 +29,9 @@ mod sqlite;
 mod store;
 
 pub use any::AnyStore;
+pub use enrollment::{
+    EnrollAttempt, EnrollOutcome, EnrollRefusal, EnrolledCert, EnrollmentToken, NewEnrollmentToken,
+};
 pub use error::StoreError;
 pub use model::{
     DeclareSummary, DeviceCert, DeviceVerdict, Image, MAX_CHECKS_BYTES, MAX_ERROR_LEN,

@@ -32,6 +32,12 @@ pub(crate) const SQLITE: Embedded = &[
         include_str!("../migrations/sqlite/0002_fleet.sql"),
         false,
     ),
+    (
+        3,
+        "enrollment",
+        include_str!("../migrations/sqlite/0003_enrollment.sql"),
+        false,
+    ),
 ];
 
 pub(crate) const POSTGRES: Embedded = &[
@@ -45,6 +51,12 @@ pub(crate) const POSTGRES: Embedded = &[
         2,
         "fleet",
         include_str!("../migrations/postgres/0002_fleet.sql"),
+        false,
+    ),
+    (
+        3,
+        "enrollment",
+        include_str!("../migrations/postgres/0003_enrollment.sql"),
         false,
     ),
 ];
@@ -211,5 +223,80 @@ mod tests {
             .execute(&mut admin)
             .await
             .expect("drop");
+    }
+
+    /// v2 → v3: a device enrolled before v3 (an unrevoked certificate) is enrolled after it,
+    /// so its MAC alone does not get it a second certificate; a revoked one is not.
+    #[tokio::test]
+    async fn sqlite_v2_enrolled_devices_stay_enrolled() {
+        use crate::{EnrollAttempt, EnrollOutcome, EnrollRefusal};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v2.db");
+        {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .foreign_keys(true);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .expect("connect");
+            migrator(&SQLITE[..2])
+                .await
+                .expect("v2")
+                .run(&mut conn)
+                .await
+                .expect("migrate v2");
+            sqlx::raw_sql(
+                "INSERT INTO machines (mac, state, first_seen, last_seen) VALUES \
+                   ('02:00:00:00:00:01', 'approved', 1, 1), ('02:00:00:00:00:02', 'approved', 1, 1);
+                 INSERT INTO device_certs VALUES ('0a', 1, 5, 500, NULL), ('0b', 1, 6, 600, NULL),
+                   ('0c', 2, 5, 500, 7);",
+            )
+            .execute(&mut conn)
+            .await
+            .expect("v2 rows");
+            conn.close().await.expect("close");
+        }
+        let s = crate::SqliteStore::open(&path)
+            .await
+            .expect("open migrates to v3");
+        let attempt = |n: u8| EnrollAttempt {
+            mac: tugboot_wire::Mac([2, 0, 0, 0, 0, n]),
+            serial: None,
+            facts: tugboot_fleet::Facts::new(),
+            key_sha256: format!("{n:064x}"),
+            token_hash: None,
+            max_pending: 10,
+            replay_window_secs: 60,
+            now: 100,
+        };
+        let o = s
+            .enroll(&attempt(1), |_| Err("no".into()))
+            .await
+            .expect("enroll");
+        assert!(matches!(
+            o,
+            EnrollOutcome::Refused {
+                reason: EnrollRefusal::AlreadyEnrolled,
+                ..
+            }
+        ));
+        let o = s
+            .enroll(&attempt(2), |_| {
+                Ok(crate::EnrolledCert {
+                    serial: "0d".into(),
+                    pem: "pem".into(),
+                    not_after: 900,
+                })
+            })
+            .await
+            .expect("enroll");
+        assert!(matches!(
+            o,
+            EnrollOutcome::Issued {
+                repeated: false,
+                ..
+            }
+        ));
     }
 }

@@ -54,6 +54,11 @@ impl PgStore {
         self.pool.close().await;
     }
 
+    /// A write transaction (PostgreSQL locks rows as statements touch them).
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
     fn writer(&self) -> &PgPool {
         &self.pool
     }

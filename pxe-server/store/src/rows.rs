@@ -170,3 +170,20 @@ pub(crate) fn cert(r: &impl RowExt) -> Result<DeviceCert, StoreError> {
         revoked_at: r.opt_int("revoked_at")?,
     })
 }
+
+pub(crate) fn enrollment_token(
+    r: &impl RowExt,
+) -> Result<crate::enrollment::EnrollmentToken, StoreError> {
+    Ok(crate::enrollment::EnrollmentToken {
+        hash: r.text("hash")?,
+        created_at: r.int("created_at")?,
+        expires_at: r.int("expires_at")?,
+        bound_mac: r
+            .opt_text("bound_mac")?
+            .map(|m| mac_from_db("enrollment_tokens", &m))
+            .transpose()?,
+        bound_serial: r.opt_text("bound_serial")?,
+        used_at: r.opt_int("used_at")?,
+        used_by: r.opt_int("used_by")?.map(MachineId),
+    })
+}

@@ -50,6 +50,8 @@ pub(crate) const OFFER_FACT: &str = concat!(
 /// its sqlx pools, given its row and connection types.
 macro_rules! impl_store {
     ($ty:ty, row = $row:ty, conn = $conn:ty) => {
+        impl_enrollment!($ty, conn = $conn);
+
         impl $ty {
             /// The facts of the machines `ids` (all machines when `None`), by machine.
             async fn facts_of(
@@ -369,19 +371,22 @@ macro_rules! impl_store {
                 id: tugboot_fleet::MachineId,
                 state: tugboot_fleet::MachineState,
             ) -> Result<tugboot_fleet::Machine, $crate::StoreError> {
-                let mut conn = self.writer().acquire().await.map_err($crate::StoreError::backend("acquire"))?;
+                let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("set_machine_state"))?;
                 let done = sqlx::query("UPDATE machines SET state = $2 WHERE id = $1")
                     .bind(id.0)
                     .bind(state.as_str())
-                    .execute(&mut *conn)
+                    .execute(&mut *tx)
                     .await
                     .map_err($crate::StoreError::backend("set_machine_state"))?;
                 if done.rows_affected() == 0 {
                     return Err($crate::StoreError::NotFound { entity: "machine", key: id.to_string() });
                 }
-                Self::machine_on(&mut conn, id.0)
-                    .await?
-                    .ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })
+                if state == tugboot_fleet::MachineState::Approved {
+                    Self::end_enrollment_if_unused(&mut tx, id.0).await?;
+                }
+                let m = Self::machine_on(&mut tx, id.0).await?;
+                tx.commit().await.map_err($crate::StoreError::backend("set_machine_state"))?;
+                m.ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })
             }
 
             async fn record_boot(
@@ -732,6 +737,25 @@ macro_rules! impl_store {
                 .map_err($crate::StoreError::backend("revoke_device_cert"))?;
                 let row = row.ok_or_else(|| $crate::StoreError::NotFound { entity: "device certificate", key: serial.to_owned() })?;
                 $crate::rows::cert(&row)
+            }
+
+            async fn create_enrollment_token(&self, token: &$crate::NewEnrollmentToken) -> Result<(), $crate::StoreError> {
+                self.create_token_impl(token).await
+            }
+
+            async fn list_enrollment_tokens(&self) -> Result<Vec<$crate::EnrollmentToken>, $crate::StoreError> {
+                self.list_tokens_impl().await
+            }
+
+            async fn enroll<F>(
+                &self,
+                attempt: &$crate::EnrollAttempt,
+                issue: F,
+            ) -> Result<$crate::EnrollOutcome, $crate::StoreError>
+            where
+                F: FnOnce(tugboot_fleet::MachineId) -> Result<$crate::EnrolledCert, String> + Send,
+            {
+                self.enroll_impl(attempt, issue).await
             }
         }
     };

@@ -13,6 +13,9 @@ use crate::StoreError;
 /// file, or `sqlite3` run by an operator) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Attempts at applying the migrations when another process migrates the same file at once.
+const MIGRATION_TRIES: u64 = 8;
+
 /// Connections for reads; WAL lets them run while the writer commits.
 const READERS: u32 = 4;
 
@@ -45,11 +48,17 @@ impl SqliteStore {
             .await
             .map_err(StoreError::backend("open"))?;
         let migrator = crate::migrations::migrator(crate::migrations::SQLITE).await?;
-        if migrator.run(&writer).await.is_err() {
-            // SQLite has no advisory lock: another process opening the same fresh file at the
-            // same moment may have applied the migration between our check and our attempt.
-            // A second run sees its work; a real problem fails again and is returned.
-            migrator.run(&writer).await?;
+        // SQLite has no advisory lock: another process opening the same fresh file at the same
+        // moment may apply a migration between our check and our attempt (each migration is
+        // its own transaction, so with several the two may cross more than once). A later run
+        // sees its work; a real problem fails every time and is returned.
+        let mut tries = 0;
+        while let Err(e) = migrator.run(&writer).await {
+            tries += 1;
+            if tries >= MIGRATION_TRIES {
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_millis(20 * tries)).await;
         }
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
@@ -63,6 +72,14 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+
+    /// A write transaction that takes the write lock at `BEGIN`: a transaction that reads
+    /// before it writes (enrollment) must not find, at its first write, that another
+    /// connection to the file wrote since its read (`SQLITE_BUSY`, not retried by
+    /// `busy_timeout`); with `IMMEDIATE` it waits for the lock up front instead.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
     fn writer(&self) -> &SqlitePool {

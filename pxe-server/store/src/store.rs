@@ -8,6 +8,9 @@ use tugboot_fleet::rollout::{NewRollout, RolloutId, RolloutRecord, RolloutTransi
 use tugboot_fleet::{Machine, MachineId, MachineState};
 use tugboot_wire::Mac;
 
+use crate::enrollment::{
+    EnrollAttempt, EnrollOutcome, EnrolledCert, EnrollmentToken, NewEnrollmentToken,
+};
 use crate::{
     DeclareSummary, DeviceCert, DeviceVerdict, Image, Report, Sighting, StoreError, WriteOutcome,
 };
@@ -100,6 +103,10 @@ pub trait Store: Send + Sync {
     fn list_machines(&self) -> impl Future<Output = Result<Vec<Machine>, StoreError>> + Send;
 
     /// Sets the operator state. [`StoreError::NotFound`] if the machine does not exist.
+    ///
+    /// Approving (`Approved`) is also the operator action that lets an enrolled machine enroll
+    /// once more: if none of its certificates is unrevoked any more, its enrollment ends (in
+    /// the same transaction). A machine with a live certificate stays enrolled.
     fn set_machine_state(
         &self,
         id: MachineId,
@@ -241,4 +248,32 @@ pub trait Store: Send + Sync {
         serial: &str,
         now: i64,
     ) -> impl Future<Output = Result<DeviceCert, StoreError>> + Send;
+
+    // ---- enrollment (schema v3; docs/security.md) ----
+
+    /// Stores a new one-time enrollment token (its hash). [`StoreError::AlreadyExists`] for a
+    /// known hash.
+    fn create_enrollment_token(
+        &self,
+        token: &NewEnrollmentToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every enrollment token, oldest first.
+    fn list_enrollment_tokens(
+        &self,
+    ) -> impl Future<Output = Result<Vec<EnrollmentToken>, StoreError>> + Send;
+
+    /// One enrollment request, decided and recorded in one transaction (see
+    /// [`crate::enrollment`]): with a token, the token is spent and a certificate issued;
+    /// without, an approved machine with no active enrollment gets a certificate and any other
+    /// waits (the first request of a new machine creates it, up to `max_pending`). `issue` is
+    /// called at most once, with the machine, when a certificate is to be recorded: it returns
+    /// what the CA signed. Refusals are `Ok(EnrollOutcome::Refused)` with nothing written.
+    fn enroll<F>(
+        &self,
+        attempt: &EnrollAttempt,
+        issue: F,
+    ) -> impl Future<Output = Result<EnrollOutcome, StoreError>> + Send
+    where
+        F: FnOnce(MachineId) -> Result<EnrolledCert, String> + Send;
 }

@@ -1,4 +1,5 @@
-//! Every untrusted input of the device API: report, enrollment and rollout bodies, selectors,
+//! Every untrusted input of the device API: report, enrollment, token-request and rollout bodies,
+//! the pre-v3 token file, CSR keys, selectors,
 //! device ids and peer certificates (DER). Seeds: tests/fixtures/api/.
 #![no_main]
 

@@ -331,20 +331,63 @@ pub(super) async fn revoke_cert(
     ))
 }
 
-pub(super) async fn new_token(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Answer {
+/// `POST /api/v1/admin/enrollment-tokens`, body optional: `{"expires_in_secs", "mac",
+/// "serial"}` ([`crate::tokens::TokenRequest`]). The token text is in this answer only; the
+/// store keeps its hash.
+pub(super) async fn new_token(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
     s.operator(&headers)?;
-    let now = s.now();
-    let token = s.tokens.lock().await.create(now).map_err(|e| {
-        tracing::error!(error = %e, "creating an enrollment token failed");
-        Reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "token storage unavailable".into(),
-        )
-    })?;
+    let spec = crate::tokens::TokenRequest::parse(&body, s.config.token_ttl_secs)
+        .map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let token = crate::tokens::generate(&spec, s.now())
+        .map_err(|e| Reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    s.store.create_enrollment_token(&token.record).await?;
+    tracing::info!(expires_at = token.record.expires_at, mac = ?token.record.bound_mac.map(|m| m.to_string()), serial = ?token.record.bound_serial, "enrollment token created");
     Ok(json(
         StatusCode::CREATED,
-        &serde_json::json!({ "token": token }),
+        &serde_json::json!({
+            "token": token.text,
+            "expires_at": token.record.expires_at,
+            "mac": token.record.bound_mac.map(|m| m.to_string()),
+            "serial": token.record.bound_serial,
+        }),
     ))
+}
+
+/// `GET /api/v1/admin/enrollment-tokens`: every token (its hash prefix, never the text), with
+/// its expiry, bindings and use.
+pub(super) async fn tokens(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Answer {
+    s.operator(&headers)?;
+    let now = s.now();
+    let list: Vec<serde_json::Value> = s
+        .store
+        .list_enrollment_tokens()
+        .await?
+        .iter()
+        .map(|t| {
+            let state = if t.used_at.is_some() {
+                "used"
+            } else if t.expires_at <= now {
+                "expired"
+            } else {
+                "unused"
+            };
+            serde_json::json!({
+                "id": &t.hash[..12],
+                "created_at": t.created_at,
+                "expires_at": t.expires_at,
+                "mac": t.bound_mac.map(|m| m.to_string()),
+                "serial": t.bound_serial,
+                "state": state,
+                "used_at": t.used_at,
+                "used_by": t.used_by.map(|d| d.0),
+            })
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &list))
 }
 
 pub(super) async fn rollouts(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Answer {

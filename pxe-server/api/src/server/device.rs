@@ -12,14 +12,14 @@ use tower::ServiceExt as _;
 use tugboot_fleet::facts::{FactKey, Observer, Source, keys, normalize_arch, sanitize_value};
 use tugboot_fleet::observe::observed;
 use tugboot_store::{
-    DeviceCert, MachineId, MachineState, OutcomeKind, Report, ReportOutcome, Sighting, Store,
-    WriteOutcome,
+    DeviceCert, EnrollAttempt, EnrollOutcome, EnrollRefusal, EnrolledCert, MachineId, OutcomeKind,
+    Report, ReportOutcome, Store, WriteOutcome,
 };
 
 use super::auth::ConnInfo;
 use super::{Answer, ApiState, Reject, json, parse_digest};
-use crate::ca::{PeerIdentity, check_csr, needs_renewal};
-use crate::tokens::TokenError;
+use crate::ca::{PeerIdentity, check_csr, csr_key_sha256, needs_renewal};
+use crate::tokens::token_hash;
 use crate::wire::{
     Assignment, DeviceReport, EnrollRequest, EnrollResponse, RenewRequest, WireError,
 };
@@ -380,89 +380,106 @@ pub(super) async fn renew(
 
 // ---------------------------------------------------------------- enrollment
 
+/// `POST /api/v1/enroll` (no certificate): decided and recorded by the store in one
+/// transaction ([`tugboot_store::Store::enroll`]), so single-use tokens, one active enrollment
+/// per machine and per key, and the cap on pending requests hold with any number of
+/// concurrent requests and servers. A refusal writes nothing; a pending poll writes nothing.
 pub(super) async fn enroll(State(s): State<Arc<ApiState>>, body: Bytes) -> Answer {
     let req = EnrollRequest::parse(&body)?;
-    let mac = req
+    let mac: tugboot_store::Mac = req
         .mac
         .parse()
         .map_err(|_| Reject(StatusCode::BAD_REQUEST, "mac: not a MAC address".into()))?;
     check_csr(&req.csr).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let key_sha256 =
+        csr_key_sha256(&req.csr).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
     let now = s.now();
-    let serial_fact: Vec<(&str, &str)> = req
+    let serial = req
         .serial
         .as_deref()
-        .map(|s| vec![(keys::SERIAL, s)])
+        .and_then(|v| sanitize_value(v.as_bytes()));
+    let serial_fact: Vec<(&str, &str)> = serial
+        .as_deref()
+        .map(|v| vec![(keys::SERIAL, v)])
         .unwrap_or_default();
-    let sighting = Sighting {
+    let attempt = EnrollAttempt {
         mac,
+        serial: serial.clone(),
         facts: observed(Observer::Http, now, &serial_fact),
+        key_sha256,
+        token_hash: req.token.as_deref().map(token_hash),
+        max_pending: s.config.max_pending_enrollments,
+        replay_window_secs: i64::try_from(s.config.enroll_replay_window_secs).unwrap_or(i64::MAX),
+        now,
     };
-    let machine_id = s.store.observe(&[sighting], now).await?[0];
-    let machine = s
+    let ca = &s.ca;
+    let validity = s.config.device_cert_validity_secs;
+    let csr = req.csr.as_str();
+    let outcome = s
         .store
-        .get_machine(machine_id)
-        .await?
-        .ok_or_else(|| Reject(StatusCode::SERVICE_UNAVAILABLE, "machine vanished".into()))?;
-    if machine.state == MachineState::Revoked {
-        s.metrics.enrollment("refused");
-        tracing::warn!(device = %machine.id, %mac, "enrollment refused: machine is revoked");
-        return Err(Reject(StatusCode::FORBIDDEN, "machine is revoked".into()));
-    }
-    if let Some(token) = &req.token {
-        // The token is spent (durably) before the certificate exists: never twice.
-        let spent = s.tokens.lock().await.consume(token, machine.id, now);
-        match spent {
-            Ok(()) => {}
-            Err(e @ (TokenError::Unknown | TokenError::Used)) => {
-                s.metrics.enrollment("refused");
-                tracing::warn!(device = %machine.id, %mac, error = %e, "enrollment refused");
-                return Err(Reject(StatusCode::FORBIDDEN, e.to_string()));
+        .enroll(&attempt, |device| {
+            ca.issue_device(csr, device, now, validity)
+                .map(|c| EnrolledCert {
+                    serial: c.serial,
+                    pem: c.pem,
+                    not_after: c.not_after,
+                })
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+    match outcome {
+        EnrollOutcome::Issued {
+            device,
+            cert,
+            repeated,
+        } => {
+            if repeated {
+                s.metrics.enrollment("repeated");
+                tracing::info!(%device, %mac, serial = %cert.serial, "enrollment repeated: same certificate sent again");
+            } else {
+                s.metrics.enrollment("issued");
+                tracing::info!(%device, %mac, serial = %cert.serial, not_after = cert.not_after, token = attempt.token_hash.is_some(), "device enrolled");
+                s.refresh_logged().await;
+                s.evaluate_logged().await;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "enrollment token storage failed");
-                return Err(Reject(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "token storage unavailable".into(),
-                ));
+            Ok(json(
+                StatusCode::OK,
+                &EnrollResponse {
+                    status: "issued".into(),
+                    device_id: device.0,
+                    certificate: Some(cert.pem),
+                    ca: Some(s.ca.cert_pem().to_owned()),
+                    not_after: Some(cert.not_after),
+                },
+            ))
+        }
+        EnrollOutcome::Pending { device, recorded } => {
+            s.metrics.enrollment("pending");
+            if recorded {
+                tracing::info!(%device, %mac, "enrollment pending operator approval");
+                s.refresh_logged().await;
             }
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &EnrollResponse {
+                    status: "pending".into(),
+                    device_id: device.0,
+                    certificate: None,
+                    ca: None,
+                    not_after: None,
+                },
+            ))
         }
-        if machine.state != MachineState::Approved {
-            s.store
-                .set_machine_state(machine.id, MachineState::Approved)
-                .await?;
+        EnrollOutcome::Refused { device, reason } => {
+            s.metrics.enrollment("refused");
+            s.metrics.refusal(reason.as_str());
+            tracing::warn!(device = ?device.map(|d| d.0), %mac, reason = reason.as_str(), "enrollment refused");
+            let status = match reason {
+                EnrollRefusal::AlreadyEnrolled => StatusCode::CONFLICT,
+                EnrollRefusal::PendingFull => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            Err(Reject(status, reason.to_string()))
         }
-        let resp = s.issue(&req.csr, machine.id, now).await?;
-        s.metrics.enrollment("issued");
-        s.evaluate_logged().await;
-        return Ok(json(StatusCode::OK, &resp));
     }
-    if machine.state != MachineState::Approved {
-        s.metrics.enrollment("pending");
-        tracing::info!(device = %machine.id, %mac, "enrollment pending operator approval");
-        return Ok(json(
-            StatusCode::ACCEPTED,
-            &EnrollResponse {
-                status: "pending".into(),
-                device_id: machine.id.0,
-                certificate: None,
-                ca: None,
-                not_after: None,
-            },
-        ));
-    }
-    // Pre-authorised by MAC: once only. A device that holds a valid certificate renews over
-    // mutual TLS; a second enrollment by MAC alone would let anyone who learns the MAC
-    // obtain an identity.
-    let certs = s.store.list_device_certs(machine.id).await?;
-    if certs.iter().any(|c| c.is_valid_at(now)) {
-        s.metrics.enrollment("refused");
-        tracing::warn!(device = %machine.id, %mac, "enrollment refused: device already holds a valid certificate");
-        return Err(Reject(
-            StatusCode::CONFLICT,
-            "device already enrolled; renew over mutual TLS or ask the operator to revoke".into(),
-        ));
-    }
-    let resp = s.issue(&req.csr, machine.id, now).await?;
-    s.metrics.enrollment("issued");
-    Ok(json(StatusCode::OK, &resp))
 }

@@ -1,14 +1,15 @@
-//! The accept loop: TLS handshake with a deadline, the peer's identity from its verified
-//! certificate, HTTP/1.1 with a header deadline, a cap on connections served at once; and the
-//! periodic fleet refresh and rollout evaluation.
+//! The accept loop: a budget of connections (global and per client address, closed at once
+//! beyond it), TLS handshake with a deadline, the peer's identity from its verified
+//! certificate, HTTP/1.1 with a header deadline (the body deadline is the router's
+//! `body_deadline`); and the periodic fleet refresh and rollout evaluation.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
+use tugboot_fleet::conn::ConnBudget;
 
 use super::auth::ConnInfo;
 use super::{ApiError, ApiState};
@@ -19,6 +20,21 @@ pub(super) async fn serve(
     tls: Arc<rustls::ServerConfig>,
     listener: TcpListener,
 ) -> Result<(), ApiError> {
+    match crate::tokens::import_legacy_file(
+        &state.state_dir,
+        &state.store,
+        state.now(),
+        state.config.token_ttl_secs,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            tokens = n,
+            "unused enrollment tokens of enrollment-tokens.json moved into the store"
+        ),
+        Err(e) => tracing::error!(error = %e, "enrollment-tokens.json not imported"),
+    }
     state.refresh_logged().await;
     state.evaluate_logged().await;
     let periodic = {
@@ -45,20 +61,31 @@ pub(super) async fn serve(
     let _periodic = AbortOnDrop(periodic);
     let app = super::router(state.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let budget = ConnBudget::new(
+        state.config.max_connections,
+        state.config.max_connections_per_peer,
+    );
     let handshake_timeout = state.config.handshake_timeout;
     loop {
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ApiError::Io(std::io::Error::other(e)))?;
         let (tcp, remote) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: wait a little, keep serving.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = match budget.admit(remote.ip()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                // Closed before the TLS handshake: a flood costs an accept and a close.
+                state.metrics.refusal(match refusal {
+                    tugboot_fleet::conn::ConnRefusal::Global => "connections_global",
+                    tugboot_fleet::conn::ConnRefusal::PerPeer => "connections_per_peer",
+                });
+                tracing::debug!(%remote, cap = refusal.as_str(), "connection refused");
+                drop(tcp);
                 continue;
             }
         };

@@ -50,7 +50,7 @@ use tugboot_store::{AnyStore, StoreError};
 
 use crate::ca::{CertAuthority, needs_renewal};
 use crate::metrics::Metrics;
-use crate::tokens::{OperatorToken, TokenBook, TokenError};
+use crate::tokens::{OperatorToken, TokenError};
 use crate::wire::WireError;
 
 pub use auth::ConnInfo;
@@ -86,6 +86,16 @@ pub enum ApiError {
 /// (900 s), so one lost report is not yet silence.
 pub const DEFAULT_SILENT_AFTER_SECS: u64 = 3600;
 
+/// Default [`ApiConfig::max_connections_per_peer`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 64;
+/// Default [`ApiConfig::body_timeout`]: a 16 MiB upload chunk at 1 MiB/s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Default [`ApiConfig::max_pending_enrollments`].
+pub const DEFAULT_MAX_PENDING_ENROLLMENTS: u64 = 1024;
+/// Default [`ApiConfig::enroll_replay_window_secs`]: ten minutes.
+pub const DEFAULT_ENROLL_REPLAY_WINDOW_SECS: u64 = 600;
+
 /// Tunables of the API (see `docs/device-api.md`).
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -104,10 +114,25 @@ pub struct ApiConfig {
     /// If set, assignments point artifact downloads at `{base}/{sha256}` (the HTTP server,
     /// which serves the same catalogue) instead of this API's `/api/v1/device/artifacts/{sha256}`.
     pub artifact_base_url: Option<String>,
-    /// Most TLS connections served at once.
+    /// Most TLS connections served at once; further connections are closed at once.
     pub max_connections: usize,
-    /// Time allowed for the TLS handshake and for request headers.
+    /// Most connections open at once from one client address (IPv6: one /64); further ones
+    /// from it are closed at once.
+    pub max_connections_per_peer: usize,
+    /// Time allowed for the TLS handshake and for request headers (also how long an idle
+    /// keep-alive connection stays open).
     pub handshake_timeout: Duration,
+    /// Time allowed for a request's body, from the end of its headers: a client that sends
+    /// part of a body gets `408` and its connection is closed (its place released).
+    pub body_timeout: Duration,
+    /// Most machines that may wait for approval, created by token-less enrollment requests
+    /// (further new MACs are refused with 503 and nothing is written).
+    pub max_pending_enrollments: u64,
+    /// A request repeating an issued enrollment (same MAC, same key) within this many seconds
+    /// gets the same certificate again (a retry after a lost answer); later it is refused.
+    pub enroll_replay_window_secs: u64,
+    /// Lifetime of an enrollment token when the operator does not give one.
+    pub token_ttl_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -120,7 +145,12 @@ impl Default for ApiConfig {
             evaluate_interval: Duration::from_secs(30),
             artifact_base_url: None,
             max_connections: 16_384,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             handshake_timeout: Duration::from_secs(10),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_pending_enrollments: DEFAULT_MAX_PENDING_ENROLLMENTS,
+            enroll_replay_window_secs: DEFAULT_ENROLL_REPLAY_WINDOW_SECS,
+            token_ttl_secs: crate::tokens::DEFAULT_TOKEN_TTL_SECS,
         }
     }
 }
@@ -146,7 +176,8 @@ pub struct ApiParts {
     pub live: Arc<Live>,
     /// The CA.
     pub ca: CertAuthority,
-    /// Directory for the enrollment-token file.
+    /// The API state directory (a pre-v3 `enrollment-tokens.json` there is imported into the
+    /// store once, when serving starts).
     pub state_dir: PathBuf,
     /// The operator's bearer token.
     pub operator: OperatorToken,
@@ -178,7 +209,7 @@ pub struct ApiState {
     store: AnyStore,
     live: Arc<Live>,
     ca: CertAuthority,
-    tokens: Mutex<TokenBook>,
+    state_dir: PathBuf,
     operator: OperatorToken,
     blobs: BlobStore,
     trusted_root: TrustedRoot,
@@ -310,6 +341,52 @@ async fn track(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Resp
 /// Largest request body the router accepts at all (a manifest, an upload chunk).
 const MAX_BODY_BYTES: usize = admin::MAX_UPLOAD_CHUNK + 1;
 
+/// Reads the whole request body within [`ApiConfig::body_timeout`] (and at most
+/// [`MAX_BODY_BYTES`]) before any handler runs. A client that stops sending part way gets
+/// `408` with `Connection: close`: the connection ends and its place in the connection budget
+/// is free again, instead of being held by a handler waiting for bytes that never come.
+async fn body_deadline(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(s.config.body_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+            let status = if too_large {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return close(Reject(status, format!("request body: {e}")).into_response());
+        }
+        Err(_) => {
+            s.metrics.refusal("body_timeout");
+            tracing::info!(path = %parts.uri.path(), "request body not received in time; closing");
+            return close(
+                Reject(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "request body not received within {} s",
+                        s.config.body_timeout.as_secs()
+                    ),
+                )
+                .into_response(),
+            );
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+fn close(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// The routes (without TLS: requests reaching it without the TLS layer have no identity).
 fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -336,7 +413,10 @@ fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/admin/certificates/{serial}/revoke",
             post(admin::revoke_cert),
         )
-        .route("/api/v1/admin/enrollment-tokens", post(admin::new_token))
+        .route(
+            "/api/v1/admin/enrollment-tokens",
+            get(admin::tokens).post(admin::new_token),
+        )
         .route(
             "/api/v1/admin/rollouts",
             get(admin::rollouts).post(admin::create_rollout),
@@ -364,6 +444,10 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_deadline,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -404,11 +488,14 @@ pub fn tls_config(
 }
 
 /// Loads the server certificate from `dir` (`server.pem`, `server.key`), or issues one for
-/// `names` with `ca` and writes it (key mode 0600) when there is none or it expires within
+/// `names` with `ca` and writes the pair ([`crate::ca::write_server_pair`]: temporary files
+/// created with their final mode, fsync, rename) when there is none, when the two do not
+/// belong together (a crash between the renames) or when it expires within
 /// `renew_before_secs`.
 ///
 /// # Errors
-/// CA and file errors.
+/// CA and file errors; [`crate::ca::CaError::KeyPermissions`] for a key file readable by group
+/// or others.
 pub fn load_or_issue_server_cert(
     dir: &Path,
     ca: &CertAuthority,
@@ -416,31 +503,13 @@ pub fn load_or_issue_server_cert(
     now: i64,
     renew_before_secs: u64,
 ) -> Result<crate::ca::ServerCert, ApiError> {
-    let cert_path = dir.join("server.pem");
-    let key_path = dir.join("server.key");
-    if let (Ok(cert_pem), Ok(key_pem)) = (
-        std::fs::read_to_string(&cert_path),
-        std::fs::read_to_string(&key_path),
-    ) && let Some(der) = crate::ca::pem_to_der(&cert_pem, "CERTIFICATE")
-        && let Ok((_, c)) = x509_parser::parse_x509_certificate(&der)
-        && !needs_renewal(c.validity().not_after.timestamp(), now, renew_before_secs)
+    if let Some((pair, not_after)) = crate::ca::load_server_pair(dir)?
+        && !needs_renewal(not_after, now, renew_before_secs)
     {
-        return Ok(crate::ca::ServerCert { cert_pem, key_pem });
+        return Ok(pair);
     }
     let issued = ca.issue_server(names, now, crate::ca::DEFAULT_SERVER_VALIDITY_SECS)?;
-    std::fs::create_dir_all(dir)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    use std::io::Write as _;
-    let mut f = opts.open(&key_path)?;
-    f.write_all(issued.key_pem.as_bytes())?;
-    f.sync_all()?;
-    std::fs::write(&cert_path, &issued.cert_pem)?;
+    crate::ca::write_server_pair(dir, &issued)?;
     Ok(issued)
 }
 
@@ -469,16 +538,15 @@ impl ApiServer {
     /// Builds the server.
     ///
     /// # Errors
-    /// TLS set-up and token-file errors.
+    /// TLS set-up errors.
     pub fn new(parts: ApiParts) -> Result<Self, ApiError> {
         let tls = tls_config(&parts.ca, &parts.server_cert_pem, &parts.server_key_pem)?;
-        let tokens = TokenBook::open(&parts.state_dir)?;
         Ok(Self {
             state: Arc::new(ApiState {
                 store: parts.store,
                 ca: parts.ca,
                 live: parts.live,
-                tokens: Mutex::new(tokens),
+                state_dir: parts.state_dir,
                 operator: parts.operator,
                 blobs: parts.blobs,
                 trusted_root: parts.trusted_root,

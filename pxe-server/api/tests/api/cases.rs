@@ -236,6 +236,349 @@ pub async fn enrollment_tokens_are_single_use(url: &str) {
     assert_eq!(r.status, 401);
 }
 
+/// Issue #11 item 3: a token expires, and one bound to a MAC or serial is refused for any
+/// other (and stays unused for its own device); a token never enrolls an enrolled identity.
+pub async fn enrollment_tokens_expire_and_bind(url: &str) {
+    let f = Fleet::start(url).await;
+    let mut a = Device::new(11);
+    let mut b = Device::new(12);
+    let bound = f.new_token_with(&serde_json::json!({"mac": a.mac})).await;
+    let r = f.enroll(&mut b, Some(&bound)).await;
+    assert_eq!(r.status, 403, "token bound to another MAC: {}", text(&r));
+    assert!(text(&r).contains("bound"), "{}", text(&r));
+    assert!(b.cert_pem.is_none());
+    let r = f.enroll(&mut a, Some(&bound)).await;
+    assert_eq!(r.status, 200, "its own MAC: {}", text(&r));
+
+    let by_serial = f
+        .new_token_with(&serde_json::json!({"serial": "SN-12"}))
+        .await;
+    let r = f.enroll_with(&mut b, Some(&by_serial), Some("SN-99")).await;
+    assert_eq!(r.status, 403, "other serial: {}", text(&r));
+    let r = f.enroll(&mut b, Some(&by_serial)).await;
+    assert_eq!(r.status, 403, "no serial: {}", text(&r));
+    let r = f.enroll_with(&mut b, Some(&by_serial), Some("SN-12")).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+
+    let short = f
+        .new_token_with(&serde_json::json!({"expires_in_secs": 60}))
+        .await;
+    f.advance(61);
+    let mut c = Device::new(13);
+    let r = f.enroll(&mut c, Some(&short)).await;
+    assert_eq!(r.status, 403, "expired token: {}", text(&r));
+    assert!(text(&r).contains("expired"), "{}", text(&r));
+    assert!(c.cert_pem.is_none());
+
+    // Item 3 as reported: a fresh token and the MAC of an enrolled device, new key.
+    let fresh = f.new_token().await;
+    let mut thief = Device::new(11);
+    let r = f.enroll(&mut thief, Some(&fresh)).await;
+    assert_eq!(
+        r.status,
+        409,
+        "token must not clone an identity: {}",
+        text(&r)
+    );
+    assert!(thief.cert_pem.is_none());
+    assert_eq!(
+        f.store
+            .list_device_certs(MachineId(a.id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The operator's view: hashes only, states, bindings; bad requests refused.
+    let r = f.op("GET", "/api/v1/admin/enrollment-tokens", b"").await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let list = r.json().unwrap();
+    // Oldest first; tokens made in the same second in any order.
+    let mut states: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["state"].as_str().unwrap(),
+                t["mac"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(states.pop(), Some(("unused", "-")), "{list}");
+    states.sort_unstable();
+    assert_eq!(
+        states,
+        [("expired", "-"), ("used", "-"), ("used", a.mac.as_str())],
+        "{list}"
+    );
+    assert!(!String::from_utf8_lossy(&r.body).contains(&fresh));
+    for bad in [
+        serde_json::json!({"expires_in_secs": 0}),
+        serde_json::json!({"mac": "nope"}),
+        serde_json::json!({"unknown": 1}),
+    ] {
+        let r = f
+            .op(
+                "POST",
+                "/api/v1/admin/enrollment-tokens",
+                &serde_json::to_vec(&bad).unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", text(&r));
+    }
+}
+
+/// Issue #11 item 9: a replayed request (same MAC, same CSR) gets the certificate issued
+/// for it, not a new one, and only within the replay window; the same CSR under another MAC
+/// gets nothing.
+pub async fn enrollment_replays_get_one_certificate(url: &str) {
+    let f = Fleet::start(url).await;
+    let token = f.new_token().await;
+    let mut d = Device::new(21);
+    let first = f.enroll(&mut d, Some(&token)).await;
+    assert_eq!(first.status, 200, "{}", text(&first));
+    let cert = d.cert_pem.clone().unwrap();
+    for _ in 0..5 {
+        let r = f.enroll(&mut d, Some(&token)).await;
+        assert_eq!(r.status, 200, "replay within the window: {}", text(&r));
+        assert_eq!(
+            d.cert_pem.as_deref(),
+            Some(cert.as_str()),
+            "same certificate"
+        );
+    }
+    let mut other_mac = d.clone();
+    other_mac.mac = Device::new(22).mac;
+    other_mac.cert_pem = None;
+    let r = f.enroll(&mut other_mac, None).await;
+    assert_eq!(r.status, 403, "key in use: {}", text(&r));
+    f.advance(i64::try_from(tugboot_api::server::DEFAULT_ENROLL_REPLAY_WINDOW_SECS).unwrap() + 1);
+    let r = f.enroll(&mut d, Some(&token)).await;
+    assert_eq!(r.status, 409, "replay after the window: {}", text(&r));
+    assert_eq!(
+        f.store
+            .list_device_certs(MachineId(d.id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let metrics = String::from_utf8(f.anonymous().get("/metrics").await.unwrap().body).unwrap();
+    assert!(
+        metrics.contains("tugboot_api_enrollments_total{result=\"repeated\"} 5"),
+        "{metrics}"
+    );
+}
+
+/// Issue #11 item 10: after the operator revokes a machine, neither a token-less request with
+/// its MAC and a new key nor a token enrolls it; approving it again is the operator action
+/// that lets it enroll once more.
+pub async fn revoked_machine_cannot_enroll_again(url: &str) {
+    let f = Fleet::start(url).await;
+    let mut d = f.enrolled(31).await;
+    let r = f
+        .op(
+            "POST",
+            &format!("/api/v1/admin/machines/{}/revoke", d.id),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let mut clone = Device::new(31);
+    let r = f.enroll(&mut clone, None).await;
+    assert_eq!(r.status, 403, "token-less re-enrollment: {}", text(&r));
+    assert!(text(&r).contains("revoked"), "{}", text(&r));
+    let token = f.new_token().await;
+    let r = f.enroll(&mut clone, Some(&token)).await;
+    assert_eq!(r.status, 403, "token re-enrollment: {}", text(&r));
+    assert!(clone.cert_pem.is_none());
+    // The old certificate no longer opens anything.
+    let r = f.client(&d).get("/api/v1/device/assignment").await.unwrap();
+    assert_eq!(r.status, 403, "{}", text(&r));
+    // Revoking only the certificate keeps the machine enrolled: still no second identity.
+    let mut e = f.enrolled(32).await;
+    let serial = f.store.list_device_certs(MachineId(e.id)).await.unwrap()[0]
+        .serial
+        .clone();
+    let r = f
+        .op(
+            "POST",
+            &format!("/api/v1/admin/certificates/{serial}/revoke"),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let mut e2 = Device::new(32);
+    assert_eq!(f.enroll(&mut e2, None).await.status, 409);
+    // The operator approves again: one more enrollment, once.
+    for id in [d.id, e.id] {
+        let r = f
+            .op("POST", &format!("/api/v1/admin/machines/{id}/approve"), b"")
+            .await;
+        assert_eq!(r.status, 200, "{}", text(&r));
+    }
+    let r = f.enroll(&mut clone, None).await;
+    assert_eq!(r.status, 200, "after approval: {}", text(&r));
+    let r = f.enroll(&mut e2, None).await;
+    assert_eq!(r.status, 200, "after approval: {}", text(&r));
+    let mut third = Device::new(32);
+    assert_eq!(f.enroll(&mut third, None).await.status, 409);
+    d.cert_pem = None;
+    e.cert_pem = None;
+}
+
+/// Issue #11 item 4: 40 concurrent requests for one approved MAC (each its own key, half with
+/// a token of their own): exactly one certificate, the others 409, at most one token spent.
+pub async fn concurrent_enrollments_for_one_mac_issue_one_certificate(url: &str) {
+    let f = Fleet::start(url).await;
+    for round in 0..2u32 {
+        let n = 40 + round;
+        let mut d = Device::new(n);
+        assert_eq!(f.enroll(&mut d, None).await.status, 202);
+        let r = f
+            .op(
+                "POST",
+                &format!("/api/v1/admin/machines/{}/approve", d.id),
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let mut tokens = Vec::new();
+        for _ in 0..20 {
+            tokens.push(f.new_token().await);
+        }
+        let f = &f;
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(40));
+        let results = futures_join(40, |i| {
+            let barrier = barrier.clone();
+            let token = tokens.get(i).cloned();
+            async move {
+                let mut dev = Device::new(n);
+                barrier.wait().await;
+                f.enroll(&mut dev, token.as_deref()).await.status
+            }
+        })
+        .await;
+        let ok = results.iter().filter(|s| **s == 200).count();
+        assert_eq!(ok, 1, "round {round}: {results:?}");
+        assert!(
+            results.iter().all(|s| *s == 200 || *s == 409),
+            "{results:?}"
+        );
+        assert_eq!(
+            f.store
+                .list_device_certs(MachineId(d.id))
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "round {round}"
+        );
+        let spent = f
+            .store
+            .list_enrollment_tokens()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|t| t.used_at.is_some())
+            .count();
+        assert!(
+            spent <= usize::try_from(round).unwrap() + 1,
+            "{spent} tokens spent"
+        );
+    }
+}
+
+/// Runs `n` futures made by `make` at once (on this task) and returns their results in order.
+async fn futures_join<F, Fut, T>(n: usize, make: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut set = Vec::new();
+    for i in 0..n {
+        set.push(Box::pin(make(i)));
+    }
+    let mut out = Vec::new();
+    for r in join_all(set).await {
+        out.push(r);
+    }
+    out
+}
+
+/// A minimal join-all (the tests do not depend on `futures`).
+async fn join_all<Fut: std::future::Future + Unpin>(mut futs: Vec<Fut>) -> Vec<Fut::Output> {
+    let mut results: Vec<Option<Fut::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match std::future::Future::poll(std::pin::Pin::new(f), cx) {
+                    std::task::Poll::Ready(v) => results[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().map(Option::unwrap).collect()
+}
+
+/// Issue #11 item 9: token-less requests from new MACs create at most `max_pending` waiting
+/// machines (then 503, nothing written); a machine polling while it waits writes nothing.
+pub async fn pending_enrollments_are_capped_and_polls_write_nothing(url: &str) {
+    let config = tugboot_api::ApiConfig {
+        max_pending_enrollments: 3,
+        ..Default::default()
+    };
+    let f = Fleet::start_with(url, config).await;
+    let mut waiting = Vec::new();
+    for n in 0..3 {
+        let mut d = Device::new(50 + n);
+        assert_eq!(f.enroll(&mut d, None).await.status, 202);
+        waiting.push(d);
+    }
+    let before = f.store.list_machines().await.unwrap();
+    for n in 3..10 {
+        let mut d = Device::new(50 + n);
+        let r = f.enroll(&mut d, None).await;
+        assert_eq!(r.status, 503, "{}", text(&r));
+    }
+    f.advance(30);
+    for d in &mut waiting {
+        for _ in 0..3 {
+            assert_eq!(f.enroll(d, None).await.status, 202);
+        }
+    }
+    let after = f.store.list_machines().await.unwrap();
+    assert_eq!(
+        before, after,
+        "refusals and polls wrote nothing (not even last_seen)"
+    );
+    // A token still enrolls a new machine when the queue is full.
+    let token = f.new_token().await;
+    let mut t = Device::new(70);
+    assert_eq!(f.enroll(&mut t, Some(&token)).await.status, 200);
+    // Approving one frees a place.
+    let r = f
+        .op(
+            "POST",
+            &format!("/api/v1/admin/machines/{}/approve", waiting[0].id),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mut next = Device::new(60);
+    assert_eq!(f.enroll(&mut next, None).await.status, 202);
+}
+
 /// No token: 202 until the operator approves, then the certificate; MAC pre-authorisation
 /// works once only; renewal over mTLS.
 pub async fn enrollment_waits_for_approval_then_renews(url: &str) {

@@ -262,9 +262,21 @@ impl Fleet {
     }
 
     pub async fn enroll(&self, d: &mut Device, token: Option<&str>) -> HttpResponse {
+        self.enroll_with(d, token, None).await
+    }
+
+    pub async fn enroll_with(
+        &self,
+        d: &mut Device,
+        token: Option<&str>,
+        serial: Option<&str>,
+    ) -> HttpResponse {
         let mut body = serde_json::json!({"csr": d.csr_pem, "mac": d.mac});
         if let Some(t) = token {
             body["token"] = t.into();
+        }
+        if let Some(s) = serial {
+            body["serial"] = s.into();
         }
         let r = self
             .anonymous()
@@ -283,8 +295,17 @@ impl Fleet {
     }
 
     pub async fn new_token(&self) -> String {
+        self.new_token_with(&serde_json::json!({})).await
+    }
+
+    /// A token with these options (`expires_in_secs`, `mac`, `serial`).
+    pub async fn new_token_with(&self, options: &serde_json::Value) -> String {
         let r = self
-            .op("POST", "/api/v1/admin/enrollment-tokens", b"")
+            .op(
+                "POST",
+                "/api/v1/admin/enrollment-tokens",
+                &serde_json::to_vec(options).unwrap(),
+            )
             .await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         r.json().unwrap()["token"].as_str().unwrap().to_owned()

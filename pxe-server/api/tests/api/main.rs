@@ -4,6 +4,7 @@
 mod cases;
 mod durability;
 mod harness;
+mod limits;
 mod seeds;
 
 macro_rules! for_each_case {
@@ -15,6 +16,11 @@ macro_rules! for_each_case {
             revoked_certificate_is_refused,
             impersonation_is_refused,
             enrollment_tokens_are_single_use,
+            enrollment_tokens_expire_and_bind,
+            enrollment_replays_get_one_certificate,
+            revoked_machine_cannot_enroll_again,
+            concurrent_enrollments_for_one_mac_issue_one_certificate,
+            pending_enrollments_are_capped_and_polls_write_nothing,
             enrollment_waits_for_approval_then_renews,
             happy_path_rollout_advances,
             rollout_pauses_resumes_aborts,
@@ -45,6 +51,15 @@ macro_rules! suite {
                     return;
                 };
                 crate::durability::kill9_during_report_burst(&loc.url).await;
+            }
+
+            /// kill -9 of the server process during a burst of enrollments.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn acknowledged_enrollments_survive_kill9() {
+                let Some(loc) = crate::harness::fresh($db).await else {
+                    return;
+                };
+                crate::durability::kill9_during_enrollment_burst(&loc.url).await;
             }
         }
     };

@@ -154,16 +154,26 @@ impl Fixture {
     }
 
     pub fn server_with(&self, base_url: Option<BaseUrl>) -> Arc<BootServer> {
+        self.server_tuned(base_url, |_| {})
+    }
+
+    /// [`Fixture::server_with`] with the configuration changed by `tune`.
+    pub fn server_tuned(
+        &self,
+        base_url: Option<BaseUrl>,
+        tune: impl FnOnce(&mut HttpConfig),
+    ) -> Arc<BootServer> {
         let boot = self.dir.path().join("boot");
         std::fs::create_dir_all(&boot).unwrap();
         std::fs::write(boot.join("snponly.efi"), bytes(70_000, 3)).unwrap();
         std::fs::write(self.dir.path().join("secret"), b"secret").unwrap();
-        let config = HttpConfig {
+        let mut config = HttpConfig {
             base_url,
             boot_dir: Some(boot),
             chunk_size: 64 << 10,
             ..HttpConfig::default()
         };
+        tune(&mut config);
         let profiles = ProfileSet::from_toml(PROFILES).unwrap();
         let live = Arc::new(Live::new(Fleet {
             registry: declared_registry(&profiles, 1),

@@ -252,3 +252,64 @@ async fn grub_http_client_sees_the_length_and_an_empty_404() {
     assert!(body.is_empty());
     run.stop().await;
 }
+
+/// Issue #11 item 8: one address holding its most connections (idle, never sending a byte)
+/// cannot keep curl from another address from being served; its next connection is closed at
+/// once, over HTTP and over HTTPS (before the handshake). 127.0.0.0/8 is all local on Linux.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_connection() {
+    use tokio::io::AsyncReadExt as _;
+    let f = Fixture::new(1 << 20);
+    let server = f.server_tuned(None, |c| c.max_connections_per_peer = 8);
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let tls = server_config(
+        ck.cert.pem().as_bytes(),
+        ck.key_pair.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let plain = start(Arc::clone(&server), None).await;
+    let secure = start(Arc::clone(&server), Some(tls)).await;
+    let connect = |to: SocketAddr| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        sock.connect(to).await.unwrap()
+    };
+    // One budget for both listeners: four plain and four TLS connections fill 127.0.0.2's.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect(plain.addr).await);
+        held.push(connect(secure.addr).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(server.conn_budget().open(), 8);
+    for to in [plain.addr, secure.addr] {
+        let mut extra = connect(to).await;
+        let mut b = [0u8; 16];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), extra.read(&mut b))
+            .await
+            .expect("the extra connection is closed at once");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    assert_eq!(server.counters().refused_per_peer, 2);
+    // curl from 127.0.0.1 is served, over both.
+    let url = format!("http://{}/artifacts/sha256/{}", plain.addr, f.kernel_digest);
+    let (ok, body) = curl(&["--fail", &url]).await;
+    assert!(ok && body == f.kernel);
+    let url = format!(
+        "https://localhost:{}/artifacts/sha256/{}",
+        secure.addr.port(),
+        f.kernel_digest
+    );
+    let (ok, body) = curl(&[
+        "--fail",
+        "--insecure",
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", secure.addr.port()),
+        &url,
+    ])
+    .await;
+    assert!(ok && body == f.kernel);
+    drop(held);
+    plain.stop().await;
+    secure.stop().await;
+}

@@ -11,7 +11,7 @@ use tugboot_firmware::Timestamp;
 
 use super::Global;
 use super::output::print_json;
-use super::util::{ensure_absent, parse_expiry, write_atomic};
+use super::util::{ensure_absent, parse_expiry};
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
@@ -113,10 +113,10 @@ pub fn run(cmd: CaCommand, global: Global) -> anyhow::Result<()> {
             let issued = ca
                 .issue_server(&names, unix_now(now), DEFAULT_SERVER_VALIDITY_SECS)
                 .context("issuing the server certificate")?;
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
-            write_atomic(&key_path, issued.key_pem.as_bytes(), true)?;
-            write_atomic(&cert_path, issued.cert_pem.as_bytes(), false)?;
+            // The pair as `serve` writes it: key first, each through a temporary file created
+            // with its final mode, fsync, rename; a torn pair is detected on load.
+            tugboot_api::ca::write_server_pair(&out, &issued)
+                .with_context(|| format!("cannot write the key pair in {}", out.display()))?;
             if global.json {
                 return print_json(&serde_json::json!({
                     "ok": true,

@@ -74,12 +74,23 @@ enum EnrollCommand {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create tokens on the server; each is shown once, here.
+    /// Create tokens on the server; each is shown once, here (the server keeps its hash).
     Create {
         /// How many.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
         count: u32,
+        /// Lifetime: 30m, 12h, 7d, 1y (default: the server's, 24 h).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        /// Only a device enrolling with this boot MAC may use it.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Only a device enrolling with this serial number may use it.
+        #[arg(long)]
+        serial: Option<String>,
     },
+    /// The server's tokens: a hash prefix (never the token), expiry, bindings, use.
+    List,
 }
 
 /// A machine named by its id, MAC or name.
@@ -354,21 +365,73 @@ pub fn run(args: MachinesArgs, global: Global) -> anyhow::Result<()> {
 pub fn run_enroll(args: EnrollArgs, global: Global) -> anyhow::Result<()> {
     let remote = Remote::connect(&args.remote)?;
     match args.command {
-        EnrollCommand::Token(TokenCommand::Create { count }) => {
+        EnrollCommand::Token(TokenCommand::Create {
+            count,
+            expires,
+            mac,
+            serial,
+        }) => {
+            let mut options = serde_json::Map::new();
+            if let Some(e) = expires {
+                let secs = super::util::parse_duration_secs(&e).with_context(|| {
+                    format!("--expires {e:?}: expected a duration such as 30m, 12h, 7d or 1y")
+                })?;
+                options.insert("expires_in_secs".into(), secs.into());
+            }
+            if let Some(m) = mac {
+                let m: tugboot_wire::Mac = m
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--mac {m:?} is not a MAC address"))?;
+                options.insert("mac".into(), m.to_string().into());
+            }
+            if let Some(s) = serial {
+                options.insert("serial".into(), s.into());
+            }
+            let body = serde_json::to_vec(&options)?;
             let mut tokens = Vec::new();
             for _ in 0..count {
-                let doc = remote.call("POST", "/api/v1/admin/enrollment-tokens", Some(b""))?;
+                let doc = remote.call("POST", "/api/v1/admin/enrollment-tokens", Some(&body))?;
                 let token = doc["token"]
                     .as_str()
                     .ok_or_else(|| anyhow::anyhow!("the server answered without a token"))?;
-                tokens.push(token.to_owned());
+                tokens.push((token.to_owned(), doc["expires_at"].clone()));
             }
             if global.json {
-                return print_json(&serde_json::json!({ "tokens": tokens }));
+                let list: Vec<&str> = tokens.iter().map(|(t, _)| t.as_str()).collect();
+                let expires = tokens.first().map_or(Value::Null, |(_, e)| e.clone());
+                return print_json(&serde_json::json!({ "tokens": list, "expires_at": expires }));
             }
-            for t in tokens {
+            for (t, _) in &tokens {
                 println!("{t}");
             }
+            if let Some((_, e)) = tokens.first() {
+                eprintln!("expires {}", time_cell(e));
+            }
+        }
+        EnrollCommand::Token(TokenCommand::List) => {
+            let list = remote.call("GET", "/api/v1/admin/enrollment-tokens", None)?;
+            if global.json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    vec![
+                        cell(&t["id"]),
+                        cell(&t["state"]),
+                        time_cell(&t["expires_at"]),
+                        cell(&t["mac"]),
+                        cell(&t["serial"]),
+                        cell(&t["used_by"]),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ID", "STATE", "EXPIRES", "MAC", "SERIAL", "USED BY"],
+                &rows,
+            );
         }
     }
     Ok(())

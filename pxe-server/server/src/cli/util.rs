@@ -81,7 +81,8 @@ pub fn parse_expiry(text: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
         .with_context(|| format!("expiry {text:?} is too far in the future"))
 }
 
-fn parse_duration_secs(text: &str) -> anyhow::Result<u64> {
+/// A duration: a number and a unit (`s`, `m`, `h`, `d`, `w`, `y`), e.g. `90d`, `12h`.
+pub fn parse_duration_secs(text: &str) -> anyhow::Result<u64> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .context("missing unit (s, m, h, d, w, y)")?;

@@ -220,6 +220,9 @@ pub struct RawHttp {
     /// HTTPS instead of HTTP.
     #[serde(default)]
     pub tls: Option<RawTls>,
+    /// Most connections open at once from one client address (default 32; docs/security.md).
+    #[serde(default)]
+    pub max_connections_per_peer: Option<usize>,
 }
 
 /// What the iPXE script of an unknown machine does.
@@ -331,6 +334,8 @@ pub struct HttpSettings {
     pub unknown_machine: ErrorAction,
     /// `(cert, key)` for HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Connection cap per client address.
+    pub max_connections_per_peer: usize,
 }
 
 impl ServeConfig {
@@ -473,6 +478,12 @@ fn http_settings(
         UnknownMachineAction::Retry => ErrorAction::Retry { after_secs: 60 },
         UnknownMachineAction::Exit => ErrorAction::Exit,
     };
+    let max_connections_per_peer = raw
+        .max_connections_per_peer
+        .unwrap_or(tugboot_http::DEFAULT_MAX_CONNECTIONS_PER_PEER);
+    if !(1..=4096).contains(&max_connections_per_peer) {
+        return Err(invalid("http.max_connections_per_peer", "must be 1..=4096"));
+    }
     Ok(HttpSettings {
         listen,
         public_url,
@@ -480,6 +491,7 @@ fn http_settings(
         retry_secs,
         unknown_machine,
         tls,
+        max_connections_per_peer,
     })
 }
 
@@ -644,6 +656,7 @@ struct ResolvedHttp {
     unknown_machine: String,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    max_connections_per_peer: usize,
 }
 
 fn show(p: &Path) -> String {
@@ -736,6 +749,7 @@ impl ServeConfig {
                 },
                 tls_cert: self.http.tls.as_ref().map(|(c, _)| show(c)),
                 tls_key: self.http.tls.as_ref().map(|(_, k)| show(k)),
+                max_connections_per_peer: self.http.max_connections_per_peer,
             },
             api: self.api.as_ref().map(ApiSettings::resolved),
         }
@@ -777,6 +791,19 @@ pub struct RawApi {
     /// 3600).
     #[serde(default)]
     pub silent_after_secs: Option<u64>,
+    /// Most connections open at once from one client address (default 64).
+    #[serde(default)]
+    pub max_connections_per_peer: Option<usize>,
+    /// Seconds a client has to send a request body (default 20).
+    #[serde(default)]
+    pub body_timeout_secs: Option<u64>,
+    /// Most machines that may wait for approval after a token-less enrollment request
+    /// (default 1024).
+    #[serde(default)]
+    pub max_pending_enrollments: Option<u64>,
+    /// Lifetime of an enrollment token when `enroll token create` gives none (default 86400).
+    #[serde(default)]
+    pub token_ttl_secs: Option<u64>,
 }
 
 /// Validated `[api]`.
@@ -798,6 +825,14 @@ pub struct ApiSettings {
     pub report_timeout_secs: u64,
     /// Silence deadline.
     pub silent_after_secs: u64,
+    /// Connection cap per client address.
+    pub max_connections_per_peer: usize,
+    /// Body deadline, seconds.
+    pub body_timeout_secs: u64,
+    /// Cap on machines waiting for approval.
+    pub max_pending_enrollments: u64,
+    /// Default token lifetime.
+    pub token_ttl_secs: u64,
 }
 
 /// Default `[api]` report timeout (docs/rollouts.md).
@@ -879,6 +914,36 @@ fn api_settings(
             "must be 60..=2592000 (one minute to 30 days)",
         ));
     }
+    let max_connections_per_peer = raw
+        .max_connections_per_peer
+        .unwrap_or(tugboot_api::server::DEFAULT_MAX_CONNECTIONS_PER_PEER);
+    if !(1..=4096).contains(&max_connections_per_peer) {
+        return Err(invalid("api.max_connections_per_peer", "must be 1..=4096"));
+    }
+    let body_timeout_secs = raw
+        .body_timeout_secs
+        .unwrap_or(tugboot_api::server::DEFAULT_BODY_TIMEOUT.as_secs());
+    if !(1..=3600).contains(&body_timeout_secs) {
+        return Err(invalid("api.body_timeout_secs", "must be 1..=3600"));
+    }
+    let max_pending_enrollments = raw
+        .max_pending_enrollments
+        .unwrap_or(tugboot_api::server::DEFAULT_MAX_PENDING_ENROLLMENTS);
+    if !(1..=1_000_000).contains(&max_pending_enrollments) {
+        return Err(invalid(
+            "api.max_pending_enrollments",
+            "must be 1..=1000000",
+        ));
+    }
+    let token_ttl_secs = raw
+        .token_ttl_secs
+        .unwrap_or(tugboot_api::tokens::DEFAULT_TOKEN_TTL_SECS);
+    if !(60..=tugboot_api::tokens::MAX_TOKEN_TTL_SECS).contains(&token_ttl_secs) {
+        return Err(invalid(
+            "api.token_ttl_secs",
+            "must be 60..=31536000 (one minute to one year)",
+        ));
+    }
     Ok(ApiSettings {
         listen,
         state_dir,
@@ -888,6 +953,10 @@ fn api_settings(
         artifact_base_url,
         report_timeout_secs,
         silent_after_secs,
+        max_connections_per_peer,
+        body_timeout_secs,
+        max_pending_enrollments,
+        token_ttl_secs,
     })
 }
 
@@ -902,6 +971,10 @@ pub struct ResolvedApi {
     artifact_base_url: Option<String>,
     report_timeout_secs: u64,
     silent_after_secs: u64,
+    max_connections_per_peer: usize,
+    body_timeout_secs: u64,
+    max_pending_enrollments: u64,
+    token_ttl_secs: u64,
 }
 
 impl ApiSettings {
@@ -915,6 +988,10 @@ impl ApiSettings {
             artifact_base_url: self.artifact_base_url.clone(),
             report_timeout_secs: self.report_timeout_secs,
             silent_after_secs: self.silent_after_secs,
+            max_connections_per_peer: self.max_connections_per_peer,
+            body_timeout_secs: self.body_timeout_secs,
+            max_pending_enrollments: self.max_pending_enrollments,
+            token_ttl_secs: self.token_ttl_secs,
         }
     }
 }

@@ -396,6 +396,7 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         boot_dir: config.http.boot_dir.clone(),
         retry_secs: config.http.retry_secs,
         unknown_machine: config.http.unknown_machine,
+        max_connections_per_peer: config.http.max_connections_per_peer,
         ..HttpConfig::default()
     };
     let boot = BootServer::new(blobs.clone(), Arc::clone(&live), http_config);
@@ -720,6 +721,10 @@ async fn api_server(
         artifact_base_url: a.artifact_base_url.clone(),
         report_timeout_secs: a.report_timeout_secs,
         silent_after_secs: a.silent_after_secs,
+        max_connections_per_peer: a.max_connections_per_peer,
+        body_timeout: std::time::Duration::from_secs(a.body_timeout_secs),
+        max_pending_enrollments: a.max_pending_enrollments,
+        token_ttl_secs: a.token_ttl_secs,
         ..tugboot_api::ApiConfig::default()
     };
     let cert = tugboot_api::server::load_or_issue_server_cert(

@@ -6,6 +6,7 @@
 mod backends;
 mod cases;
 mod durability;
+mod enrollment;
 
 /// Calls `$m!(args... [every async case])`: the one list of cases, shared by both backends.
 macro_rules! for_each_case {
@@ -50,6 +51,36 @@ macro_rules! suite {
         }
     };
 }
+
+/// The enrollment cases (schema v3), on both backends like the others.
+macro_rules! enrollment_suite {
+    ($name:ident, $backend:ty) => {
+        mod $name {
+            enrollment_suite!(@cases $backend, [
+                tokens_are_single_use_bound_and_expire,
+                a_token_never_enrolls_an_enrolled_identity,
+                repeated_requests_get_the_same_certificate,
+                revocation_needs_the_operator_to_enroll_again,
+                pending_requests_are_capped_and_written_once,
+                concurrent_enrollments_issue_one_certificate,
+            ]);
+        }
+    };
+    (@cases $backend:ty, [$($case:ident),+ $(,)?]) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let Some(backend) = <$backend as crate::backends::Backend>::fresh().await else {
+                    return;
+                };
+                crate::enrollment::$case(&backend).await;
+            }
+        )+
+    };
+}
+
+enrollment_suite!(enrollment_sqlite, crate::backends::Sqlite);
+enrollment_suite!(enrollment_postgres, crate::backends::Postgres);
 
 for_each_case!(suite!(sqlite, crate::backends::Sqlite,));
 for_each_case!(suite!(postgres, crate::backends::Postgres,));
