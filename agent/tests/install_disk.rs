@@ -13,8 +13,9 @@
 //! - As root (`#[ignore = "root: loop devices"]`): the real binary installs onto a 2 GiB loop
 //!   device against the real device API in this process — then sgdisk, blkid, unsquashfs,
 //!   grub-editenv and a mount of the data partition check the result, and the server holds the
-//!   `installed` report; a second run without `--wipe` is refused, with `--wipe` it installs
-//!   again.
+//!   `installed` report; a second run without `--wipe` is refused; an install cut short (no
+//!   agent state) is written again without `--wipe` with the identity it had; with `--wipe` it
+//!   installs again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -802,7 +803,38 @@ fn install_onto_a_loop_device_against_the_real_api() {
     let p = tool(Command::new("sgdisk").arg("-p").arg(&lo.dev));
     assert!(p.contains(&disk_guid), "untouched: {p}");
 
-    // With --wipe (and a new token: a one-time token is spent): a new table, installed again.
+    // An install cut short before its agent state was written: written again without
+    // --wipe, with the identity it already had (no second enrollment).
+    let mnt = tempfile::tempdir().unwrap();
+    tool(
+        Command::new("mount")
+            .arg(format!("{}p4", lo.dev))
+            .arg(mnt.path()),
+    );
+    std::fs::remove_file(mnt.path().join("tugboot/state.json")).unwrap();
+    tool(Command::new("umount").arg(mnt.path()));
+    let o = agent(&["-c", &cfg, "install-disk"]);
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("holds an unfinished tugboot install"), "{log}");
+    assert!(
+        log.contains("kept the key and certificate of the unfinished install (device "),
+        "{log}"
+    );
+    assert!(!log.contains("enrolled as device"), "{log}");
+    assert_eq!(installed_reports().len(), 2);
+
+    // With --wipe: a new table and a new key. The server gives a machine one identity, so the
+    // operator first revokes the old one and approves the machine again; a new token too (a
+    // one-time token is spent).
+    for action in ["revoke", "approve"] {
+        let (status, v) = api.op(
+            "POST",
+            &format!("/api/v1/admin/machines/{id}/{action}"),
+            &Value::Null,
+        );
+        assert_eq!(status, 200, "{action}: {v}");
+    }
     new_token();
     let o = agent(&["-c", &cfg, "install-disk", "--wipe"]);
     let log = stderr(&o);
@@ -819,5 +851,5 @@ fn install_onto_a_loop_device_against_the_real_api() {
     assert!(!p.contains(&disk_guid), "a new disk GUID: {p}");
     let v = tool(Command::new("sgdisk").arg("-v").arg(&lo.dev));
     assert!(v.contains("No problems found"), "{v}");
-    assert_eq!(installed_reports().len(), 2);
+    assert_eq!(installed_reports().len(), 3);
 }

@@ -478,15 +478,24 @@ fn load_partitions(
     Ok(paths)
 }
 
-/// Whether `disk`'s data partition (4 in our layout) holds a finished install: an ext2 file
-/// system with the agent's state (`tugboot/state.json`, the last file the installer writes
-/// before its report). Mounted read-only at `install.data_mount` for the look; anything that
-/// fails (no such partition, no file system) means not finished.
-fn install_finished(config: &InstallerConfig, disk: &Path) -> bool {
-    let dev = crate::config::partition_path(disk, 4);
+/// What an earlier install left on `disk`'s data partition (4 in our layout).
+#[derive(Default)]
+struct EarlierInstall {
+    /// The agent's state is there (`tugboot/state.json`, the last file the installer writes
+    /// before its report): the install finished.
+    finished: bool,
+    /// The key and certificate it enrolled with, if it got that far: kept, because the server
+    /// gives a machine one identity (a new key would be refused).
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Mounts the data partition read-only at `install.data_mount` for a look; anything that
+/// fails (no such partition, no file system) means an install that did not get far.
+fn earlier_install(config: &InstallerConfig, device: &DeviceConfig, disk: &Path) -> EarlierInstall {
+    let dev = partition_path(disk, 4);
     let at = &config.data_mount;
     if std::fs::create_dir_all(at).is_err() || mounts().iter().any(|(_, m)| m == at) {
-        return false;
+        return EarlierInstall::default();
     }
     let point = at.to_string_lossy().into_owned();
     let mount = busybox(
@@ -502,11 +511,37 @@ fn install_finished(config: &InstallerConfig, disk: &Path) -> bool {
         ],
     );
     if run(&mount).is_err() {
-        return false;
+        return EarlierInstall::default();
     }
-    let finished = at.join("tugboot/state.json").is_file();
+    let look = EarlierInstall {
+        finished: at.join("tugboot/state.json").is_file(),
+        identity: read_capped(&device.tls.key, MAX_PEM_BYTES)
+            .ok()
+            .zip(read_capped(&device.tls.cert, MAX_PEM_BYTES).ok()),
+    };
     let _ = run(&busybox(config, &["umount", &point]));
-    finished
+    look
+}
+
+/// The device id in a certificate the server issued (its URI `urn:tugboot:device:<id>`).
+fn certificate_device_id(pem: &[u8]) -> Option<i64> {
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem).ok()?;
+    let urn = b"urn:tugboot:device:";
+    // A URI of the subjectAltName: [6] IMPLICIT IA5String, a short length before the text.
+    let start = der.windows(urn.len()).position(|w| w == urn)?;
+    let (tag, len) = (
+        *der.get(start.checked_sub(2)?)?,
+        usize::from(*der.get(start - 1)?),
+    );
+    if tag != 0x86 || len <= urn.len() || len > 0x7f {
+        return None;
+    }
+    let digits = der.get(start + urn.len()..start + len)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// The data partition mounted; unmounted when dropped (an error path), or by
@@ -577,6 +612,37 @@ fn report(client: &HttpClient, boot_id: &str, outcome: Outcome) -> Result<(), In
 }
 
 /// Enrolls, waiting for an operator's approval with backoff. Returns the device id.
+/// Puts the key and certificate of an unfinished install back on the new data partition; the
+/// device id when the certificate is still valid (then there is no need to enroll again).
+fn keep_identity(
+    device: &DeviceConfig,
+    key: &[u8],
+    cert: &[u8],
+) -> Result<Option<i64>, InstallDiskError> {
+    let now = i64::try_from(crate::net::enroll::unix_now()).unwrap_or(i64::MAX);
+    let write = |path: &Path, bytes: &[u8], mode: u32| -> Result<(), InstallDiskError> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+            .map_err(io_err("write", path))?;
+        std::io::Write::write_all(&mut f, bytes).map_err(io_err("write", path))?;
+        f.sync_all().map_err(io_err("sync", path))
+    };
+    write(&device.tls.key, key, 0o600)?;
+    write(&device.tls.cert, cert, 0o644)?;
+    let valid =
+        crate::net::enroll::certificate_not_after(&device.tls.cert).is_some_and(|t| t > now);
+    let id = certificate_device_id(cert).filter(|_| valid);
+    match id {
+        Some(id) => say!("kept the key and certificate of the unfinished install (device {id})"),
+        None => say!("kept the key of the unfinished install; its certificate is not valid now"),
+    }
+    Ok(id)
+}
+
 fn enroll(device: &DeviceConfig, boot_id: &str) -> Result<i64, InstallDiskError> {
     let mut d = Daemon::new(device.clone(), BootContext::new(Slot::A, boot_id))?;
     let mut attempt = 0;
@@ -817,10 +883,12 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
     // closed: our exclusive claim would keep the mount out.
     let mut disk = disk;
     let mut unfinished = false;
+    let mut earlier = EarlierInstall::default();
     if probe::only_our_layout(&findings) {
         let path = disk.path.clone();
         drop(disk);
-        unfinished = !install_finished(config, &path);
+        earlier = earlier_install(config, &device, &path);
+        unfinished = !earlier.finished;
         disk = Disk::open(&path)?;
         if unfinished {
             say!(
@@ -904,7 +972,14 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
 
     // Who this machine is, and what it gets.
     let boot_id = boot_id();
-    let device_id = enroll(&device, &boot_id)?;
+    let kept = match earlier.identity.take().filter(|_| unfinished) {
+        Some((key, cert)) => keep_identity(&device, &key, &cert)?,
+        None => None,
+    };
+    let device_id = match kept {
+        Some(id) => id,
+        None => enroll(&device, &boot_id)?,
+    };
     let identity = TlsIdentity::load(&device.tls)?;
     let client = HttpClient::new(&device.server, Some(&identity), Timeouts::default());
     let (image, url) = assigned_image(&device, &client, &boot_id)?;
@@ -1011,4 +1086,19 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
         layout,
         boot_entry,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The id in the server's certificate (URI SAN `urn:tugboot:device:17`), nothing from a
+    /// file without one.
+    #[test]
+    fn the_device_id_comes_from_the_certificate() {
+        let pem = include_bytes!("../../../tests/fixtures/agent-device-api/cert-p256.pem");
+        assert_eq!(certificate_device_id(pem), Some(17));
+        assert_eq!(certificate_device_id(b"not a certificate"), None);
+        assert_eq!(certificate_device_id(b""), None);
+    }
 }
