@@ -17,6 +17,7 @@ use crate::ca::peer_identity;
 pub(super) async fn serve(
     state: Arc<ApiState>,
     tls: Arc<rustls::ServerConfig>,
+    extra: axum::Router,
     listener: TcpListener,
 ) -> Result<(), ApiError> {
     state.refresh_logged().await;
@@ -43,7 +44,7 @@ pub(super) async fn serve(
         }
     }
     let _periodic = AbortOnDrop(periodic);
-    let app = super::router(state.clone());
+    let app = super::router(state.clone()).merge(extra);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
     let handshake_timeout = state.config.handshake_timeout;

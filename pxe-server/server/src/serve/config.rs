@@ -777,6 +777,9 @@ pub struct RawApi {
     /// 3600).
     #[serde(default)]
     pub silent_after_secs: Option<u64>,
+    /// The web console under `/console/` on this listener (docs/console.md); default true.
+    #[serde(default)]
+    pub console: Option<bool>,
 }
 
 /// Validated `[api]`.
@@ -798,6 +801,8 @@ pub struct ApiSettings {
     pub report_timeout_secs: u64,
     /// Silence deadline.
     pub silent_after_secs: u64,
+    /// The web console is served.
+    pub console: bool,
 }
 
 /// Default `[api]` report timeout (docs/rollouts.md).
@@ -888,6 +893,7 @@ fn api_settings(
         artifact_base_url,
         report_timeout_secs,
         silent_after_secs,
+        console: raw.console.unwrap_or(true),
     })
 }
 
@@ -902,6 +908,7 @@ pub struct ResolvedApi {
     artifact_base_url: Option<String>,
     report_timeout_secs: u64,
     silent_after_secs: u64,
+    console: bool,
 }
 
 impl ApiSettings {
@@ -915,6 +922,7 @@ impl ApiSettings {
             artifact_base_url: self.artifact_base_url.clone(),
             report_timeout_secs: self.report_timeout_secs,
             silent_after_secs: self.silent_after_secs,
+            console: self.console,
         }
     }
 }
