@@ -306,7 +306,10 @@ pub async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respon
 }
 
 /// Headers on every console answer: a strict Content-Security-Policy (own scripts and styles
-/// only, no inline script, no framing), no sniffing, no referrer, no caching of pages.
+/// only, no inline script, no framing), no sniffing, no caching of pages, and no referrer
+/// outside the console. (Not `no-referrer`: with it a browser sends `Origin: null` on the
+/// console's own form posts, and the origin check could no longer tell them from a
+/// cross-site one.)
 pub async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
@@ -319,7 +322,7 @@ pub async fn security_headers(mut resp: Response) -> Response {
          connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     );
     set(h, "x-content-type-options", "nosniff");
-    set(h, "referrer-policy", "no-referrer");
+    set(h, "referrer-policy", "same-origin");
     set(h, "x-frame-options", "DENY");
     if !h.contains_key(header::CACHE_CONTROL) {
         set(h, "cache-control", "no-store");
