@@ -136,7 +136,7 @@ async fn seed(store: &AnyStore, machines: usize, t0: i64) -> Vec<i64> {
                     boot_id: format!("b{id}"),
                     slot: Some(tugboot_store::Slot::A),
                     image_version: u64::try_from(1 + i % 5).unwrap(),
-                    checks: serde_json::json!({"disk": {"ok": i % 100 != 0}}),
+                    checks: serde_json::json!({"checks": {"disk": {"ok": i % 100 != 0}}}),
                     uptime_secs: 60,
                     last_error: None,
                     outcome: None,
@@ -271,17 +271,18 @@ fn main() {
         );
         println!("  server time (in-process router, logged in), median / p95:");
         let one = ids[ids.len() / 2];
+        // Each page with something it must show (the benchmark measures real pages).
         let pages = [
-            "/console/".to_owned(),
-            "/console/machines".to_owned(),
-            "/console/machines?health=failing".to_owned(),
-            "/console/machines?board=rpi4&state=approved".to_owned(),
-            format!("/console/machines/{one}"),
-            "/console/images".to_owned(),
-            "/console/rollouts".to_owned(),
-            "/console/events".to_owned(),
+            ("/console/".to_owned(), "disk"),
+            ("/console/machines".to_owned(), "02:c0:"),
+            ("/console/machines?health=failing".to_owned(), "disk"),
+            ("/console/machines?board=rpi4&state=approved".to_owned(), "rpi4"),
+            (format!("/console/machines/{one}"), "os@"),
+            ("/console/images".to_owned(), "<h1>"),
+            ("/console/rollouts".to_owned(), "<h1>"),
+            ("/console/events".to_owned(), "<h1>"),
         ];
-        for path in &pages {
+        for (path, must) in &pages {
             let mut times = Vec::with_capacity(samples);
             let mut bytes = 0;
             for _ in 0..samples {
@@ -300,6 +301,7 @@ fn main() {
                 let body = body_text(resp).await;
                 times.push(t.elapsed());
                 assert_eq!(status, StatusCode::OK, "{path}");
+                assert!(body.contains(must), "{path} lacks {must:?}:\n{body}");
                 bytes = body.len();
             }
             let (p50, p95) = stats(times);
