@@ -106,7 +106,7 @@ pub fn steps(label: &str, series: &[(String, Vec<(i64, u64)>)], t0: i64, t1: i64
     h.raw("<line class=\"axis\" x1=\"44\" y1=\"176\" x2=\"590\" y2=\"176\"></line>")
         .raw("<line class=\"axis\" x1=\"44\" y1=\"10\" x2=\"44\" y2=\"176\"></line>")
         .raw("<text class=\"val\" x=\"40\" y=\"16\" text-anchor=\"end\">")
-        .text(&num(max).trim_end_matches(".0").to_owned())
+        .text(num(max).trim_end_matches(".0"))
         .raw("</text><text class=\"val\" x=\"40\" y=\"176\" text-anchor=\"end\">0</text>")
         .raw("<text class=\"val\" x=\"44\" y=\"194\">")
         .text(&crate::html::utc(t0)[..16])

@@ -38,7 +38,6 @@ pub use state::Console;
 
 /// The console's routes for the API listener, with their background tasks started on the
 /// current tokio runtime (see [`Console::start_tasks`]).
-#[must_use]
 pub fn router(api: Arc<ApiState>) -> Router {
     let console = Console::new(api);
     console.start_tasks();
