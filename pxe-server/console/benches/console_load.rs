@@ -276,7 +276,10 @@ fn main() {
             ("/console/".to_owned(), "disk"),
             ("/console/machines".to_owned(), "02:c0:"),
             ("/console/machines?health=failing".to_owned(), "disk"),
-            ("/console/machines?board=rpi4&state=approved".to_owned(), "rpi4"),
+            (
+                "/console/machines?board=rpi4&state=approved".to_owned(),
+                "rpi4",
+            ),
             (format!("/console/machines/{one}"), "os@"),
             ("/console/images".to_owned(), "<h1>"),
             ("/console/rollouts".to_owned(), "<h1>"),
