@@ -77,3 +77,39 @@ pub fn routes(console: Arc<Console>) -> Router {
         .layer(axum::middleware::map_response(auth::security_headers))
         .with_state(console)
 }
+
+/// Entry point shared with the fuzz target (`fuzz/`) and the seed test: every piece of request
+/// text the console parses itself (forms and query strings go through `serde_urlencoded`):
+/// the `Cookie` header, the `next` of the login page, the stages of a new rollout, and the
+/// escaping every value goes through. Must never panic.
+///
+/// Lines of `data` (lossy UTF-8) are each tried as all of them.
+pub fn fuzz_inputs(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for line in text.lines().chain([text.as_ref()]) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(line) {
+            let mut h = axum::http::HeaderMap::new();
+            h.append(axum::http::header::COOKIE, v);
+            for name in [auth::SESSION_COOKIE, auth::LOGIN_COOKIE] {
+                if let Some(value) = auth::cookie(&h, name) {
+                    assert!(line.contains(value));
+                }
+            }
+        }
+        let next = auth::safe_next(Some(line));
+        assert!(
+            next.starts_with("/console/") && !next.contains("//"),
+            "{next}"
+        );
+        if let Ok(stages) = pages::rollouts::parse_stages(line) {
+            assert!(stages.len() <= line.len());
+        }
+        let escaped = html::escape(line);
+        assert!(!escaped.contains(['<', '>', '"', '\'']), "{escaped}");
+        let seg = html::segment(line);
+        assert!(
+            !seg.contains(['/', '?', '#', '<', '"']) && seg != "." && seg != "..",
+            "{seg}"
+        );
+    }
+}

@@ -494,3 +494,19 @@ async fn assets_are_embedded_and_cacheable() {
     let resp = e.get("/console/assets/..%2Fsecret", None).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
+
+/// Every seed of the fuzz corpus (`tests/fixtures/console/`) through the fuzz entry point, so
+/// that `cargo test` covers it.
+#[test]
+fn fuzz_seeds_do_not_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/console");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("tests/fixtures/console") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "txt") {
+            tugboot_console::fuzz_inputs(&std::fs::read(&path).unwrap());
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "expected the seed corpus in {}", dir.display());
+}

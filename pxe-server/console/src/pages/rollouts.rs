@@ -84,7 +84,7 @@ fn stages_text(stages: &[RolloutStage]) -> String {
 }
 
 /// `10:600, 50:3600, 100:0` (percent:soak seconds; a bare percent soaks 0 s).
-fn parse_stages(text: &str) -> Result<Vec<RolloutStage>, String> {
+pub(crate) fn parse_stages(text: &str) -> Result<Vec<RolloutStage>, String> {
     text.split([',', ' '])
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
