@@ -266,8 +266,7 @@ def scenario(d, url, token, mac, out):
         "fetch(arguments[0] + '/pause', {method: 'POST', body: new URLSearchParams({csrf: 'forged'})})"
         ".then(r => done(r.status), e => done(String(e)));", rollout)
     check(status == 403, f"a POST with a wrong CSRF token is refused ({status})")
-    check(d.js("location.reload(); return 1") == 1, "reloaded")
-    d.wait("the rollout page again", lambda: d.all("#rollout-state"))
+    d.go(rollout)
     check(d.text("#rollout-state") == state, "the forged POST changed nothing")
 
     print("console: pause it", flush=True)
