@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tugboot_firmware::{BlobError, Manifest, Signed};
 use tugboot_fleet::facts::{Declarer, FactKey, Source};
-use tugboot_fleet::rollout::{Command, Rollout};
-use tugboot_fleet::{Machine, MachineId, MachineState, Selector};
-use tugboot_store::{Image, NewRollout, RolloutId, RolloutThresholds, Store, WriteOutcome};
+use tugboot_fleet::rollout::Command;
+use tugboot_fleet::{Machine, MachineId, MachineState};
+use tugboot_store::{Image, RolloutId, Store, WriteOutcome};
 
 use super::rollouts::rollout_view;
 use super::{Answer, ApiState, Reject, json, parse_digest};
@@ -153,16 +153,22 @@ pub(super) async fn machine(
     ))
 }
 
-struct HealthView {
-    status: serde_json::Value,
-    inventory: serde_json::Value,
-    silent: serde_json::Value,
+/// A machine's health as the operator sees it (`GET /api/v1/admin/machines/{id}`, the console).
+#[derive(Debug, Clone)]
+pub struct HealthView {
+    /// The latest status (slot, image, checks, last error, update) with its age, or null.
+    pub status: serde_json::Value,
+    /// The latest inventory with its age, or null.
+    pub inventory: serde_json::Value,
+    /// `{"silent": bool, "after_secs": .., "last_report_age_secs": ..}`.
+    pub silent: serde_json::Value,
 }
 
 /// The device's latest status and inventory (newest report carrying each) with their age, and
 /// whether it has gone silent: it holds a certificate and its last report is older than
-/// `silent_after` (or it never reported).
-fn health_view(
+/// `silent_after` (or it never reported). `reports` newest first.
+#[must_use]
+pub fn health_view(
     reports: &[tugboot_store::Report],
     enrolled: bool,
     now: i64,
@@ -418,39 +424,7 @@ pub(super) async fn create_rollout(
     }
     let req: CreateRollout = serde_json::from_slice(&body)
         .map_err(|e| Reject(StatusCode::BAD_REQUEST, format!("malformed body: {e}")))?;
-    // One grammar for netboot groups and rollouts; stored in its canonical text form.
-    let selector = Selector::parse(&req.selector)
-        .map_err(|e| Reject(StatusCode::BAD_REQUEST, format!("selector: {e}")))?;
-    let image = s
-        .store
-        .get_image(&req.image_name, req.image_version)
-        .await?
-        .ok_or_else(|| Reject(StatusCode::NOT_FOUND, "no such image".into()))?;
-    if !image.published {
-        return Err(Reject(
-            StatusCode::CONFLICT,
-            "image is not published".into(),
-        ));
-    }
-    let r = s
-        .store
-        .create_rollout(
-            &NewRollout {
-                image_name: req.image_name,
-                image_version: req.image_version,
-                group_selector: selector.to_string(),
-                stages: req.stages,
-                thresholds: RolloutThresholds {
-                    max_failure_permille: req.max_failure_permille,
-                    min_reports: req.min_reports,
-                },
-            },
-            s.now(),
-        )
-        .await?;
-    tracing::info!(rollout = %r.id, image = %r.image_name, version = r.image_version, "rollout created");
-    s.evaluate_logged().await;
-    let r = s.store.get_rollout(r.id).await?.unwrap_or(r);
+    let r = s.create_rollout(req).await?;
     let table = s.assignments.read().await.clone();
     Ok(json(
         StatusCode::CREATED,
@@ -493,24 +467,7 @@ pub(super) async fn rollout_command(
             ));
         }
     };
-    let r = s
-        .store
-        .get_rollout(RolloutId(id))
-        .await?
-        .ok_or_else(|| Reject(StatusCode::NOT_FOUND, "no such rollout".into()))?;
-    let model = Rollout::from_record(&r, s.config.report_timeout_secs);
-    let t = model
-        .command(command)
-        .map_err(|e| Reject(StatusCode::CONFLICT, e.to_string()))?;
-    let Some(next) = s.store.transition_rollout(&t, s.now()).await? else {
-        return Err(Reject(
-            StatusCode::CONFLICT,
-            "rollout changed meanwhile; read it again".into(),
-        ));
-    };
-    tracing::info!(rollout = id, ?command, "rollout command by operator");
-    s.evaluate_logged().await;
-    let r = s.store.get_rollout(next.id).await?.unwrap_or(next);
+    let r = s.command_rollout(RolloutId(id), command).await?;
     let table = s.assignments.read().await.clone();
     Ok(json(
         StatusCode::OK,

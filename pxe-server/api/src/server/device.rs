@@ -340,7 +340,30 @@ async fn store_report(s: &ApiState, id: &PeerIdentity, body: &[u8]) -> Answer {
         s.evaluate_logged().await;
     }
     if !duplicate {
-        s.attest(id.device, &attested_facts(&report), now).await?;
+        let attested = attested_facts(&report);
+        s.attest(id.device, &attested, now).await?;
+        let fact = |key: &str| {
+            attested
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        };
+        s.events.send(super::events::FleetEvent::Reported {
+            device: id.device.0,
+            outcome: outcome.as_ref().map(|o| o.kind.as_str().to_owned()),
+            image: fact(keys::IMAGE),
+            slot: fact(keys::SLOT),
+            failed_checks: report
+                .checks
+                .as_ref()
+                .and_then(|c| c.as_object())
+                .map(|o| {
+                    let failed = o.iter().filter(|(_, v)| v["ok"] == false);
+                    failed.map(|(k, _)| k.clone()).collect()
+                })
+                .unwrap_or_default(),
+            last_error: report.last_error.clone(),
+        });
     }
     Ok(json(
         StatusCode::OK,

@@ -18,6 +18,7 @@ use crate::ca::peer_identity;
 pub(super) async fn serve(
     state: Arc<ApiState>,
     tls: Arc<rustls::ServerConfig>,
+    extra: axum::Router,
     listener: TcpListener,
 ) -> Result<(), ApiError> {
     match crate::tokens::import_legacy_file(
@@ -59,7 +60,7 @@ pub(super) async fn serve(
         }
     }
     let _periodic = AbortOnDrop(periodic);
-    let app = super::router(state.clone());
+    let app = super::router(state.clone()).merge(extra);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let budget = ConnBudget::new(
         state.config.max_connections,

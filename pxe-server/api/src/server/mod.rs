@@ -25,7 +25,9 @@
 mod admin;
 mod auth;
 mod device;
+pub mod events;
 mod listener;
+pub mod operator;
 mod rollouts;
 
 use std::net::SocketAddr;
@@ -218,6 +220,7 @@ pub struct ApiState {
     metrics: Metrics,
     assignments: RwLock<Arc<rollouts::Assignments>>,
     evaluating: Mutex<()>,
+    events: events::Events,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -284,6 +287,18 @@ impl From<StoreError> for Reject {
                 tracing::error!(error = %other, "store error");
                 Self(StatusCode::SERVICE_UNAVAILABLE, "store unavailable".into())
             }
+        }
+    }
+}
+
+impl From<operator::OperatorError> for Reject {
+    fn from(e: operator::OperatorError) -> Self {
+        use operator::OperatorError as E;
+        match e {
+            E::BadRequest(m) => Self(StatusCode::BAD_REQUEST, m),
+            E::NotFound(m) => Self(StatusCode::NOT_FOUND, m),
+            E::Conflict(m) => Self(StatusCode::CONFLICT, m),
+            E::Store(e) => e.into(),
         }
     }
 }
@@ -518,6 +533,8 @@ pub fn load_or_issue_server_cert(
 pub struct ApiServer {
     state: Arc<ApiState>,
     tls: Arc<rustls::ServerConfig>,
+    /// Routes served beside the API's own on the same listener (the web console).
+    extra: Router,
 }
 
 /// A running server (see [`ApiServer::spawn`]): stops when dropped.
@@ -540,6 +557,15 @@ impl ApiServer {
     /// # Errors
     /// TLS set-up errors.
     pub fn new(parts: ApiParts) -> Result<Self, ApiError> {
+        Self::new_with_events(parts, events::Events::default())
+    }
+
+    /// [`ApiServer::new`] sending its rollout transitions and stored reports to `events`
+    /// (which the caller also feeds with what its other front ends see).
+    ///
+    /// # Errors
+    /// TLS set-up and token-file errors.
+    pub fn new_with_events(parts: ApiParts, events: events::Events) -> Result<Self, ApiError> {
         let tls = tls_config(&parts.ca, &parts.server_cert_pem, &parts.server_key_pem)?;
         Ok(Self {
             state: Arc::new(ApiState {
@@ -555,9 +581,19 @@ impl ApiServer {
                 metrics: Metrics::default(),
                 assignments: RwLock::new(Arc::new(rollouts::Assignments::default())),
                 evaluating: Mutex::new(()),
+                events,
             }),
             tls: Arc::new(tls),
+            extra: Router::new(),
         })
+    }
+
+    /// Serves `routes` on the API's listener too (same TLS, same connection limits; the
+    /// routes do their own authentication).
+    #[must_use]
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.extra = self.extra.merge(routes);
+        self
     }
 
     /// The handlers' state (tests and the CLI call [`ApiState::evaluate_rollouts`]).
@@ -572,7 +608,7 @@ impl ApiServer {
     /// # Errors
     /// Accept errors other than per-connection ones.
     pub async fn serve(self, listener: TcpListener) -> Result<(), ApiError> {
-        listener::serve(self.state, self.tls, listener).await
+        listener::serve(self.state, self.tls, self.extra, listener).await
     }
 
     /// Binds `addr` and serves in a background task.

@@ -99,14 +99,18 @@ impl ApiState {
                 };
                 match self.store.transition_rollout(&t, now).await? {
                     Some(next) => {
-                        match &decision {
+                        let reason = match &decision {
                             tugboot_fleet::rollout::Decision::Pause { reason } => {
                                 tracing::warn!(rollout = %record.id, %reason, "rollout paused");
+                                Some(reason.to_string())
                             }
                             other => {
-                                tracing::info!(rollout = %record.id, decision = ?other, "rollout moved")
+                                tracing::info!(rollout = %record.id, decision = ?other, "rollout moved");
+                                None
                             }
-                        }
+                        };
+                        self.events
+                            .rollout(Some(&record), &next, "controller", reason);
                         record = next;
                     }
                     None => {

@@ -804,6 +804,9 @@ pub struct RawApi {
     /// Lifetime of an enrollment token when `enroll token create` gives none (default 86400).
     #[serde(default)]
     pub token_ttl_secs: Option<u64>,
+    /// The web console under `/console/` on this listener (docs/console.md); default true.
+    #[serde(default)]
+    pub console: Option<bool>,
 }
 
 /// Validated `[api]`.
@@ -833,6 +836,8 @@ pub struct ApiSettings {
     pub max_pending_enrollments: u64,
     /// Default token lifetime.
     pub token_ttl_secs: u64,
+    /// The web console is served.
+    pub console: bool,
 }
 
 /// Default `[api]` report timeout (docs/rollouts.md).
@@ -957,6 +962,7 @@ fn api_settings(
         body_timeout_secs,
         max_pending_enrollments,
         token_ttl_secs,
+        console: raw.console.unwrap_or(true),
     })
 }
 
@@ -975,6 +981,7 @@ pub struct ResolvedApi {
     body_timeout_secs: u64,
     max_pending_enrollments: u64,
     token_ttl_secs: u64,
+    console: bool,
 }
 
 impl ApiSettings {
@@ -992,6 +999,7 @@ impl ApiSettings {
             body_timeout_secs: self.body_timeout_secs,
             max_pending_enrollments: self.max_pending_enrollments,
             token_ttl_secs: self.token_ttl_secs,
+            console: self.console,
         }
     }
 }

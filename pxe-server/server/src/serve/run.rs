@@ -330,9 +330,12 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
     };
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 
-    // What the front ends observe goes to the store in batches.
+    // What the front ends observe goes to the store in batches (and to the console's live view).
+    let events = tugboot_api::server::events::Events::default();
     let (obs_tx, obs_rx) = mpsc::channel::<(Mac, Facts)>(OBSERVATION_QUEUE);
+    let seen = events.clone();
     live.on_observation(Box::new(move |mac, facts| {
+        seen.observed(mac, facts);
         if obs_tx.try_send((mac, facts.clone())).is_err() {
             tracing::debug!(%mac, "observation recorder behind; observation kept in memory only");
         }
@@ -348,7 +351,9 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
 
     // Who booted what, when: every boot decided by a script or a loader configuration.
     let (boot_tx, boot_rx) = mpsc::channel(1024);
+    let booted = events.clone();
     let on_boot: Arc<dyn Fn(&BootPlan) + Send + Sync> = Arc::new(move |plan: &BootPlan| {
+        booted.booted(plan);
         if boot_tx
             .try_send((plan.machine, plan.mac, plan.booted()))
             .is_err()
@@ -464,6 +469,7 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
             Arc::clone(&live),
             blobs.clone(),
             root.clone(),
+            events.clone(),
         )
         .await?;
         api_addr = Some(listener.local_addr().context("api listen address")?);
@@ -706,6 +712,7 @@ async fn api_server(
     live: Arc<Live>,
     blobs: BlobStore,
     trusted_root: TrustedRoot,
+    events: tugboot_api::server::events::Events,
 ) -> anyhow::Result<(tugboot_api::ApiServer, tokio::net::TcpListener)> {
     std::fs::create_dir_all(&a.state_dir)
         .with_context(|| format!("cannot create {}", a.state_dir.display()))?;
@@ -738,20 +745,27 @@ async fn api_server(
     ensure_operator_token(&a.operator_token_file)?;
     let operator = tugboot_api::tokens::OperatorToken::from_file(&a.operator_token_file)
         .context("api.operator_token_file")?;
-    let server = tugboot_api::ApiServer::new(tugboot_api::ApiParts {
-        store,
-        live,
-        ca,
-        state_dir: a.state_dir.clone(),
-        operator,
-        blobs,
-        trusted_root,
-        server_cert_pem: cert.cert_pem,
-        server_key_pem: cert.key_pem,
-        config,
-        clock,
-    })
+    let mut server = tugboot_api::ApiServer::new_with_events(
+        tugboot_api::ApiParts {
+            store,
+            live,
+            ca,
+            state_dir: a.state_dir.clone(),
+            operator,
+            blobs,
+            trusted_root,
+            server_cert_pem: cert.cert_pem,
+            server_key_pem: cert.key_pem,
+            config,
+            clock,
+        },
+        events,
+    )
     .context("device API")?;
+    if a.console {
+        let console = tugboot_console::router(server.state());
+        server = server.with_routes(console);
+    }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {} (api)", a.listen))?;
