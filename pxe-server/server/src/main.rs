@@ -35,7 +35,11 @@ fn quiet_on_closed_pipe() {
 fn image_or_images(args: &[String]) -> Option<String> {
     const LOCAL: [&str; 5] = ["build", "import-linuxkit", "sign", "verify", "inspect"];
     const SERVER: [&str; 5] = ["push", "publish", "list", "show", "yank"];
-    let pos = args.iter().skip(1).position(|a| a == "image" || a == "images")? + 1;
+    let pos = args
+        .iter()
+        .skip(1)
+        .position(|a| a == "image" || a == "images")?
+        + 1;
     let sub = args.get(pos + 1)?.as_str();
     match args[pos].as_str() {
         "image" if SERVER.contains(&sub) => Some(format!(

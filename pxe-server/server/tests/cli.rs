@@ -716,7 +716,10 @@ fn rootfs_becomes_a_reproducible_squashfs_slot() {
 /// 141 (as if killed by SIGPIPE), never a panic.
 #[test]
 fn a_closed_pipe_ends_the_command_quietly() {
-    for args in [&["boards", "list"][..], &["boards", "show", "raspberrypi-4", "--json"]] {
+    for args in [
+        &["boards", "list"][..],
+        &["boards", "show", "raspberrypi-4", "--json"],
+    ] {
         // A pipe whose reader is gone before the command starts: its first write fails.
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
