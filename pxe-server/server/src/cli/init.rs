@@ -77,6 +77,9 @@ pub struct InitArgs {
     /// link (authoritative is then refused).
     #[arg(long, value_enum)]
     mode: Option<InitMode>,
+    /// Shorthand for `--mode proxy`: boot parameters only, beside the site's DHCP server.
+    #[arg(long, conflicts_with = "mode")]
+    proxy: bool,
     /// Where serve.toml, profiles.toml, root.json and keys/ are written.
     #[arg(long, default_value = "/etc/tugboot")]
     dir: PathBuf,
@@ -659,7 +662,34 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))
 }
 
-pub fn run(args: InitArgs, global: Global) -> anyhow::Result<()> {
+/// Hands `paths` (recursively) to the owner of `top` when that is not who wrote them.
+fn give_to_owner_of(top: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(top).with_context(|| format!("{}", top.display()))?;
+    let (uid, gid) = (meta.uid(), meta.gid());
+    fn walk(p: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+        let m = std::fs::symlink_metadata(p).with_context(|| format!("{}", p.display()))?;
+        if m.uid() != uid || m.gid() != gid {
+            std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+                .with_context(|| format!("cannot hand {} to uid {uid}", p.display()))?;
+        }
+        if m.is_dir() {
+            for e in std::fs::read_dir(p).with_context(|| format!("{}", p.display()))? {
+                walk(&e?.path(), uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+    for p in paths {
+        walk(p, uid, gid)?;
+    }
+    Ok(())
+}
+
+pub fn run(mut args: InitArgs, global: Global) -> anyhow::Result<()> {
+    if args.proxy {
+        args.mode = Some(InitMode::Proxy);
+    }
     let dir = absolute(&args.dir)?;
     let data_dir = absolute(&args.data_dir)?;
     let serve_path = dir.join("serve.toml");
@@ -794,6 +824,10 @@ pub fn run(args: InitArgs, global: Global) -> anyhow::Result<()> {
             .with_context(|| format!("device API CA in {}", ca_dir.display()))?;
         written.push(ca_dir);
     }
+    // The package's postinst makes /var/lib/tugboot the service user's (the unit runs as
+    // User=tugboot): what init writes there becomes that user's too, or the server could not
+    // read its CA key.
+    give_to_owner_of(&data_dir, &[boot_dir.clone(), data_dir.join("ca")])?;
 
     let plan = Plan {
         link: link.clone(),
@@ -946,7 +980,7 @@ mod tests {
         let e = |json: &str, ifname: &str| parse_link(json, ifname).unwrap_err().to_string();
         assert!(e(IP_ADDR, "eth9").contains("no such interface"));
         assert!(e("not json", "br0").contains("`ip -j addr` output"));
-        let down = IP_ADDR.replace("\"UP\",", "");
+        let down = IP_ADDR.replace("\"MULTICAST\",\"UP\",", "\"MULTICAST\",");
         assert!(
             e(&down, "br0").contains("ip link set br0 up"),
             "{}",
