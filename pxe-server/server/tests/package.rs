@@ -55,7 +55,7 @@ mount --bind "$D" "$R/mnt/pkgtest"
 in_root() { chroot "$R" "$@"; }
 
 say "dpkg -i"
-in_root env DEBIAN_FRONTEND=noninteractive dpkg -i /mnt/pkgtest/debs/tugboot_*.deb /mnt/pkgtest/debs/tugboot-agent_*.deb >&2
+in_root sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /mnt/pkgtest/debs/tugboot_*.deb /mnt/pkgtest/debs/tugboot-agent_*.deb' >&2
 in_root dpkg-query -W -f='pkgtest: installed ${Package} ${Version} ${Architecture} ${db:Status-Abbrev}\n' tugboot tugboot-agent >&2
 in_root getent passwd tugboot >&2
 [ "$(in_root stat -c %U:%a /var/lib/tugboot)" = tugboot:750 ]
@@ -149,6 +149,28 @@ fn the_packages_install_into_a_clean_root_and_netboot_a_machine() {
     assert!(
         setup.contains("ExecStart=/usr/bin/tugboot serve --config /etc/tugboot/serve.toml as tugboot:tugboot caps +net_bind_service"),
         "{setup}"
+    );
+
+    // What the server process really holds: the service user's ids, and CAP_NET_BIND_SERVICE
+    // (bit 10) as its only capability.
+    let status = fs::read_to_string(format!("/proc/{}/status", serve.pid)).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    let uids = field("Uid:");
+    assert!(uids.iter().all(|u| u == &uids[0] && u != "0"), "{status}");
+    assert_eq!(field("CapEff:"), ["0000000000000400"], "{status}");
+    assert_eq!(field("CapBnd:"), ["0000000000000400"], "{status}");
+    assert_eq!(field("NoNewPrivs:"), ["1"], "{status}");
+    assert!(
+        fs::read_link(format!("/proc/{}/exe", serve.pid))
+            .expect("exe")
+            .ends_with("usr/bin/tugboot"),
+        "not the packaged binary"
     );
 
     let t2 = Instant::now();

@@ -827,7 +827,14 @@ pub fn run(mut args: InitArgs, global: Global) -> anyhow::Result<()> {
     // The package's postinst makes /var/lib/tugboot the service user's (the unit runs as
     // User=tugboot): what init writes there becomes that user's too, or the server could not
     // read its CA key.
-    give_to_owner_of(&data_dir, &[boot_dir.clone(), data_dir.join("ca")])?;
+    // `tugboot image build --out <data_dir>/manifests/...` and the server's import look there.
+    let manifests = data_dir.join("manifests");
+    std::fs::create_dir_all(&manifests)
+        .with_context(|| format!("cannot create {}", manifests.display()))?;
+    give_to_owner_of(
+        &data_dir,
+        &[boot_dir.clone(), data_dir.join("ca"), manifests],
+    )?;
 
     let plan = Plan {
         link: link.clone(),
