@@ -83,7 +83,9 @@ umask_=$(key UMask)
 caps=$(key AmbientCapabilities | tr 'A-Z ' 'a-z\n' | sed 's/^cap_/+/' | paste -sd,)
 [ "$(key CapabilityBoundingSet)" = "$(key AmbientCapabilities)" ]
 # The service user cannot read the signing key.
-! in_root setpriv --reuid="$user" --regid="$group" --init-groups cat /etc/tugboot/keys/release.key >/dev/null 2>&1
+if in_root setpriv --reuid="$user" --regid="$group" --init-groups cat /etc/tugboot/keys/release.key >/dev/null 2>&1; then
+  say "the service user can read the release key"; exit 1
+fi
 say "ExecStart=$exec_start as $user:$group caps $caps umask $umask_"
 umask "$umask_"
 exec chroot "$R" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
