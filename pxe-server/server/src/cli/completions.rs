@@ -30,11 +30,21 @@ pub struct ManArgs {
     out: PathBuf,
 }
 
-/// Prints the completion script for `args.shell` on stdout.
+/// Prints the completion script for `args.shell` on stdout. Generated into memory first:
+/// clap_complete panics when its writer fails, and `tugboot completions bash | head` is the
+/// reader's choice, not an error (exit 141, as for every command).
 pub fn run_completions(args: CompletionsArgs, _global: Global) -> anyhow::Result<()> {
+    use std::io::Write;
     let mut cmd = super::Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "tugboot", &mut std::io::stdout());
-    Ok(())
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "tugboot", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(crate::CLOSED_PIPE_EXIT)
+        }
+        r => r.context("cannot write to stdout"),
+    }
 }
 
 /// Writes the man pages (roff, section 1) into `args.out`.
