@@ -8,9 +8,10 @@
 //! proposes a second authoritative DHCP server: when another one offers addresses, the
 //! configuration is proxyDHCP, and `--mode authoritative` is refused.
 //!
-//! The decisions (parsing `ip`'s JSON, the DISCOVER bytes, reading offers, the mode, the pool,
-//! the rendered files) are pure functions below, tested with byte fixtures; `run` is the shell.
-//! See docs/packaging.md.
+//! The decisions (parsing `ip`'s JSON, the mode, the pool, the rendered files) are pure
+//! functions below; the DISCOVER bytes and reading offers are `tugboot_dhcp::probe` (fuzzed);
+//! both are tested with byte fixtures. `run` is the shell.
+//! See docs/packages.md.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
