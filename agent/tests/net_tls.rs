@@ -1495,3 +1495,49 @@ fn a_download_resumes_after_the_agent_is_killed() {
         accepted_outcomes(&server)
     );
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`, packaging/tugboot-agent/tugboot-agent.service):
+/// the agent says READY=1 over `$NOTIFY_SOCKET` and then sends WATCHDOG=1 at half the interval
+/// `$WATCHDOG_USEC` asks for, while it is healthy. The socket is a real unix datagram socket,
+/// as systemd's.
+#[test]
+fn under_systemd_the_agent_says_ready_and_feeds_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let pki = Pki::new("tugboot test CA");
+    let server = Server::start(Some(pki.server_config()));
+    let dev = Device::new(&server.url(), &pki);
+    let socket_path = dev.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = agent_command()
+        .args(["--config", dev.path("agent.toml").to_str().unwrap(), "run"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got: Vec<String> = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(got.iter().any(|m| m == "READY=1")
+        && got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3)
+    {
+        match socket.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{e}; received {got:?}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        got.iter().all(|m| m == "READY=1" || m == "WATCHDOG=1"),
+        "{got:?}"
+    );
+}

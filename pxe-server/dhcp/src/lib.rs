@@ -15,6 +15,7 @@ pub mod core;
 pub mod lease;
 #[cfg(feature = "shell")]
 pub mod lease_log;
+pub mod probe;
 pub mod ratelimit;
 #[cfg(feature = "shell")]
 pub mod server;

@@ -719,6 +719,7 @@ fn a_closed_pipe_ends_the_command_quietly() {
     for args in [
         &["boards", "list"][..],
         &["boards", "show", "raspberrypi-4", "--json"],
+        &["completions", "bash"],
     ] {
         // A pipe whose reader is gone before the command starts: its first write fails.
         let (reader, writer) = std::io::pipe().unwrap();

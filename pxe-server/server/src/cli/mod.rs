@@ -5,8 +5,10 @@
 
 mod boards;
 mod ca;
+mod completions;
 mod image;
 mod images;
+mod init;
 mod initramfs;
 mod installer;
 mod keys;
@@ -74,6 +76,12 @@ enum Command {
     /// Reproducible initramfs images (busybox, files, kernel modules).
     #[command(subcommand)]
     Initramfs(installer::InitramfsCommand),
+    /// A first serve.toml, profiles, keys, trust root and CA for one interface (probes for DHCP).
+    Init(init::InitArgs),
+    /// Shell completions generated from this CLI (bash, zsh, fish, ...).
+    Completions(completions::CompletionsArgs),
+    /// Man pages generated from this CLI, one per command.
+    Man(completions::ManArgs),
 }
 
 /// Where the content-addressed artifact blobs live.
@@ -117,5 +125,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Images(args) => images::run(args, global),
         Command::Installer(cmd) => installer::run(cmd, global),
         Command::Initramfs(cmd) => installer::run_initramfs(cmd, global),
+        Command::Init(args) => init::run(args, global),
+        Command::Completions(args) => completions::run_completions(args, global),
+        Command::Man(args) => completions::run_man(args, global),
     }
 }

@@ -328,7 +328,7 @@ pub struct Serve {
 impl Serve {
     /// Starts it and waits for `tugboot serve: ready`.
     pub fn start(ns: &mut Netns, config: &Path) -> Self {
-        let mut serve = ns
+        let serve = ns
             .command(tugboot())
             .args(["serve", "--config"])
             .arg(config)
@@ -341,6 +341,12 @@ impl Serve {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tugboot serve");
+        Self::adopt(ns, serve, Duration::from_secs(60))
+    }
+
+    /// Takes over a `tugboot serve` started otherwise (stderr piped; e.g. a package's unit
+    /// command line in a chroot) and waits up to `wait` for `tugboot serve: ready`.
+    pub fn adopt(ns: &mut Netns, mut serve: Child, wait: Duration) -> Self {
         let log = lines_of(serve.stderr.take().expect("stderr"));
         let pid = serve.id();
         ns.children.push(serve);
@@ -350,7 +356,7 @@ impl Serve {
             log,
             lines: Vec::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + wait;
         loop {
             let (_, line) = s
                 .log
