@@ -324,20 +324,30 @@ impl Drop for Steps {
     }
 }
 
-/// Waits for a line of the server's log holding `needle`; returns it.
-fn wait_log(serve: &mut Serve, needle: &str, within: Duration) -> String {
+/// Waits for a line of the server's log holding `needle`; returns it. The VM's console is
+/// collected meanwhile (and shown if the line never comes).
+fn wait_log(serve: &mut Serve, vm: &mut Vm, needle: &str, within: Duration) -> String {
     let deadline = Instant::now() + within;
     loop {
+        vm.drain();
         let left = deadline.saturating_duration_since(Instant::now());
-        let Ok((_, line)) = serve.log.recv_timeout(left) else {
-            panic!(
-                "no {needle:?} in the server's log within {within:?}:\n{}",
-                serve.lines.join("\n")
-            );
-        };
-        serve.lines.push(line.clone());
-        if line.contains(needle) {
-            return line;
+        match serve.log.recv_timeout(left.min(Duration::from_millis(500))) {
+            Ok((_, line)) => {
+                serve.lines.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(_) if Instant::now() < deadline => {}
+            Err(_) => {
+                let tail = vm.console.len().saturating_sub(200);
+                panic!(
+                    "no {needle:?} in the server's log within {within:?}.\nserial (last \
+                     lines):\n{}\nserver:\n{}",
+                    vm.console[tail..].join("\n"),
+                    serve.lines.join("\n")
+                );
+            }
         }
     }
 }
@@ -590,7 +600,7 @@ fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
     let r5 = rollout(&ns, "5");
     // 1. While slot A is being written: once the disk shows v5's bytes past 3 MiB into slot A
     //    (the agent syncs and records a checkpoint every MiB), before it finished.
-    wait_log(&mut serve, "device artifact download", minutes(3));
+    wait_log(&mut serve, &mut vm, "device artifact download", minutes(3));
     let written = slot_written_past(&dir, "staging/os-5.json", 3 << 20, minutes(3));
     vm.kill(&mut ns);
     vm = power_on(&mut ns);
@@ -600,7 +610,7 @@ fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
         &mut serve,
     );
     let resumed = field(
-        &wait_log(&mut serve, "device artifact download", minutes(3)),
+        &wait_log(&mut serve, &mut vm, "device artifact download", minutes(3)),
         "range",
     );
     let from: u64 = resumed

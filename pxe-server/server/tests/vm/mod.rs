@@ -631,6 +631,11 @@ impl Vm {
         self.wait_until(marker, deadline, serve)
     }
 
+    /// Takes what the serial console showed so far into `console`.
+    pub fn drain(&mut self) {
+        self.console.extend(self.serial.try_iter().map(|(_, l)| l));
+    }
+
     fn wait_until(&mut self, marker: &str, deadline: Instant, serve: &mut Serve) -> BootTimes {
         let verbose = std::env::var_os("TUGBOOT_NETBOOT_VERBOSE").is_some();
         let mut t = BootTimes::default();
