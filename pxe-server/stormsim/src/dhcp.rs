@@ -872,7 +872,7 @@ mod tests {
         // With 175.176 = 1 (tugboot), or vendor class PXEClient: at once.
         for opts in [
             &[(175u8, &[176u8, 1, 1][..])][..],
-            &[(60, b"PXEClient")][..],
+            &[(60u8, &b"PXEClient"[..])][..],
         ] {
             let mut c = client(ipxe(), 0);
             c.poll_transmit();

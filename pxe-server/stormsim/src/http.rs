@@ -193,7 +193,7 @@ mod tests {
         let (h, n) = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nbody")
             .unwrap()
             .unwrap();
-        assert_eq!(n, 40);
+        assert_eq!(n, 39);
         assert_eq!(
             h,
             Head {

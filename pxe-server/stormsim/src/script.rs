@@ -211,11 +211,19 @@ impl Ipxe {
                 return Err(ScriptError::Ended);
             };
             let words: Vec<String> = words.iter().map(|w| vars.expand(w)).collect();
-            let args: Vec<&str> = words[1..]
-                .iter()
-                .map(String::as_str)
-                .filter(|a| !a.starts_with("--"))
-                .collect();
+            // Options go; `--name X`, `-n X`, `--timeout X`, `-t X` take the next word along.
+            let mut args: Vec<&str> = Vec::new();
+            let mut skip = false;
+            for a in &words[1..] {
+                if std::mem::take(&mut skip) {
+                    continue;
+                }
+                if a.starts_with('-') {
+                    skip = matches!(a.as_str(), "--name" | "-n" | "--timeout" | "-t");
+                    continue;
+                }
+                args.push(a);
+            }
             let url = |what| {
                 args.first()
                     .map(|s| (*s).to_owned())

@@ -48,7 +48,7 @@ pub fn server_address(k: usize) -> Ipv4Addr {
 impl Lab {
     pub fn new(servers: usize) -> Result<Self> {
         let pid = std::process::id();
-        let mut lab = Lab {
+        let lab = Lab {
             clients: format!("tbst-c-{pid}"),
             servers: (0..servers).map(|k| format!("tbst-s{k}-{pid}")).collect(),
             children: Vec::new(),

@@ -358,7 +358,6 @@ pub enum NginxIo {
 pub struct Classic {
     pub dnsmasq: u32,
     pub nginx: u32,
-    pub dir: PathBuf,
 }
 
 /// Writes the dnsmasq TFTP tree and the nginx root the way their documentation describes
@@ -528,11 +527,7 @@ pub fn start_classic(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(Classic {
-        dnsmasq,
-        nginx,
-        dir,
-    })
+    Ok(Classic { dnsmasq, nginx })
 }
 
 #[cfg(test)]
