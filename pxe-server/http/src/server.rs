@@ -354,14 +354,15 @@ impl axum::serve::Listener for NodelayListener {
 /// and a socket each).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Serves plain HTTP until `shutdown` completes, then lets requests in flight finish.
+/// Serves plain HTTP until `shutdown` completes, then lets requests in flight finish. File
+/// bodies go out with `sendfile(2)` (see `conn.rs`).
 pub async fn serve(
     listener: TcpListener,
     server: Arc<BootServer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let router = server.router_for(Scheme::Http);
-    serve_connections(NodelayListener(listener), router, shutdown).await
+    crate::conn::serve_plain(listener, router, shutdown).await
 }
 
 /// Serves HTTPS with `tls` until `shutdown` completes, then lets requests in flight finish.

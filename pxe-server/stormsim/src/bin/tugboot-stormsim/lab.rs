@@ -98,6 +98,18 @@ impl Lab {
                 run(Command::new("ip").arg("-n").arg(&c).args(&args))?;
             }
         }
+        // Machines being netbooted answer no ping (a PXE ROM has no ICMP echo responder for
+        // addresses it does not hold yet); without this the local route below would answer
+        // for every rack address and dnsmasq's ping check would find every address "in use".
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &c,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.icmp_echo_ignore_all=1",
+        ]))?;
         // Every rack address is local on the clients' side: machines bind to their leases.
         run(Command::new("ip").args([
             "-n",

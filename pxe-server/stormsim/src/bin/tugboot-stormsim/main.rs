@@ -64,6 +64,9 @@ enum Target {
     Tugboot,
     /// dnsmasq (DHCP + TFTP) and nginx (HTTP).
     DnsmasqNginx,
+    /// The same with dnsmasq's `--no-ping` (its default pings every address before offering
+    /// it and waits up to 3 s for an answer).
+    DnsmasqNopingNginx,
     /// Two `tugboot serve` sharing one PostgreSQL fleet store, split-scope pools.
     ScaleOut,
 }
@@ -73,6 +76,7 @@ impl Target {
         match self {
             Target::Tugboot => "tugboot",
             Target::DnsmasqNginx => "dnsmasq+nginx",
+            Target::DnsmasqNopingNginx => "dnsmasq(no-ping)+nginx",
             Target::ScaleOut => "tugboot x2 (PostgreSQL)",
         }
     }
@@ -347,7 +351,7 @@ fn start_client(lab: &mut Lab, dir: &Path, plan: &Plan, threads: usize) -> Resul
         &lab.clients,
         "sh",
         "-c",
-        "ulimit -n 1048576 && exec \"$@\"",
+        "ulimit -n \"$(ulimit -Hn)\" && exec \"$@\"",
         "sh",
     ])
     .arg(&me)
@@ -375,7 +379,7 @@ fn run_target(
             .split(' ')
             .next()
             .unwrap_or("x")
-            .replace('+', "-")
+            .replace(['+', '(', ')'], "-")
     ));
     fs::create_dir_all(&dir)?;
     let servers = if target == Target::ScaleOut { 2 } else { 1 };
@@ -424,9 +428,16 @@ fn run_target(
                 .collect::<Vec<_>>();
             (roots, labels, started)
         }
-        Target::DnsmasqNginx => {
-            let c =
-                targets::start_classic(&mut lab, files, &dir, a.machines, a.rack_size, a.nginx_io)?;
+        Target::DnsmasqNginx | Target::DnsmasqNopingNginx => {
+            let c = targets::start_classic(
+                &mut lab,
+                files,
+                &dir,
+                a.machines,
+                a.rack_size,
+                a.nginx_io,
+                target == Target::DnsmasqNopingNginx,
+            )?;
             (
                 vec![c.dnsmasq, c.nginx],
                 vec![
@@ -518,7 +529,9 @@ fn run_target(
     Ok(RunReport {
         target,
         label: match target {
-            Target::DnsmasqNginx => format!("dnsmasq+nginx ({:?})", a.nginx_io).to_lowercase(),
+            Target::DnsmasqNginx | Target::DnsmasqNopingNginx => {
+                format!("{} ({:?})", target.name(), a.nginx_io).to_lowercase()
+            }
             t => t.name().into(),
         },
         round: round + 1,

@@ -369,6 +369,7 @@ pub fn start_classic(
     machines: u32,
     rack_size: u32,
     io: NginxIo,
+    no_ping: bool,
 ) -> Result<Classic> {
     let dir = base.join("classic");
     let tftp = dir.join("tftp");
@@ -465,6 +466,9 @@ pub fn start_classic(
     args.push(format!(
         "--dhcp-boot=tag:efihttp,http://{addr}:8080/ipxe.efi"
     ));
+    if no_ping {
+        args.push("--no-ping".into());
+    }
     args.push(format!("--tftp-root={}", tftp.display()));
     // Defaults are 50 transfers and 1000 leases: raised for a hall, as its man page says.
     args.push(format!("--tftp-max={}", machines.clamp(50, 10_000)));
