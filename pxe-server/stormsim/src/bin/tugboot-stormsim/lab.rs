@@ -191,9 +191,11 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for (_, c) in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for (_, c) in &mut self.children {
