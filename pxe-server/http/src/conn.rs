@@ -236,6 +236,23 @@ fn to_request(parsed: &httparse::Request<'_, '_>, peer: SocketAddr) -> Result<Re
     Ok(req)
 }
 
+/// The fuzz target's entry (`fuzzing::request_head`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_request_head(data: &[u8]) {
+    let peer = SocketAddr::from(([192, 0, 2, 1], 1234));
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if let Ok(httparse::Status::Complete(used)) = parsed.parse(data) {
+        assert!(used <= data.len());
+        if let Ok(req) = to_request(&parsed, peer) {
+            assert!(!req.headers().contains_key(header::TRANSFER_ENCODING));
+            let _ = wants_keep_alive(req.version(), req.headers());
+            let head = head_bytes(StatusCode::OK, req.headers(), 7, false);
+            assert!(head.ends_with(b"\r\n\r\n"));
+        }
+    }
+}
+
 /// `content-length` → `Content-Length`.
 fn title_case(name: &str, out: &mut Vec<u8>) {
     let mut up = true;

@@ -90,7 +90,11 @@ pub struct ServerConfig {
     pub root: PathBuf,
     /// Serve every transfer from the listening socket instead of an ephemeral port each.
     pub single_port: bool,
-    /// Transfers running at once, all clients together; more get ERROR 0 "server busy".
+    /// Transfers running at once, all clients together. A request beyond it gets no answer:
+    /// the client resends it on its own timer (1–5 s in firmware) and is served once a slot
+    /// is free. An ERROR would end a firmware's boot attempt (PXE ROMs, EDK2, U-Boot and the
+    /// Raspberry Pi bootloader all give up on an ERROR), which in a boot storm turns a busy
+    /// second into reboots (docs/storm.md).
     pub max_transfers: u64,
     /// Transfers running at once for one client host (IPv4 address, or IPv6 /64); more get
     /// ERROR 0 "too many transfers from your address". Keeps a flood from one host (any number
@@ -472,11 +476,7 @@ impl Server {
                 return;
             }
             refusal => {
-                let (message, global) = if refusal == Admit::Busy {
-                    ("server busy", true)
-                } else {
-                    ("too many transfers from your address", false)
-                };
+                let global = refusal == Admit::Busy;
                 let now = Instant::now();
                 if state
                     .last_busy_warning
@@ -488,7 +488,17 @@ impl Server {
                           "TFTP transfer limit reached (logged at most every 10 s)");
                 }
                 self.stats.requests_busy.fetch_add(1, Ordering::Relaxed);
-                self.refuse(peer, ErrorCode::NotDefined, message).await;
+                if !global {
+                    // One host over its share: tell it (a flood, not a firmware, does this).
+                    self.refuse(
+                        peer,
+                        ErrorCode::NotDefined,
+                        "too many transfers from your address",
+                    )
+                    .await;
+                } else {
+                    self.stats.requests_refused.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             }
         };
