@@ -885,6 +885,9 @@ struct Job {
     cancel: watch::Receiver<bool>,
 }
 
+/// The refusal of a generated file the buffer budget has no room for (left unanswered).
+const BUDGET_BUSY: &str = "server busy";
+
 impl Job {
     async fn run(mut self, spec: LinkSpec) {
         let peer = self.peer;
@@ -901,6 +904,12 @@ impl Job {
             Err((code, message)) => {
                 debug!(%peer, file = %self.filename, message, "TFTP request refused");
                 self.stats.requests_refused.fetch_add(1, Ordering::Relaxed);
+                if message == BUDGET_BUSY {
+                    // No buffer memory for a generated file now: like a request beyond the
+                    // transfer cap, no answer; the client resends and gets it when there is.
+                    self.stats.requests_busy.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 let mut buf = [0u8; 128];
                 let len = Repr::Error { code, message }.emit(&mut buf);
                 let _ = link.send(&buf[..len]).await;
@@ -1057,7 +1066,7 @@ impl Job {
                     }
                     let mut reservation = self.budget.reservation();
                     if !reservation.try_resize(bytes.len()) {
-                        return Err((ErrorCode::NotDefined, "server busy"));
+                        return Err((ErrorCode::NotDefined, BUDGET_BUSY));
                     }
                     Ok(Source::Memory {
                         bytes,
