@@ -839,7 +839,9 @@ mod tests {
     }
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x01];
-    const ms: fn(u64) -> Duration = Duration::from_millis;
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
 
     /// iPXE: an offer without no-pxedhcp and without `PXEClient` makes it wait for ProxyDHCP
     /// offers: retransmit at 1 s, REQUEST only at the timer after 2 s have passed (3 s).

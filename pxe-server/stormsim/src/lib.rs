@@ -120,7 +120,7 @@ mod tests {
             total: 28_000,
         };
         let waits: Vec<u64> = (0..5)
-            .map(|n| d.wait(n, z).unwrap().as_millis() as u64)
+            .map(|n| u64::try_from(d.wait(n, z).unwrap().as_millis()).unwrap())
             .collect();
         assert_eq!(waits, [250, 500, 1000, 2000, 2000]);
         assert_eq!(

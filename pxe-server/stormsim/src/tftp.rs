@@ -382,7 +382,9 @@ mod tests {
         include_bytes!("../../../tests/fixtures/tftp/rrq-ovmf-tsize-probe.bin");
     const OVMF_ABORT: &[u8] = include_bytes!("../../../tests/fixtures/tftp/error-ovmf-abort.bin");
     const UBOOT_RRQ: &[u8] = include_bytes!("../../../tests/fixtures/tftp/rrq-uboot-timeout.bin");
-    const ms: fn(u64) -> Duration = Duration::from_millis;
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
 
     fn opts(o: &[(&str, &str)]) -> Vec<(String, String)> {
         o.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()

@@ -577,7 +577,7 @@ fn kill_report(kill_ms: f64, records: &[MachineRecord]) -> KillReport {
             .filter(|(p, _)| p.end_ms <= kill_ms)
             .map(|(_, a)| *a)
             .last();
-        if !held.is_some_and(|a| a.octets()[3] <= last_of_first) {
+        if held.is_none_or(|a| a.octets()[3] > last_of_first) {
             continue;
         }
         affected += 1;
