@@ -806,7 +806,7 @@ type IoJob = Box<dyn FnOnce() + Send>;
 /// Default of [`ServerConfig::max_transfers`]. A transfer is mostly waiting for the client's
 /// next ACK, so in a boot storm the cap, not the CPU, sets the rate: at 512, 10,000 simulated
 /// machines (half BIOS PXE, half UEFI) took 84 s and 439 gave up after three boots; at 4096 all
-/// booted in 26 s, 99.93 % on their first attempt (docs/benchmarks.md, boot storms). Buffer
+/// booted in 26 s, 98.4–99.9 % on their first attempt (docs/benchmarks.md, boot storms). Buffer
 /// memory stays under the budget; each transfer adds ~7 KiB and one socket (file descriptor).
 pub const DEFAULT_MAX_TRANSFERS: u64 = 4096;
 
