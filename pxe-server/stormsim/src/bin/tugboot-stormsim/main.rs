@@ -374,12 +374,12 @@ fn run_target(
     let dir = base.join(format!(
         "run-{}-{}",
         round + 1,
-        target
-            .name()
-            .split(' ')
-            .next()
-            .unwrap_or("x")
-            .replace(['+', '(', ')'], "-")
+        match target {
+            Target::Tugboot => "tugboot",
+            Target::DnsmasqNginx => "dnsmasq-nginx",
+            Target::DnsmasqNopingNginx => "dnsmasq-noping-nginx",
+            Target::ScaleOut => "scale-out",
+        }
     ));
     fs::create_dir_all(&dir)?;
     let servers = if target == Target::ScaleOut { 2 } else { 1 };
