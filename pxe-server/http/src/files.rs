@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::task::JoinHandle;
 
+use crate::conn::SendfileHint;
 use crate::range::{self, RangeDecision};
 use crate::server::Counters;
 
@@ -147,6 +148,15 @@ pub(crate) async fn serve_file(
     if method == Method::HEAD || body_len == 0 {
         return finish(builder, Body::empty());
     }
+    // The plain-HTTP loop sends the file with sendfile(2) (the hint); the streaming body, for
+    // HTTPS, starts reading only when polled, so the unused one costs nothing.
+    let file = Arc::new(Mutex::new(Some(file)));
+    let builder = builder.extension(SendfileHint {
+        file: Arc::clone(&file),
+        start,
+        len: body_len,
+        counters: Arc::clone(&s.counters),
+    });
     let body = file_body(
         file,
         start,
@@ -239,7 +249,7 @@ fn read_next(file: File, n: u64, seek_to: Option<u64>, pool: &Arc<BufPool>) -> R
 /// network so disk and socket work overlap. A file that turns out shorter than expected ends the
 /// body with an error, which aborts the connection: the client never mistakes it for the end.
 fn file_body(
-    file: File,
+    file: Arc<Mutex<Option<File>>>,
     start: u64,
     len: u64,
     chunk: usize,
@@ -248,21 +258,40 @@ fn file_body(
 ) -> Body {
     let chunk = u64::try_from(chunk).unwrap_or(u64::MAX);
     struct St {
+        /// The file until the first poll (then it moves into the read jobs).
+        file: Arc<Mutex<Option<File>>>,
+        start: u64,
         job: Option<ReadJob>,
         remaining: u64,
         chunk: u64,
         counters: Arc<Counters>,
         pool: Arc<BufPool>,
     }
-    let first = len.min(chunk);
     let st = St {
-        job: Some(read_next(file, first, Some(start), &pool)),
+        file,
+        start,
+        job: None,
         remaining: len,
         chunk,
         counters,
         pool,
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
+        if st.remaining == 0 {
+            return None;
+        }
+        if st.job.is_none() {
+            let taken = st
+                .file
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let Some(file) = taken else {
+                return Some((Err(io::Error::other("file already sent")), st));
+            };
+            let first = st.remaining.min(st.chunk);
+            st.job = Some(read_next(file, first, Some(st.start), &st.pool));
+        }
         let job = st.job.take()?;
         let want = st.remaining.min(st.chunk);
         let (file, result) = match job.await {

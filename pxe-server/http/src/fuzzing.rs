@@ -48,6 +48,13 @@ pub fn range(data: &[u8]) {
     let _ = if_range_matches(header, "abc");
 }
 
+/// Runs arbitrary bytes through the plain-HTTP loop's request-head path (httparse, then the
+/// conversion into the router's request), checking what the loop relies on: a head it accepts
+/// has a path starting with `/` (or `*`) and announces no body.
+pub fn request_head(data: &[u8]) {
+    crate::conn::fuzz_request_head(data);
+}
+
 #[cfg(test)]
 mod tests {
     /// Every seed of the fuzz corpora goes through the same entry points as the fuzzers.
@@ -58,6 +65,7 @@ mod tests {
         for (dir, entry) in [
             ("query", super::query as fn(&[u8])),
             ("range", super::range as fn(&[u8])),
+            ("request-head", super::request_head as fn(&[u8])),
         ] {
             let dir = format!("{root}/{dir}");
             for file in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {

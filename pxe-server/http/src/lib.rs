@@ -4,9 +4,11 @@
 //!
 //! The parts that decide are pure and tested with byte fixtures: [`query`] (what a request
 //! says about the machine) and [`range`] (HTTP ranges and conditional requests); what a machine
-//! boots is the fleet's. [`server`] is the axum shell, `files` the streaming of artifacts, and
+//! boots is the fleet's. [`server`] is the axum shell, `files` the streaming of artifacts, `conn` the plain-HTTP connection loop
+//! (file bodies with `sendfile(2)`), and
 //! [`tls`] the rustls listener.
 
+mod conn;
 mod files;
 pub mod query;
 pub mod range;

@@ -426,60 +426,26 @@ pub(crate) fn refused(counters: &Counters, peer: SocketAddr, why: ConnRefusal) {
     tracing::debug!(%peer, cap = why.as_str(), "connection refused");
 }
 
-/// A TCP listener that admits connections against a [`ConnBudget`] (closing the others at
-/// once) and turns Nagle off on every one (scripts are small writes).
-#[derive(Debug)]
-pub struct NodelayListener {
-    listener: TcpListener,
-    budget: Arc<ConnBudget>,
-    server: Arc<BootServer>,
-}
-
-impl axum::serve::Listener for NodelayListener {
-    type Io = Admitted<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.listener.accept().await {
-                Ok((tcp, addr)) => match self.budget.admit(addr.ip()) {
-                    Ok(permit) => {
-                        let _ = tcp.set_nodelay(true);
-                        return (Admitted::new(tcp, permit), addr);
-                    }
-                    Err(why) => refused(self.server.counter(), addr, why),
-                },
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
-}
-
 /// How long a client may take to send a request's headers (slow-header clients hold a task
 /// and a socket each).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Serves plain HTTP until `shutdown` completes, then lets requests in flight finish.
+/// Serves plain HTTP until `shutdown` completes, then lets requests in flight finish. File
+/// bodies go out with `sendfile(2)` (see `conn.rs`).
 pub async fn serve(
     listener: TcpListener,
     server: Arc<BootServer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let router = server.router_for(Scheme::Http);
-    let listener = NodelayListener {
+    crate::conn::serve_plain(
         listener,
-        budget: server.conn_budget(),
-        server: Arc::clone(&server),
-    };
-    serve_connections(listener, router, shutdown).await
+        router,
+        server.conn_budget(),
+        server.counter(),
+        shutdown,
+    )
+    .await
 }
 
 /// Serves HTTPS with `tls` until `shutdown` completes, then lets requests in flight finish.

@@ -20,7 +20,7 @@ pub mod transfer;
 pub use packet::{ErrorCode, Mode, Options, PacketError, Repr, Request, RequestKind};
 pub use path::{CleanPath, PathError};
 pub use server::{
-    FileProvider, MAX_GENERATED_LEN, Provided, Server, ServerConfig, ServerError, Stats,
-    StatsSnapshot,
+    DEFAULT_MAX_TRANSFERS, FileProvider, MAX_GENERATED_LEN, Provided, Server, ServerConfig,
+    ServerError, Stats, StatsSnapshot,
 };
 pub use transfer::{Limits, Outcome, Transfer, Transmit};

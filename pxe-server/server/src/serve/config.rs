@@ -187,7 +187,7 @@ pub struct RawTftp {
 }
 
 fn default_max_transfers() -> u64 {
-    512
+    tugboot_tftp::DEFAULT_MAX_TRANSFERS
 }
 
 fn default_max_transfers_per_peer() -> u64 {

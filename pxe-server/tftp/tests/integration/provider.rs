@@ -242,3 +242,21 @@ async fn generated_files_are_capped() {
     assert_eq!(server.stats.snapshot().buffer_bytes, 0);
     server.stop().await;
 }
+
+/// A generated file (a Pi's `config.txt`) when the buffer budget has no room: no answer, so the
+/// client resends (an ERROR would end a Raspberry Pi's or a PXE ROM's boot attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_file_without_budget_room_is_left_unanswered() {
+    let provider = Blobs::new(&[]);
+    let server = TestServer::start(|c| c.buffer_budget = 0, Some(provider)).await;
+    let raw = Raw::new().await;
+    raw.send(server.addr, &rrq("blobs/gen/at-cap", &[])).await;
+    let mut buf = [0u8; 600];
+    let quiet =
+        tokio::time::timeout(Duration::from_millis(500), raw.socket.recv_from(&mut buf)).await;
+    assert!(quiet.is_err(), "no ERROR for a budget that is full");
+    assert_eq!(server.settle().await, 0);
+    let s = server.stats.snapshot();
+    assert_eq!((s.requests_busy, s.transfers_started), (1, 0), "{s:?}");
+    server.stop().await;
+}
