@@ -278,8 +278,16 @@ impl fmt::Display for Selector {
             if i > 0 {
                 f.write_str(",")?;
             }
+            // The short form only where it parses back to the same key (`label.label.x`
+            // shown as `label.x` would come back as the label `x`: found by the fuzzer).
             let shown = match k.strip_prefix(keys::LABEL_PREFIX) {
-                Some(l) if !keys::RESERVED.contains(&l) && !IDENTITY_KEYS.contains(&l) => l,
+                Some(l)
+                    if !keys::RESERVED.contains(&l)
+                        && !IDENTITY_KEYS.contains(&l)
+                        && !l.starts_with(keys::LABEL_PREFIX) =>
+                {
+                    l
+                }
                 _ => k.as_str(),
             };
             write!(f, "{shown}={v}")?;
@@ -330,6 +338,10 @@ mod tests {
         // A label called like a reserved key keeps its prefix in the text form.
         let s = Selector::parse("label.board=x").unwrap();
         assert_eq!(s.to_string(), "label.board=x");
+        // A label whose own name starts with `label.` keeps its prefix.
+        let s = Selector::parse("label.label.pboard=x").unwrap();
+        assert_eq!(s.to_string(), "label.label.pboard=x");
+        assert_eq!(Selector::parse(&s.to_string()).unwrap(), s);
         assert_eq!(Selector::parse(&s.to_string()).unwrap(), s);
         assert!(Selector::parse("*").unwrap().is_all());
         assert!(Selector::parse("  ").unwrap().is_all());
