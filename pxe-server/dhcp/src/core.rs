@@ -885,14 +885,11 @@ fn in_pools(subnet: &Subnet, a: Ipv4Addr) -> bool {
 }
 
 fn client_key(req: &Request, class: &Classification) -> ClientKey {
-    match &class.client_id {
-        Some(id) if !id.is_empty() => ClientKey::ClientId(id.clone()),
-        _ => {
-            let mut v = vec![u8::from(req.msg.htype())];
-            v.extend_from_slice(req.chaddr());
-            ClientKey::Hardware(v)
-        }
-    }
+    ClientKey::of_client(
+        class.client_id.as_deref(),
+        u8::from(req.msg.htype()),
+        req.chaddr(),
+    )
 }
 
 /// NUL-terminated copy: RFC 2132 does not require it, but PXE ROMs and U-Boot

@@ -31,6 +31,39 @@ pub enum ClientKey {
     Hardware(Vec<u8>),
 }
 
+impl ClientKey {
+    /// The key of a client that sent `client_id` (option 61, if any) from hardware address
+    /// `htype` + `chaddr`. A client identifier that *is* the hardware address (RFC 2132 §9.14:
+    /// the htype byte, then chaddr — what iPXE sends) names the same client as no identifier
+    /// at all: a UEFI machine's PXE firmware (no option 61) and the iPXE it loads (option 61 =
+    /// 01 + MAC) hold one lease, not two (dnsmasq matches them by hardware address too).
+    pub fn of_client(client_id: Option<&[u8]>, htype: u8, chaddr: &[u8]) -> Self {
+        let mut hardware = Vec::with_capacity(1 + chaddr.len());
+        hardware.push(htype);
+        hardware.extend_from_slice(chaddr);
+        match client_id {
+            Some(id) if !id.is_empty() && id != hardware.as_slice() => {
+                ClientKey::ClientId(id.to_vec())
+            }
+            _ => ClientKey::Hardware(hardware),
+        }
+    }
+
+    /// This key as [`ClientKey::of_client`] makes it now, for records written before it
+    /// folded hardware-address identifiers (`mac` is the record's holder MAC).
+    #[must_use]
+    pub fn canonical(self, mac: Option<Mac>) -> Self {
+        match (self, mac) {
+            (ClientKey::ClientId(id), Some(mac))
+                if id.len() == 7 && id[0] == 1 && id[1..] == mac.0[..] =>
+            {
+                ClientKey::Hardware(id)
+            }
+            (key, _) => key,
+        }
+    }
+}
+
 /// State carried by a persisted record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -118,13 +151,14 @@ impl LeaseTable {
 
     /// Applies one persisted record.
     pub fn apply(&mut self, r: &LeaseRecord) {
+        let client = r.client.clone().canonical(r.mac);
         match r.state {
-            LeaseState::Bound => self.bind(r.address, r.client.clone(), r.mac, r.expires_at),
+            LeaseState::Bound => self.bind(r.address, client, r.mac, r.expires_at),
             LeaseState::Released => {
-                self.release(r.address, &r.client);
+                self.release(r.address, &client);
             }
             LeaseState::Declined => {
-                self.decline(r.address, r.client.clone(), r.mac, r.expires_at);
+                self.decline(r.address, client, r.mac, r.expires_at);
             }
         }
     }
@@ -594,6 +628,53 @@ mod tests {
     }
     const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
     const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
+
+    #[test]
+    fn a_client_id_that_is_the_hardware_address_names_the_same_client() {
+        let mac = [0x52, 0x54, 0, 0xf5, 0, 2];
+        let hw = ClientKey::of_client(None, 1, &mac);
+        // iPXE after OVMF's PXE: option 61 = 01 + MAC.
+        let ipxe = ClientKey::of_client(Some(&[1, 0x52, 0x54, 0, 0xf5, 0, 2]), 1, &mac);
+        assert_eq!(hw, ipxe);
+        assert_eq!(ClientKey::of_client(Some(&[]), 1, &mac), hw);
+        // Any other identifier (a DUID, another MAC) is a client of its own.
+        let duid = ClientKey::of_client(Some(&[255, 0, 0, 0, 1, 0, 1]), 1, &mac);
+        assert_eq!(duid, ClientKey::ClientId(vec![255, 0, 0, 0, 1, 0, 1]));
+        let other = ClientKey::of_client(Some(&[1, 2, 0, 0, 0, 0, 9]), 1, &mac);
+        assert_ne!(other, hw);
+    }
+
+    #[test]
+    fn records_of_hardware_address_identifiers_restore_under_one_key() {
+        // A log written before the fold: the same machine bound twice, once per key.
+        let mac = Mac([0x52, 0x54, 0, 0xf5, 0, 2]);
+        let mut id = vec![1];
+        id.extend_from_slice(&mac.0);
+        let bound = |a, client| LeaseRecord {
+            address: a,
+            client,
+            mac: Some(mac),
+            state: LeaseState::Bound,
+            expires_at: t(1000),
+        };
+        let mut table = LeaseTable::default();
+        table.restore(&[
+            bound(A, ClientKey::Hardware(id.clone())),
+            bound(B, ClientKey::ClientId(id.clone())),
+        ]);
+        let key = ClientKey::of_client(Some(&id), 1, &mac.0);
+        assert_eq!(table.lease_of(&key), Some(B), "the later binding wins");
+        assert_eq!(
+            table
+                .snapshot()
+                .iter()
+                .filter(|r| r.state == LeaseState::Bound && r.client == key)
+                .count(),
+            1,
+            "{:?}",
+            table.snapshot()
+        );
+    }
 
     fn rec(a: Ipv4Addr, n: u8, state: LeaseState, at: u64) -> LeaseRecord {
         LeaseRecord {

@@ -70,6 +70,33 @@ fn plain_client_gets_a_lease_and_no_boot_options() {
     assert_eq!(opt(ack, 59), Some(3150u32.to_be_bytes().to_vec()));
 }
 
+/// OVMF's PXE sends no client identifier; the iPXE it loads sends option 61 = 01 + MAC. One
+/// machine, one lease: the second DORA gets the first one's address, and the pool loses one.
+#[test]
+fn firmware_then_ipxe_with_a_hardware_client_id_hold_one_lease() {
+    let mut s = server();
+    let mac = [0x52, 0x54, 0, 0xf5, 0, 2];
+    let firmware = dora(&mut s, mac, 0);
+    let mut id = vec![1];
+    id.extend_from_slice(&mac);
+    let offer = s.handle(t(5), &Pkt::new(1, mac).opt(61, &id).bytes(), local());
+    assert_eq!(
+        yiaddr(only_reply(&offer)),
+        firmware,
+        "iPXE was offered another address"
+    );
+    let req = Pkt::new(3, mac)
+        .opt(61, &id)
+        .opt(54, &SERVER.octets())
+        .opt(50, &firmware.octets());
+    let ack = s.handle(t(5), &req.bytes(), local());
+    assert_eq!(only_reply(&ack).msg_type, MessageType::Ack);
+    // Another identifier from the same MAC (a DUID) is another client.
+    let duid = [255, 0, 0, 0, 1, 0, 1, 0x52];
+    let offer = s.handle(t(6), &Pkt::new(1, mac).opt(61, &duid).bytes(), local());
+    assert_ne!(yiaddr(only_reply(&offer)), firmware);
+}
+
 #[test]
 fn renew_rebind_release_and_reuse() {
     let mut s = server();
