@@ -8,6 +8,8 @@
     reason = "shared by several test binaries, each using a part"
 )]
 
+pub mod fleet;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
