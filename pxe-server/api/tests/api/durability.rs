@@ -408,6 +408,15 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A number in `range`, different from run to run (the moment of a kill; printed by the tests).
+fn random_in(range: std::ops::RangeInclusive<usize>) -> usize {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    range.start() + nanos % (range.end() - range.start() + 1)
+}
+
 /// Size of one upload request of [`push_blob`]: artifacts take several, so kills land mid-upload.
 const UPLOAD_CHUNK: usize = 32 * 1024;
 
@@ -484,11 +493,12 @@ async fn publish(c: &ApiClient, r: &Release) -> Result<HttpResponse, ClientError
 
 const RELEASES: u32 = 24;
 const PUBLISH_LANES: u32 = 4;
-const PUBLISHES_BEFORE_KILL: usize = 8;
+/// The kill comes after between 4 and 12 acknowledged publishes (a different moment each run).
+const PUBLISHES_BEFORE_KILL: std::ops::RangeInclusive<usize> = 4..=12;
 
 /// kill -9 of the server while 4 operators publish 24 signed images (two names, distinct
 /// versions, two artifacts each, pushed in 32 KiB resumable chunks, then the manifest), after
-/// the 8th publish answered 201. Then, in the store and the blob directory as the killed server
+/// 4 to 12 publishes (a random number) answered 201. Then, in the store and the blob directory as the killed server
 /// left them:
 /// - every acknowledged image is in the catalogue exactly once, published, with the manifest
 ///   bytes that were sent;
@@ -504,6 +514,7 @@ pub async fn kill9_during_publish_burst(url: &str) {
     let ca = CertAuthority::init(&dir.path().join("ca"), "kill9 CA", now, 86_400 * 30).unwrap();
     std::fs::write(dir.path().join("store-url"), url).unwrap();
     let releases: Arc<Vec<Release>> = Arc::new((0..RELEASES).map(|n| release(n, now)).collect());
+    let kill_after = random_in(PUBLISHES_BEFORE_KILL);
     let (mut child, addr) = spawn_child(dir.path());
     let c = ApiClient::new(addr, SERVER_NAME, ca.cert_pem(), None).unwrap();
     let acked = Arc::new(Mutex::new(Vec::<usize>::new()));
@@ -518,7 +529,7 @@ pub async fn kill9_during_publish_burst(url: &str) {
                     Ok(r) if r.status == 201 => {
                         let mut a = acked.lock().unwrap();
                         a.push(n);
-                        if a.len() >= PUBLISHES_BEFORE_KILL {
+                        if a.len() >= kill_after {
                             fire(&switch);
                         }
                     }
@@ -538,7 +549,7 @@ pub async fn kill9_during_publish_burst(url: &str) {
         t.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= PUBLISHES_BEFORE_KILL);
+    assert!(acked.len() >= kill_after);
     assert!(
         acked.len() < releases.len(),
         "the kill came after the burst"
@@ -587,6 +598,12 @@ pub async fn kill9_during_publish_burst(url: &str) {
             });
         }
     }
+    eprintln!(
+        "kill9 publish: killed after {kill_after}: {} of {} publishes answered, {} images in the catalogue after the kill",
+        acked.len(),
+        releases.len(),
+        images.len()
+    );
     store.close().await;
 
     // The restarted server serves what was acknowledged and takes the rest.
@@ -676,7 +693,9 @@ const ROLLOUT_STAGES: [u8; 5] = [10, 25, 50, 75, 100];
 /// Positions (in the rollout's order) of the devices whose update rolls back: both in the third
 /// stage, so the rollout runs two stages before the first rollback can pause it.
 const FAILING_POSITIONS: [usize; 2] = [6, 8];
-const OUTCOMES_BEFORE_KILL: usize = 8;
+/// The kill comes after between 3 and 9 acknowledged outcomes (a different moment each run:
+/// in the first two stages, or once the rollbacks of the third are in).
+const OUTCOMES_BEFORE_KILL: std::ops::RangeInclusive<usize> = 3..=9;
 const COMMANDS_BEFORE_KILL: usize = 2;
 
 /// An operator command that was answered 200, with the rollout as the answer showed it (after
@@ -703,7 +722,7 @@ fn device_client(addr: std::net::SocketAddr, ca: &CertAuthority, d: &Device) -> 
 /// among the admitted devices pauses it). Each device polls its assignment and, once admitted,
 /// reports its outcome (two devices of the third stage roll back, the rest commit) while an
 /// operator task pauses a running rollout and resumes a paused one every 30 ms. The server is
-/// killed once 8 outcomes and 2 commands were answered 200.
+/// killed once 3 to 9 outcomes (a random number) and 2 commands were answered 200.
 ///
 /// Afterwards, in the store: every acknowledged report is stored and is its device's verdict
 /// for the image (one per device). The restarted server has evaluated the rollout before it
@@ -735,6 +754,7 @@ pub async fn kill9_during_rollout(url: &str) {
     let ca = CertAuthority::init(&dir.path().join("ca"), "kill9 CA", now, 86_400 * 30).unwrap();
     std::fs::write(dir.path().join("store-url"), url).unwrap();
     let devices = enrolled_devices(url, &ca, ROLLOUT_DEVICES, now).await;
+    let kill_after = random_in(OUTCOMES_BEFORE_KILL);
     let (mut child, addr) = spawn_child(dir.path());
     let op = ApiClient::new(addr, SERVER_NAME, ca.cert_pem(), None).unwrap();
     let artifact = noise(64 * 1024, 99);
@@ -780,8 +800,8 @@ pub async fn kill9_during_rollout(url: &str) {
     let sent: Sent = Arc::default();
     let acked: Sent = Arc::default();
     let answered = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
-    let kill_when_due = |answered: &(AtomicUsize, AtomicUsize), switch: &KillSwitch| {
-        if answered.0.load(Ordering::SeqCst) >= OUTCOMES_BEFORE_KILL
+    let kill_when_due = move |answered: &(AtomicUsize, AtomicUsize), switch: &KillSwitch| {
+        if answered.0.load(Ordering::SeqCst) >= kill_after
             && answered.1.load(Ordering::SeqCst) >= COMMANDS_BEFORE_KILL
         {
             fire(switch);
@@ -871,7 +891,7 @@ pub async fn kill9_during_rollout(url: &str) {
     let (acks, unanswered) = operator_task.await.unwrap();
     let sent = sent.lock().unwrap().clone();
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= OUTCOMES_BEFORE_KILL && acks.len() >= COMMANDS_BEFORE_KILL);
+    assert!(acked.len() >= kill_after && acks.len() >= COMMANDS_BEFORE_KILL);
     for a in &acks {
         // Only a resume leaves `paused`: a pause is answered `paused` whatever ran meanwhile.
         assert!(a.command != "pause" || a.state == "paused", "{acks:?}");
@@ -972,6 +992,16 @@ pub async fn kill9_during_rollout(url: &str) {
     );
     let last = acks.last().unwrap();
     let rule_holds = failed > 0;
+    eprintln!(
+        "kill9 rollout: killed after {kill_after}: {} outcomes and {} commands answered, {} reports sent; last answer {} \
+         at stage {}, unanswered {unanswered:?}; restarted {state} at stage {stage} \
+         ({committed} committed, {failed} failed of {admitted} admitted)",
+        acked.len(),
+        acks.len(),
+        sent.len(),
+        last.state,
+        last.stage,
+    );
     let context = format!("{v}; acknowledged {acks:?}; unanswered {unanswered:?}");
     if last.state == "paused" && unanswered != Some("resume") {
         assert_eq!(
