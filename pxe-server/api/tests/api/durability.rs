@@ -458,7 +458,11 @@ struct Release {
 }
 
 fn release(n: u32, now: i64) -> Release {
-    let name = if n % 2 == 0 { "gateway" } else { "sensor" };
+    let name = if n.is_multiple_of(2) {
+        "gateway"
+    } else {
+        "sensor"
+    };
     let version = u64::from(n) + 1;
     let n64 = u64::from(n);
     let blobs = vec![
