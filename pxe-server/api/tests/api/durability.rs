@@ -418,7 +418,7 @@ fn random_in(range: std::ops::RangeInclusive<usize>) -> usize {
 }
 
 /// Size of one upload request of [`push_blob`]: artifacts take several, so kills land mid-upload.
-const UPLOAD_CHUNK: usize = 32 * 1024;
+const UPLOAD_CHUNK: usize = 16 * 1024;
 
 /// Pushes one artifact the way `tugboot images push` does: ask where its upload stands
 /// (`GET /api/v1/admin/blobs/{sha256}?size=N`), send the rest in chunks (`PATCH`, each durable
@@ -466,8 +466,8 @@ fn release(n: u32, now: i64) -> Release {
     let version = u64::from(n) + 1;
     let n64 = u64::from(n);
     let blobs = vec![
-        noise(80 * 1024 + 517 * n as usize, 2 * n64 + 1),
-        noise(12 * 1024 + n as usize, 2 * n64 + 2),
+        noise(48 * 1024 + 517 * n as usize, 2 * n64 + 1),
+        noise(8 * 1024 + n as usize, 2 * n64 + 2),
     ];
     let manifest = manifest_with(
         name,
@@ -495,14 +495,14 @@ async fn publish(c: &ApiClient, r: &Release) -> Result<HttpResponse, ClientError
     operator(c, "POST", "/api/v1/admin/images", &r.manifest).await
 }
 
-const RELEASES: u32 = 24;
+const RELEASES: u32 = 16;
 const PUBLISH_LANES: u32 = 4;
-/// The kill comes after between 4 and 12 acknowledged publishes (a different moment each run).
-const PUBLISHES_BEFORE_KILL: std::ops::RangeInclusive<usize> = 4..=12;
+/// The kill comes after between 3 and 9 acknowledged publishes (a different moment each run).
+const PUBLISHES_BEFORE_KILL: std::ops::RangeInclusive<usize> = 3..=9;
 
-/// kill -9 of the server while 4 operators publish 24 signed images (two names, distinct
-/// versions, two artifacts each, pushed in 32 KiB resumable chunks, then the manifest), after
-/// 4 to 12 publishes (a random number) answered 201. Then, in the store and the blob directory as the killed server
+/// kill -9 of the server while 4 operators publish 16 signed images (two names, distinct
+/// versions, two artifacts each, pushed in 16 KiB resumable chunks, then the manifest), after
+/// 3 to 9 publishes (a random number) answered 201. Then, in the store and the blob directory as the killed server
 /// left them:
 /// - every acknowledged image is in the catalogue exactly once, published, with the manifest
 ///   bytes that were sent;
@@ -659,19 +659,30 @@ pub async fn kill9_during_publish_burst(url: &str) {
         after, before,
         "re-publishing an acknowledged image changed the catalogue"
     );
-    for (n, r) in releases.iter().enumerate() {
-        if acked.contains(&n) {
-            continue;
-        }
-        let answer = publish(&c, r).await.unwrap();
-        assert!(
-            answer.status == 201 || answer.status == 200,
-            "unacknowledged {}@{}: {} {}",
-            r.name,
-            r.version,
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        );
+    // The unacknowledged ones, by 4 operators again.
+    let mut lanes = Vec::new();
+    for lane in 0..PUBLISH_LANES as usize {
+        let (c, releases, acked) = (c.clone(), releases.clone(), acked.clone());
+        lanes.push(tokio::spawn(async move {
+            for n in (lane..releases.len()).step_by(PUBLISH_LANES as usize) {
+                if acked.contains(&n) {
+                    continue;
+                }
+                let r = &releases[n];
+                let answer = publish(&c, r).await.unwrap();
+                assert!(
+                    answer.status == 201 || answer.status == 200,
+                    "unacknowledged {}@{}: {} {}",
+                    r.name,
+                    r.version,
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
+                );
+            }
+        }));
+    }
+    for l in lanes {
+        l.await.unwrap();
     }
     let all = listed(
         operator(&c, "GET", "/api/v1/admin/images", b"")
