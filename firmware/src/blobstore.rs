@@ -73,16 +73,40 @@ impl BlobStore {
 
     /// Where an upload of blob `d` (of `size` bytes) stands: `size` when the blob is stored,
     /// else the bytes received so far (0 when none).
+    ///
+    /// An upload whose every byte arrived but that was never moved into the store (the process
+    /// died between the last chunk's fsync and the rename) is finished here: hashed and stored,
+    /// or, when it does not match `d`, deleted (the upload starts over). Never `size` for a
+    /// blob that is not in the store.
     pub fn upload_offset(&self, d: &Sha256Digest, size: u64) -> Result<u64, BlobError> {
         if self.contains(d) {
             return Ok(size);
         }
         let path = self.upload_path(d, size);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(m.len().min(size)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(BlobError::io(path, e)),
+        let have = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(BlobError::io(path, e)),
+        };
+        if have < size {
+            return Ok(have);
         }
+        match self.finish_upload(d, size, &path) {
+            Ok(()) => Ok(size),
+            Err(BlobError::Stream(_)) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the complete upload at `path` into the store under `d` (hashed and checked against
+    /// `d` and `size`); the partial file is removed either way.
+    fn finish_upload(&self, d: &Sha256Digest, size: u64, path: &Path) -> Result<(), BlobError> {
+        let result = File::open(path)
+            .map_err(|e| BlobError::io(path, e))
+            .and_then(|f| self.put(f, Some((*d, size))));
+        // Stored or refused: the partial file has served its purpose either way.
+        let _ = fs::remove_file(path);
+        result.map(|_| ())
     }
 
     /// Appends `data` at `offset` to the upload of blob `d` (`size` bytes in all), durably
@@ -127,12 +151,7 @@ impl BlobStore {
         if end < size {
             return Ok(end);
         }
-        let result = File::open(&path)
-            .map_err(|e| BlobError::io(&path, e))
-            .and_then(|f| self.put(f, Some((*d, size))));
-        // Stored or refused: the partial file has served its purpose either way.
-        let _ = fs::remove_file(&path);
-        result.map(|_| size)
+        self.finish_upload(d, size, &path).map(|()| size)
     }
 
     pub fn path(&self, d: &Sha256Digest) -> PathBuf {

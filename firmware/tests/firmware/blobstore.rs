@@ -164,3 +164,65 @@ fn clean_tmp_removes_leftovers() {
     assert_eq!(store.clean_tmp().unwrap(), 1);
     assert_eq!(tmp_entries(&store), 0);
 }
+
+/// A crash between the last chunk's fsync and the move into the store leaves a complete
+/// partial file: the upload must still finish (it used to report itself complete without the
+/// blob ever being stored, so the publish that followed was refused forever).
+#[test]
+fn complete_upload_left_by_a_crash_is_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let data = noise(300_000, 11);
+    let digest = Sha256Digest::of(&data);
+    let size = data.len() as u64;
+    assert_eq!(
+        store
+            .upload_append(&digest, size, 0, &data[..100_000])
+            .unwrap(),
+        100_000
+    );
+    // What the last chunk left on disk when the process died before the rename.
+    let part = dir
+        .path()
+        .join("blobs/uploads")
+        .join(format!("{}-{size}.part", digest.to_hex()));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&part)
+        .and_then(|mut f| io::Write::write_all(&mut f, &data[100_000..]))
+        .unwrap();
+    assert!(!store.contains(&digest));
+    assert_eq!(store.upload_offset(&digest, size).unwrap(), size);
+    assert!(store.contains(&digest));
+    assert!(!part.exists());
+    store
+        .verify(&artifact(Role::Slot, "rootfs.img", &data))
+        .unwrap();
+
+    // The same for the retried last chunk (PATCH without a HEAD first).
+    let other = noise(50_000, 12);
+    let d2 = Sha256Digest::of(&other);
+    let part2 =
+        dir.path()
+            .join("blobs/uploads")
+            .join(format!("{}-{}.part", d2.to_hex(), other.len()));
+    std::fs::write(&part2, &other).unwrap();
+    assert_eq!(
+        store
+            .upload_append(&d2, other.len() as u64, 0, &other)
+            .unwrap(),
+        other.len() as u64
+    );
+    assert!(store.contains(&d2));
+
+    // A complete partial file that does not hash to its name is dropped: start over.
+    let wrong = Sha256Digest::of(b"something else");
+    let part3 =
+        dir.path()
+            .join("blobs/uploads")
+            .join(format!("{}-{}.part", wrong.to_hex(), other.len()));
+    std::fs::write(&part3, &other).unwrap();
+    assert_eq!(store.upload_offset(&wrong, other.len() as u64).unwrap(), 0);
+    assert!(!store.contains(&wrong));
+    assert!(!part3.exists());
+}

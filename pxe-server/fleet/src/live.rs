@@ -3,6 +3,7 @@
 //! end as packets arrive. Plain locks, no I/O: the shells (DHCP, TFTP, HTTP, device API) hold
 //! one `Arc<Live>` each.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tugboot_wire::Mac;
@@ -22,7 +23,16 @@ pub struct Live {
     fleet: RwLock<Arc<Fleet>>,
     observations: Mutex<Observations>,
     sink: RwLock<Option<ObservationSink>>,
+    /// Tickets handed out to rebuilds ([`Live::refresh_ticket`]).
+    refresh_issued: AtomicU64,
+    /// The newest ticket whose rebuild was swapped in (written under the `fleet` write lock).
+    refresh_applied: AtomicU64,
 }
+
+/// The place of one rebuild of the snapshot from outside state (the store) among all rebuilds
+/// of a [`Live`]: taken before that state is read, see [`Live::refresh_ticket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RefreshTicket(u64);
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,6 +58,8 @@ impl Live {
             fleet: RwLock::new(Arc::new(fleet)),
             observations: Mutex::new(observations),
             sink: RwLock::new(None),
+            refresh_issued: AtomicU64::new(0),
+            refresh_applied: AtomicU64::new(0),
         }
     }
 
@@ -67,6 +79,29 @@ impl Live {
         let mut guard = self.fleet.write().unwrap_or_else(PoisonError::into_inner);
         let next = f(&guard);
         *guard = Arc::new(next);
+    }
+
+    /// A ticket for a rebuild of the snapshot from outside state: take it **before** reading that
+    /// state, swap the result in with [`Live::update_refreshed`]. Every change committed before
+    /// a ticket was taken is seen by its rebuild and by every rebuild with a later ticket.
+    pub fn refresh_ticket(&self) -> RefreshTicket {
+        RefreshTicket(self.refresh_issued.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Swaps in the snapshot the rebuild holding `ticket` derived, unless a rebuild with a later
+    /// ticket was swapped in already: that one saw at least every change this one saw, and
+    /// swapping this one in after it would put back what it replaced (an image published
+    /// meanwhile, answered `201`, dropped from the catalogue until the next periodic refresh).
+    /// Returns whether it was swapped in.
+    pub fn update_refreshed(&self, ticket: RefreshTicket, f: impl FnOnce(&Fleet) -> Fleet) -> bool {
+        let mut guard = self.fleet.write().unwrap_or_else(PoisonError::into_inner);
+        if ticket.0 <= self.refresh_applied.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.refresh_applied.store(ticket.0, Ordering::SeqCst);
+        let next = f(&guard);
+        *guard = Arc::new(next);
+        true
     }
 
     /// Puts one machine as the store now has it into the snapshot (after its own report changed
@@ -143,5 +178,47 @@ impl Live {
             serial,
             observed: &facts,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_rebuild_never_replaces_a_newer_one() {
+        let live = Live::new(Fleet::default());
+        let named = |n: usize| {
+            let machines = (0..n)
+                .map(|i| Machine {
+                    id: crate::MachineId(i64::try_from(i).unwrap() + 1),
+                    name: None,
+                    mac: None,
+                    uuid: None,
+                    serial: Some(format!("s{i}")),
+                    state: crate::MachineState::Unknown,
+                    facts: Facts::new(),
+                    first_seen: 0,
+                    last_seen: 0,
+                    last_booted_image: None,
+                })
+                .collect();
+            move |f: &Fleet| Fleet {
+                registry: Registry::new(machines),
+                ..f.clone()
+            }
+        };
+        // Two rebuilds read the store in this order; the later one finishes first.
+        let older = live.refresh_ticket();
+        let newer = live.refresh_ticket();
+        assert!(older < newer);
+        assert!(live.update_refreshed(newer, named(2)));
+        assert!(!live.update_refreshed(older, named(1)));
+        assert_eq!(live.snapshot().registry.len(), 2);
+        // The same ticket twice is applied once.
+        assert!(!live.update_refreshed(newer, named(3)));
+        let latest = live.refresh_ticket();
+        assert!(live.update_refreshed(latest, named(3)));
+        assert_eq!(live.snapshot().registry.len(), 3);
     }
 }

@@ -285,6 +285,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// The image (`name@version`) the report says the machine now runs: that of a `committed`
+    /// or `installed` outcome ([`Store::insert_report`](crate::Store::insert_report) records
+    /// it as the machine's last booted image).
+    #[must_use]
+    pub fn booted_image(&self) -> Option<String> {
+        self.outcome
+            .as_ref()
+            .filter(|o| matches!(o.kind, OutcomeKind::Committed | OutcomeKind::Installed))
+            .map(|o| format!("{}@{}", o.image_name, o.image_version))
+    }
+
     pub(crate) fn checks_to_db(&self) -> Result<String, StoreError> {
         check_len("report_id", &self.report_id, 128)?;
         check_len("boot_id", &self.boot_id, 128)?;

@@ -171,6 +171,12 @@ pub async fn load_fleet<S: Store>(
 /// enrollment, or (periodically) whatever other servers on the same database changed. Returns
 /// the published images this server cannot serve.
 ///
+/// Concurrent refreshes are ordered by when they started reading ([`Live::refresh_ticket`]):
+/// one that read before another was swapped in is dropped, so what a refresh started after a
+/// change (a publish) sees is never replaced by an older read.
+///
+/// [`Live::refresh_ticket`]: tugboot_fleet::Live::refresh_ticket
+///
 /// # Errors
 /// Store errors (the live fleet is then left as it was).
 pub async fn refresh_live<S: Store>(
@@ -180,9 +186,10 @@ pub async fn refresh_live<S: Store>(
     root: &TrustedRoot,
     now: Timestamp,
 ) -> Result<Vec<CatalogueProblem>, StoreError> {
+    let ticket = live.refresh_ticket();
     let (catalogue, problems) = load_catalogue(store, blobs, root, now).await?;
     let registry = Registry::new(store.list_machines().await?);
-    live.update(|current| Fleet {
+    live.update_refreshed(ticket, |current| Fleet {
         catalogue,
         registry,
         profiles: current.profiles.clone(),

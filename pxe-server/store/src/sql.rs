@@ -606,7 +606,11 @@ macro_rules! impl_store {
 
             async fn insert_report(&self, report: &$crate::Report) -> Result<$crate::WriteOutcome, $crate::StoreError> {
                 let checks = report.checks_to_db()?;
-                let done = sqlx::query(concat!(
+                let booted = report.booted_image();
+                if let Some(image) = &booted {
+                    $crate::model::check_len("image", image, 2 * $crate::MAX_NAME_LEN)?;
+                }
+                let insert = sqlx::query(concat!(
                     "INSERT INTO reports (",
                     report_cols!(),
                     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (device_id, report_id) DO NOTHING"
@@ -622,21 +626,42 @@ macro_rules! impl_store {
                 .bind(report.received_at)
                 .bind(report.outcome.as_ref().map(|o| o.kind.as_str()))
                 .bind(report.outcome.as_ref().map(|o| o.image_name.as_str()))
-                .bind(report.outcome.as_ref().map(|o| $crate::model::u64_to_db("outcome_version", o.image_version)).transpose()?)
-                .execute(self.writer())
-                .await
-                .map_err(|e| {
+                .bind(report.outcome.as_ref().map(|o| $crate::model::u64_to_db("outcome_version", o.image_version)).transpose()?);
+                let insert_error = |e: sqlx::Error| {
                     if $crate::error::is_foreign_key_violation(&e) {
                         $crate::StoreError::NotFound { entity: "device", key: report.device.to_string() }
                     } else {
                         $crate::StoreError::Backend { op: "insert_report", source: e }
                     }
-                })?;
-                Ok(if done.rows_affected() > 0 {
+                };
+                let outcome = |rows: u64| if rows > 0 {
                     $crate::WriteOutcome::Inserted
                 } else {
                     $crate::WriteOutcome::AlreadyPresent
-                })
+                };
+                let Some(image) = booted else {
+                    let done = insert.execute(self.writer()).await.map_err(insert_error)?;
+                    return Ok(outcome(done.rows_affected()));
+                };
+                // The report and the boot it tells of in one transaction: a report on record
+                // always has its effect, and its retry (already present) changes nothing.
+                let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("insert_report"))?;
+                let done = insert.execute(&mut *tx).await.map_err(insert_error)?;
+                if done.rows_affected() == 0 {
+                    return Ok($crate::WriteOutcome::AlreadyPresent);
+                }
+                sqlx::query(concat!(
+                    "UPDATE machines SET last_booted_image = $2, ",
+                    "last_seen = CASE WHEN $3 > last_seen THEN $3 ELSE last_seen END WHERE id = $1"
+                ))
+                .bind(report.device.0)
+                .bind(&image)
+                .bind(report.received_at)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::StoreError::backend("insert_report"))?;
+                tx.commit().await.map_err($crate::StoreError::backend("insert_report"))?;
+                Ok($crate::WriteOutcome::Inserted)
             }
 
             async fn get_report(

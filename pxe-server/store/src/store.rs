@@ -188,7 +188,10 @@ pub trait Store: Send + Sync {
     // ---- reports ----
 
     /// Stores a report, idempotently by `(device, report_id)`: a retried report is
-    /// [`WriteOutcome::AlreadyPresent`] and the first copy is kept.
+    /// [`WriteOutcome::AlreadyPresent`] and the first copy is kept (and nothing else changes).
+    /// A `committed` or `installed` outcome also records the boot it tells of (the machine's
+    /// `last_booted_image` becomes `name@version`, `last_seen` moves to the report's time if
+    /// later) in the same transaction: a crash never leaves the report stored without it.
     /// [`StoreError::NotFound`] if the device is unknown.
     fn insert_report(
         &self,

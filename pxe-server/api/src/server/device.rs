@@ -327,16 +327,9 @@ async fn store_report(s: &ApiState, id: &PeerIdentity, body: &[u8]) -> Answer {
     if let Some(o) = &outcome
         && !duplicate
     {
+        // A committed or installed outcome's boot was recorded with the report (one
+        // transaction: a crash cannot leave the report without it, nor its retry re-apply it).
         tracing::info!(device = %id.device, outcome = %o.kind, image = %o.image_name, version = o.image_version, "update outcome reported");
-        if matches!(o.kind, OutcomeKind::Committed | OutcomeKind::Installed) {
-            s.store
-                .record_boot(
-                    id.device,
-                    &format!("{}@{}", o.image_name, o.image_version),
-                    now,
-                )
-                .await?;
-        }
         s.evaluate_logged().await;
     }
     if !duplicate {

@@ -155,17 +155,30 @@ pub fn test_root(now: i64) -> (Vec<u8>, TrustedRoot) {
 }
 
 pub fn manifest_for(artifact: &[u8], version: u64, now: i64) -> Vec<u8> {
+    manifest_with(IMAGE, version, &[(Role::Slot, "rootfs.img", artifact)], now)
+}
+
+/// A manifest of image `name@version` with these artifacts, signed by the test root's key.
+pub fn manifest_with(
+    name: &str,
+    version: u64,
+    artifacts: &[(Role, &str, &[u8])],
+    now: i64,
+) -> Vec<u8> {
     let now = u64::try_from(now).unwrap();
     sign(Manifest {
-        name: IMAGE.into(),
+        name: name.into(),
         version,
         boards: vec!["rpi4".into()],
-        artifacts: vec![Artifact {
-            role: Role::Slot,
-            name: "rootfs.img".into(),
-            sha256: tugboot_firmware::Sha256Digest::of(artifact),
-            size: u64::try_from(artifact.len()).unwrap(),
-        }],
+        artifacts: artifacts
+            .iter()
+            .map(|(role, name, bytes)| Artifact {
+                role: *role,
+                name: (*name).into(),
+                sha256: tugboot_firmware::Sha256Digest::of(bytes),
+                size: u64::try_from(bytes.len()).unwrap(),
+            })
+            .collect(),
         created: Timestamp::from_unix(now),
         expires: Timestamp::from_unix(now + 365 * 86_400),
         min_version: None,

@@ -61,6 +61,24 @@ macro_rules! suite {
                 };
                 crate::durability::kill9_during_enrollment_burst(&loc.url).await;
             }
+
+            /// kill -9 of the server process while operators publish images.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn acknowledged_publishes_survive_kill9() {
+                let Some(loc) = crate::harness::fresh($db).await else {
+                    return;
+                };
+                crate::durability::kill9_during_publish_burst(&loc.url).await;
+            }
+
+            /// kill -9 of the server process during rollout reports and operator commands.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rollout_transitions_survive_kill9() {
+                let Some(loc) = crate::harness::fresh($db).await else {
+                    return;
+                };
+                crate::durability::kill9_during_rollout(&loc.url).await;
+            }
         }
     };
 }
@@ -68,7 +86,7 @@ macro_rules! suite {
 for_each_case!(suite!(sqlite, crate::harness::Db::Sqlite,));
 for_each_case!(suite!(postgres, crate::harness::Db::Postgres,));
 
-/// Child-process entry of `acknowledged_reports_survive_kill9`; returns at once unless the
+/// Child-process entry of the kill -9 tests; returns at once unless the
 /// parent set the environment variable.
 #[test]
 fn api_server_child() {

@@ -297,6 +297,12 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
     let boards = load_boards(&config, &profiles)?;
     let blobs = BlobStore::open(&config.blob_dir)
         .with_context(|| format!("blob store {}", config.blob_dir.display()))?;
+    // Nothing writes blobs before serve is up: what `tmp/` holds is left by a killed `put`.
+    match blobs.clean_tmp() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed leftovers of interrupted blob writes"),
+        Err(e) => tracing::warn!(error = %e, "cannot clean the blob store's tmp directory"),
+    }
     let store = AnyStore::open(&config.store)
         .await
         .with_context(|| format!("store {}", config.store))?;

@@ -674,6 +674,70 @@ pub async fn rollouts_crud_and_compare_and_set<B: Backend>(b: &B) {
     ));
 }
 
+async fn booted<S: Store>(s: &S, dev: MachineId) -> (Option<String>, i64) {
+    let m = s.get_machine(dev).await.unwrap().unwrap();
+    (m.last_booted_image, m.last_seen)
+}
+
+/// A committed (or installed) outcome records the boot with the report, in one transaction: the
+/// API answered a retried report that a killed server had stored as a duplicate and never
+/// recorded the boot (found by the API's kill -9 rollout test). A retry changes nothing, a
+/// status report or a rollback records no boot, and `last_seen` never goes back.
+pub async fn outcome_reports_record_the_boot<B: Backend>(b: &B) {
+    let s = b.open().await;
+    let dev = machine_of(&s, 1, 1).await;
+    let outcome = |kind, version| ReportOutcome {
+        kind,
+        image_name: "edge".into(),
+        image_version: version,
+    };
+    s.insert_report(&report(dev, "status", 50)).await.unwrap();
+    assert_eq!(booted(&s, dev).await, (None, 1));
+    let commit = Report {
+        outcome: Some(outcome(OutcomeKind::Committed, 3)),
+        ..report(dev, "commit-3", 100)
+    };
+    assert_eq!(
+        s.insert_report(&commit).await.unwrap(),
+        WriteOutcome::Inserted
+    );
+    assert_eq!(booted(&s, dev).await, (Some("edge@3".into()), 100));
+    let rollback = Report {
+        outcome: Some(outcome(OutcomeKind::RolledBack, 4)),
+        ..report(dev, "rollback-4", 200)
+    };
+    s.insert_report(&rollback).await.unwrap();
+    assert_eq!(booted(&s, dev).await, (Some("edge@3".into()), 100));
+    let install = Report {
+        outcome: Some(outcome(OutcomeKind::Installed, 5)),
+        ..report(dev, "install-5", 90)
+    };
+    s.insert_report(&install).await.unwrap();
+    assert_eq!(booted(&s, dev).await, (Some("edge@5".into()), 100));
+    // A late retry of the first commit is a duplicate: it does not take the machine back.
+    assert_eq!(
+        s.insert_report(&Report {
+            received_at: 300,
+            ..commit.clone()
+        })
+        .await
+        .unwrap(),
+        WriteOutcome::AlreadyPresent
+    );
+    assert_eq!(booted(&s, dev).await, (Some("edge@5".into()), 100));
+    let ghost = Report {
+        outcome: Some(outcome(OutcomeKind::Committed, 3)),
+        ..report(MachineId(dev.0 + 1000), "c", 1)
+    };
+    assert!(matches!(
+        s.insert_report(&ghost).await,
+        Err(StoreError::NotFound {
+            entity: "device",
+            ..
+        })
+    ));
+}
+
 pub async fn reports_are_idempotent<B: Backend>(b: &B) {
     let s = b.open().await;
     let dev = machine_of(&s, 1, 1).await;

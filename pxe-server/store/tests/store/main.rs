@@ -21,6 +21,7 @@ macro_rules! for_each_case {
             images_crud_and_immutability,
             rollouts_crud_and_compare_and_set,
             reports_are_idempotent,
+            outcome_reports_record_the_boot,
             report_retries_race_counted_once,
             device_certs_crud,
             data_survives_reopen,
