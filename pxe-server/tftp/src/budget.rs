@@ -4,7 +4,9 @@
 //! - **transfer slots** ([`Admission`]): a global cap and a per-peer cap, so a flood of requests
 //!   from one host (any number of source ports) cannot take the slots a real client from another
 //!   host needs; a retransmitted request of a running transfer is recognised and never starts a
-//!   second one;
+//!   second one; requests beyond the global cap wait in arrival order (bounded) and start as
+//!   slots free, so in a boot storm the oldest request is served next instead of whichever
+//!   retransmission happens to arrive just after a slot freed;
 //! - **buffer memory** ([`ByteBudget`]): every byte a transfer keeps besides its fixed
 //!   per-transfer minimum (read-ahead, the window batch for UDP GSO, generated contents) is
 //!   reserved here first, so the server's memory has a bound that does not grow with the number or
@@ -13,10 +15,11 @@
 //! Time-based limits (the client's `timeout` option, the lifetime of a transfer that makes no
 //! progress) live in the transfer core, see [`crate::transfer::Limits`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// A shared pool of bytes that transfers reserve before allocating buffers.
 ///
@@ -121,9 +124,17 @@ impl Drop for Reservation {
 pub struct AdmissionLimits {
     /// Transfers running at once, all peers together.
     pub max_transfers: usize,
-    /// Transfers running at once for one peer (see [`peer_key`]).
+    /// Transfers running or waiting at once for one peer (see [`peer_key`]).
     pub max_per_peer: usize,
+    /// Requests that may wait for a slot once `max_transfers` run (0: none wait; beyond the
+    /// cap a request is left unanswered and the client resends it on its own timer).
+    pub max_waiting: usize,
 }
+
+/// How long a waiting request stays valid without being resent. Firmware resends an
+/// unanswered request within 1–8 s (PXE ROMs 1, 2, 4, 8 s; EDK2 4 s; U-Boot up to 5 s), and a
+/// resend refreshes its place: a request older than this belongs to a client that gave up.
+pub const WAIT_VALIDITY: Duration = Duration::from_secs(10);
 
 /// Identifies one admitted transfer until [`Admission::finish`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,7 +155,9 @@ pub enum Admit {
     /// Byte-identical to the request of a transfer still running for the same address and port:
     /// the client resent it before seeing the answer. Already being served; ignore it.
     Duplicate,
-    /// The global cap is reached.
+    /// The global cap is reached; the request waits in line (see [`Admission::start_waiting`]).
+    Queued,
+    /// The global cap is reached and the waiting line is full.
     Busy,
     /// The cap for this peer is reached.
     PeerBusy,
@@ -156,11 +169,30 @@ struct Running {
     request: Box<[u8]>,
 }
 
+#[derive(Debug)]
+struct Waiting {
+    peer: SocketAddr,
+    request: Box<[u8]>,
+    /// When it arrived or was last resent.
+    seen: Instant,
+}
+
+/// A waiting request that may start now (from [`Admission::start_waiting`]).
+#[derive(Debug)]
+pub struct Started {
+    /// The transfer it becomes.
+    pub id: TransferId,
+    /// Who asked.
+    pub peer: SocketAddr,
+    /// The request datagram, as it arrived.
+    pub request: Box<[u8]>,
+}
+
 /// Which transfers may start: the sans-IO bookkeeping behind the server's caps.
 ///
-/// Invariants: `running.len() <= max_transfers` and every peer key counts at most
-/// `max_per_peer` running transfers, except for the moment a replaced transfer takes to stop
-/// (it is no longer counted once replaced).
+/// Invariants: `running.len() <= max_transfers`, `waiting.len() <= max_waiting`, and every peer
+/// key counts at most `max_per_peer` running and waiting requests, except for the moment a
+/// replaced transfer takes to stop (it is no longer counted once replaced).
 #[derive(Debug)]
 pub struct Admission {
     limits: AdmissionLimits,
@@ -168,6 +200,8 @@ pub struct Admission {
     running: HashMap<TransferId, Running>,
     /// The most recent transfer of each exact address and port (for duplicate detection).
     latest: HashMap<SocketAddr, TransferId>,
+    /// Requests beyond the global cap, oldest first.
+    waiting: VecDeque<Waiting>,
     per_peer: HashMap<IpAddr, usize>,
 }
 
@@ -197,6 +231,7 @@ impl Admission {
             next: 0,
             running: HashMap::new(),
             latest: HashMap::new(),
+            waiting: VecDeque::new(),
             per_peer: HashMap::new(),
         }
     }
@@ -207,7 +242,13 @@ impl Admission {
         self.running.len()
     }
 
-    /// Transfers counted for the peer key of `ip`.
+    /// Requests waiting for a slot.
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Transfers running and requests waiting for the peer key of `ip`.
     #[must_use]
     pub fn active_for(&self, ip: IpAddr) -> usize {
         self.per_peer.get(&peer_key(ip)).copied().unwrap_or(0)
@@ -217,7 +258,16 @@ impl Admission {
     /// `replace_same_peer` (single-port mode, where transfers are told apart only by the peer's
     /// address and port) a different request from the same address and port supersedes the
     /// running one; otherwise both run, each counted.
-    pub fn admit(&mut self, peer: SocketAddr, request: &[u8], replace_same_peer: bool) -> Admit {
+    ///
+    /// Beyond the global cap the request waits (if the line has room), and a resent copy of a
+    /// waiting request only refreshes it (keeping its place). `now` dates waiting requests.
+    pub fn admit(
+        &mut self,
+        peer: SocketAddr,
+        request: &[u8],
+        replace_same_peer: bool,
+        now: Instant,
+    ) -> Admit {
         let previous = self.latest.get(&peer).copied();
         if let Some(prev) = previous
             && self
@@ -227,31 +277,95 @@ impl Admission {
         {
             return Admit::Duplicate;
         }
+        if let Some(w) = self
+            .waiting
+            .iter_mut()
+            .find(|w| w.peer == peer && *w.request == *request)
+        {
+            w.seen = now;
+            return Admit::Duplicate;
+        }
         let replaced = if replace_same_peer {
             previous.filter(|prev| self.release(*prev).is_some())
         } else {
             None
         };
         if replaced.is_none() {
-            if self.running.len() >= self.limits.max_transfers {
-                return Admit::Busy;
-            }
             if self.active_for(peer.ip()) >= self.limits.max_per_peer {
                 return Admit::PeerBusy;
             }
+            if self.running.len() >= self.limits.max_transfers || !self.waiting.is_empty() {
+                self.drop_stale(now);
+            }
+            if self.running.len() >= self.limits.max_transfers || !self.waiting.is_empty() {
+                if self.waiting.len() >= self.limits.max_waiting {
+                    return Admit::Busy;
+                }
+                self.waiting.push_back(Waiting {
+                    peer,
+                    request: request.into(),
+                    seen: now,
+                });
+                *self.per_peer.entry(peer_key(peer.ip())).or_insert(0) += 1;
+                return Admit::Queued;
+            }
         }
-        let id = TransferId(self.next);
-        self.next += 1;
-        self.running.insert(
-            id,
-            Running {
-                peer,
-                request: request.into(),
-            },
-        );
-        self.latest.insert(peer, id);
+        let id = self.run(peer, request.into());
         *self.per_peer.entry(peer_key(peer.ip())).or_insert(0) += 1;
         Admit::Start { id, replaced }
+    }
+
+    /// The oldest waiting request still valid, if a slot is free: it becomes a running
+    /// transfer. Call after [`Admission::finish`] until it returns `None`.
+    pub fn start_waiting(&mut self, now: Instant) -> Option<Started> {
+        self.drop_stale(now);
+        if self.running.len() >= self.limits.max_transfers {
+            return None;
+        }
+        let w = self.waiting.pop_front()?;
+        // Its per-peer count moves from waiting to running unchanged.
+        let id = self.run(w.peer, w.request.clone());
+        Some(Started {
+            id,
+            peer: w.peer,
+            request: w.request,
+        })
+    }
+
+    fn run(&mut self, peer: SocketAddr, request: Box<[u8]>) -> TransferId {
+        let id = TransferId(self.next);
+        self.next += 1;
+        self.running.insert(id, Running { peer, request });
+        self.latest.insert(peer, id);
+        id
+    }
+
+    /// Forgets waiting requests not resent within [`WAIT_VALIDITY`].
+    fn drop_stale(&mut self, now: Instant) {
+        let before = self.waiting.len();
+        let mut gone = Vec::new();
+        self.waiting.retain(|w| {
+            let fresh = now.saturating_duration_since(w.seen) < WAIT_VALIDITY;
+            if !fresh {
+                gone.push(w.peer);
+            }
+            fresh
+        });
+        if self.waiting.len() != before {
+            for peer in gone {
+                self.uncount(peer);
+            }
+        }
+    }
+
+    fn uncount(&mut self, peer: SocketAddr) {
+        let key = peer_key(peer.ip());
+        if let Some(n) = self.per_peer.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&key);
+            }
+        }
     }
 
     /// The transfer `id` has ended (or its task is gone). Returns its peer the first time, `None`
@@ -266,13 +380,7 @@ impl Admission {
         if self.latest.get(&peer) == Some(&id) {
             self.latest.remove(&peer);
         }
-        let key = peer_key(peer.ip());
-        if let Some(n) = self.per_peer.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_peer.remove(&key);
-            }
-        }
+        self.uncount(peer);
         Some(peer)
     }
 }
@@ -280,6 +388,10 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn now() -> Instant {
+        Instant::now()
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -295,6 +407,7 @@ mod tests {
     const LIMITS: AdmissionLimits = AdmissionLimits {
         max_transfers: 10,
         max_per_peer: 3,
+        max_waiting: 0,
     };
 
     #[test]
@@ -363,6 +476,7 @@ mod tests {
                 SocketAddr::new("10.0.0.9".parse().unwrap(), 2000 + port),
                 b"rrq",
                 false,
+                now(),
             ) {
                 Admit::Start { id, replaced: None } => ids.push(id),
                 Admit::PeerBusy => {}
@@ -372,13 +486,13 @@ mod tests {
         assert_eq!(ids.len(), 3);
         assert_eq!(adm.active(), 3);
         // Another host is served.
-        started(adm.admit(addr("10.0.0.10:3000"), b"rrq", false));
+        started(adm.admit(addr("10.0.0.10:3000"), b"rrq", false, now()));
         // Ending one of the flood's transfers frees exactly one slot for that host.
         assert_eq!(adm.finish(ids[0]), Some(addr("10.0.0.9:2000")));
         assert_eq!(adm.finish(ids[0]), None, "finishing twice is harmless");
-        started(adm.admit(addr("10.0.0.9:9999"), b"rrq", false));
+        started(adm.admit(addr("10.0.0.9:9999"), b"rrq", false, now()));
         assert_eq!(
-            adm.admit(addr("10.0.0.9:9998"), b"rrq", false),
+            adm.admit(addr("10.0.0.9:9998"), b"rrq", false, now()),
             Admit::PeerBusy
         );
     }
@@ -388,11 +502,12 @@ mod tests {
         let mut adm = Admission::new(AdmissionLimits {
             max_transfers: 4,
             max_per_peer: 3,
+            max_waiting: 0,
         });
         for i in 0..4 {
-            started(adm.admit(addr(&format!("10.0.0.{i}:69")), b"r", false));
+            started(adm.admit(addr(&format!("10.0.0.{i}:69")), b"r", false, now()));
         }
-        assert_eq!(adm.admit(addr("10.0.0.50:69"), b"r", false), Admit::Busy);
+        assert_eq!(adm.admit(addr("10.0.0.50:69"), b"r", false, now()), Admit::Busy);
         assert_eq!(adm.active(), 4);
     }
 
@@ -400,18 +515,18 @@ mod tests {
     fn retransmitted_request_is_a_duplicate_while_running() {
         let mut adm = Admission::new(LIMITS);
         let peer = addr("192.0.2.7:4000");
-        let id = started(adm.admit(peer, b"\0\x01a\0octet\0", false));
+        let id = started(adm.admit(peer, b"\0\x01a\0octet\0", false, now()));
         assert_eq!(
-            adm.admit(peer, b"\0\x01a\0octet\0", false),
+            adm.admit(peer, b"\0\x01a\0octet\0", false, now()),
             Admit::Duplicate
         );
-        assert_eq!(adm.admit(peer, b"\0\x01a\0octet\0", true), Admit::Duplicate);
+        assert_eq!(adm.admit(peer, b"\0\x01a\0octet\0", true, now()), Admit::Duplicate);
         assert_eq!(adm.active(), 1);
         // The same bytes from another port are another client.
-        started(adm.admit(addr("192.0.2.7:4001"), b"\0\x01a\0octet\0", false));
+        started(adm.admit(addr("192.0.2.7:4001"), b"\0\x01a\0octet\0", false, now()));
         // Once the transfer has ended, the same request is a new transfer.
         adm.finish(id);
-        started(adm.admit(peer, b"\0\x01a\0octet\0", false));
+        started(adm.admit(peer, b"\0\x01a\0octet\0", false, now()));
     }
 
     #[test]
@@ -419,16 +534,16 @@ mod tests {
         let peer = addr("192.0.2.7:4000");
         // Standard mode: both run and both count.
         let mut adm = Admission::new(LIMITS);
-        started(adm.admit(peer, b"one", false));
-        started(adm.admit(peer, b"two", false));
+        started(adm.admit(peer, b"one", false, now()));
+        started(adm.admit(peer, b"two", false, now()));
         assert_eq!(adm.active_for(peer.ip()), 2);
         // Single-port mode: the new one replaces the old, even at the per-peer cap.
         let mut adm = Admission::new(LIMITS);
-        let first = started(adm.admit(peer, b"one", true));
-        started(adm.admit(addr("192.0.2.7:1"), b"x", true));
-        started(adm.admit(addr("192.0.2.7:2"), b"x", true));
+        let first = started(adm.admit(peer, b"one", true, now()));
+        started(adm.admit(addr("192.0.2.7:1"), b"x", true, now()));
+        started(adm.admit(addr("192.0.2.7:2"), b"x", true, now()));
         assert_eq!(adm.active_for(peer.ip()), 3);
-        let Admit::Start { id, replaced } = adm.admit(peer, b"two", true) else {
+        let Admit::Start { id, replaced } = adm.admit(peer, b"two", true, now()) else {
             panic!("not started")
         };
         assert_eq!(replaced, Some(first));
@@ -454,11 +569,75 @@ mod tests {
         assert_eq!(peer_key(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
         let mut adm = Admission::new(LIMITS);
         for i in 0..3u16 {
-            started(adm.admit(SocketAddr::new(v6a, i), b"r", false));
+            started(adm.admit(SocketAddr::new(v6a, i), b"r", false, now()));
         }
         assert_eq!(
-            adm.admit(SocketAddr::new(v6b, 9), b"r", false),
+            adm.admit(SocketAddr::new(v6b, 9), b"r", false, now()),
             Admit::PeerBusy
         );
+    }
+
+    #[test]
+    fn beyond_the_cap_requests_wait_in_arrival_order() {
+        let mut adm = Admission::new(AdmissionLimits {
+            max_transfers: 2,
+            max_per_peer: 3,
+            max_waiting: 3,
+        });
+        let t0 = Instant::now();
+        let a = started(adm.admit(addr("10.0.0.1:1"), b"r", false, t0));
+        started(adm.admit(addr("10.0.0.2:1"), b"r", false, t0));
+        for i in 3..=5 {
+            assert_eq!(
+                adm.admit(addr(&format!("10.0.0.{i}:1")), b"r", false, t0),
+                Admit::Queued
+            );
+        }
+        // The line is full; a resend of a waiting request keeps its place.
+        assert_eq!(adm.admit(addr("10.0.0.6:1"), b"r", false, t0), Admit::Busy);
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(
+            adm.admit(addr("10.0.0.3:1"), b"r", false, later),
+            Admit::Duplicate
+        );
+        assert_eq!(adm.waiting(), 3);
+        assert!(adm.start_waiting(later).is_none(), "no slot free yet");
+        adm.finish(a);
+        let next = adm.start_waiting(later).expect("a slot is free");
+        assert_eq!(next.peer, addr("10.0.0.3:1"), "oldest first");
+        assert_eq!(&*next.request, b"r");
+        assert!(adm.start_waiting(later).is_none());
+        assert_eq!(adm.active(), 2);
+        // Its resend is now a duplicate of the running transfer.
+        assert_eq!(
+            adm.admit(addr("10.0.0.3:1"), b"r", false, later),
+            Admit::Duplicate
+        );
+        // 10.0.0.4 and .5 were not resent for WAIT_VALIDITY: their clients gave up.
+        adm.finish(next.id);
+        let expired = t0 + WAIT_VALIDITY;
+        assert!(adm.start_waiting(expired).is_none());
+        assert_eq!(adm.waiting(), 0);
+        assert_eq!(adm.active_for("10.0.0.4".parse().unwrap()), 0);
+        started(adm.admit(addr("10.0.0.7:1"), b"r", false, expired));
+    }
+
+    #[test]
+    fn waiting_requests_count_against_their_peer() {
+        let mut adm = Admission::new(AdmissionLimits {
+            max_transfers: 1,
+            max_per_peer: 2,
+            max_waiting: 100,
+        });
+        let t0 = Instant::now();
+        started(adm.admit(addr("10.0.0.1:1"), b"r", false, t0));
+        assert_eq!(adm.admit(addr("10.0.0.9:1"), b"r", false, t0), Admit::Queued);
+        assert_eq!(adm.admit(addr("10.0.0.9:2"), b"r", false, t0), Admit::Queued);
+        // One host cannot fill the line.
+        assert_eq!(
+            adm.admit(addr("10.0.0.9:3"), b"r", false, t0),
+            Admit::PeerBusy
+        );
+        assert_eq!(adm.waiting(), 2);
     }
 }

@@ -112,13 +112,17 @@ pub fn admission(data: &[u8]) {
     let limits = AdmissionLimits {
         max_transfers: usize::from(sel & 0x0f),
         max_per_peer: usize::from(sel >> 4 & 0x07),
+        max_waiting: usize::from(sel >> 2 & 0x03),
     };
     let replace = sel & 0x80 != 0;
     let mut adm = Admission::new(limits);
     let budget = ByteBudget::new(100_000);
     let mut reservations: Vec<_> = (0..4).map(|_| budget.reservation()).collect();
     let mut admitted: Vec<TransferId> = Vec::new();
-    for step in steps.chunks_exact(4) {
+    // Simulated time: each step is one second later.
+    let t0 = std::time::Instant::now();
+    for (n, step) in (0u64..).zip(steps.chunks_exact(4)) {
+        let now = t0 + std::time::Duration::from_secs(n);
         let [op, host, port, x] = [step[0], step[1], step[2], step[3]];
         let ip = if host & 0x80 == 0 {
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, host % 8))
@@ -137,7 +141,7 @@ pub fn admission(data: &[u8]) {
         let peer = SocketAddr::new(ip, u16::from(port % 4));
         if op % 2 == 0 {
             let request = [1, x % 3];
-            match adm.admit(peer, &request, replace) {
+            match adm.admit(peer, &request, replace, now) {
                 Admit::Start { id, replaced } => {
                     assert!(!admitted.contains(&id), "ids are never reused");
                     admitted.push(id);
@@ -147,14 +151,20 @@ pub fn admission(data: &[u8]) {
                     }
                 }
                 Admit::Duplicate => assert!(adm.active_for(ip) > 0),
-                Admit::Busy => assert!(adm.active() >= limits.max_transfers),
+                Admit::Queued => assert!(adm.waiting() <= limits.max_waiting),
+                Admit::Busy => assert!(adm.waiting() >= limits.max_waiting),
                 Admit::PeerBusy => assert!(adm.active_for(ip) >= limits.max_per_peer),
             }
         } else if !admitted.is_empty() {
             let id = admitted[usize::from(x) % admitted.len()];
             let _ = adm.finish(id);
         }
+        while let Some(started) = adm.start_waiting(now) {
+            assert!(!admitted.contains(&started.id), "ids are never reused");
+            admitted.push(started.id);
+        }
         assert!(adm.active() <= limits.max_transfers);
+        assert!(adm.waiting() <= limits.max_waiting);
         assert!(adm.active_for(ip) <= limits.max_per_peer);
         let r = &mut reservations[usize::from(op >> 1) % 4];
         let before = r.bytes();

@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::budget::{Admission, AdmissionLimits, Admit, ByteBudget, Reservation, TransferId};
 use crate::packet::{
-    ErrorCode, MAX_PACKET_LEN, MAX_REQUEST_LEN, Mode, Opcode, Packet, Repr, RequestKind,
+    ErrorCode, MAX_PACKET_LEN, MAX_REQUEST_LEN, Mode, Opcode, Packet, Repr, Request, RequestKind,
 };
 use crate::path::CleanPath;
 use crate::transfer::{Limits, Outcome, Transfer, Transmit};
@@ -214,6 +214,8 @@ pub struct Stats {
     pub requests_refused: AtomicU64,
     /// Of `requests_refused`: refused because the global or the per-peer cap was reached.
     pub requests_busy: AtomicU64,
+    /// Requests that waited for a slot (the global cap reached), not refused.
+    pub requests_queued: AtomicU64,
     /// DATA payload bytes sent, retransmissions included.
     pub bytes_sent: AtomicU64,
     /// Transfers in progress right now (gauge).
@@ -235,6 +237,8 @@ pub struct StatsSnapshot {
     pub requests_refused: u64,
     /// See [`Stats::requests_busy`].
     pub requests_busy: u64,
+    /// See [`Stats::requests_queued`].
+    pub requests_queued: u64,
     /// See [`Stats::bytes_sent`].
     pub bytes_sent: u64,
     /// See [`Stats::active_transfers`].
@@ -253,6 +257,7 @@ impl Stats {
             transfers_failed: self.transfers_failed.load(Ordering::Relaxed),
             requests_refused: self.requests_refused.load(Ordering::Relaxed),
             requests_busy: self.requests_busy.load(Ordering::Relaxed),
+            requests_queued: self.requests_queued.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             active_transfers: self.active_transfers.load(Ordering::Relaxed),
             buffer_bytes: self.budget.as_ref().map_or(0, |b| b.used() as u64),
@@ -377,6 +382,8 @@ impl Server {
                 max_transfers: usize::try_from(self.config.max_transfers).unwrap_or(usize::MAX),
                 max_per_peer: usize::try_from(self.config.max_transfers_per_peer)
                     .unwrap_or(usize::MAX),
+                // As many may wait as run: a storm's worth of firmware requests.
+                max_waiting: usize::try_from(self.config.max_transfers).unwrap_or(usize::MAX),
             }),
             tasks: JoinSet::new(),
             task_ids: HashMap::new(),
@@ -410,6 +417,7 @@ impl Server {
                         }
                     };
                     state.task_ended(task);
+                    self.start_waiting(&mut state, &cancel_rx);
                 }
             }
         }
@@ -465,14 +473,27 @@ impl Server {
                 .await;
             return;
         }
-        let (id, replaced) = match state
-            .admission
-            .admit(peer, datagram, self.config.single_port)
-        {
+        let (id, replaced) = match state.admission.admit(
+            peer,
+            datagram,
+            self.config.single_port,
+            Instant::now(),
+        ) {
             Admit::Start { id, replaced } => (id, replaced),
             Admit::Duplicate => {
-                // The client resent its RRQ before seeing our answer: already being served.
+                // The client resent its RRQ before seeing our answer: already being served,
+                // or waiting for a slot (its place kept).
                 debug!(%peer, file = request.filename, "retransmitted request ignored");
+                return;
+            }
+            Admit::Queued => {
+                // Every slot is taken: it starts, oldest first, when one frees (silence
+                // meanwhile; the client's resends only refresh its place).
+                self.stats.requests_queued.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, file = request.filename, waiting = state.admission.waiting(),
+                       "request waits for a transfer slot");
+                // A slot may be free with others still in line (their clients gave up).
+                self.start_waiting(state, cancel);
                 return;
             }
             refusal => {
@@ -505,6 +526,35 @@ impl Server {
         if replaced.is_some() {
             debug!(%peer, file = request.filename, "new request replaces the running transfer");
         }
+        self.spawn_transfer(state, peer, &request, id, cancel);
+    }
+
+    /// Starts the waiting requests that slots have freed up for, oldest first.
+    fn start_waiting(&self, state: &mut Dispatch, cancel: &watch::Receiver<bool>) {
+        while let Some(started) = state.admission.start_waiting(Instant::now()) {
+            match Repr::parse_bytes(&started.request) {
+                Ok(Repr::Request(request)) => {
+                    debug!(peer = %started.peer, file = request.filename,
+                           "waiting request starts");
+                    self.spawn_transfer(state, started.peer, &request, started.id, cancel);
+                }
+                // It parsed when it arrived; never happens, but never hold a slot for it.
+                _ => {
+                    state.admission.finish(started.id);
+                }
+            }
+        }
+    }
+
+    /// Runs the admitted transfer `id` for `peer` in a task of its own.
+    fn spawn_transfer(
+        &self,
+        state: &mut Dispatch,
+        peer: SocketAddr,
+        request: &Request<'_>,
+        id: TransferId,
+        cancel: &watch::Receiver<bool>,
+    ) {
         self.stats.active_transfers.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(Arc::clone(&self.stats));
         let link = if self.config.single_port {

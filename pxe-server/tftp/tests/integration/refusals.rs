@@ -92,7 +92,8 @@ async fn missing_file_gets_error_1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transfers_beyond_the_cap_are_busy() {
+async fn transfers_beyond_the_cap_wait_in_line_then_are_left_unanswered() {
+    // max_transfers 2: two run, two may wait, the next is left unanswered.
     let server = TestServer::start(|c| c.max_transfers = 2, None).await;
     std::fs::write(server.path("f"), pattern(100_000, 2)).unwrap();
     let holders = [Raw::new().await, Raw::new().await];
@@ -102,27 +103,39 @@ async fn transfers_beyond_the_cap_are_busy() {
         assert_eq!(&d[..4], b"\x00\x03\x00\x01");
         tids.push(tid);
     }
-    // Beyond the cap: no answer at all (an ERROR would end a firmware's boot attempt; silence
-    // makes it resend the request on its own timer).
-    let late = Raw::new().await;
-    late.send(server.addr, &rrq("f", &[])).await;
+    // Beyond the cap: no answer (an ERROR would end a firmware's boot attempt), but the first
+    // two wait in line; a resend keeps its place.
+    let late = [Raw::new().await, Raw::new().await, Raw::new().await];
+    for l in &late {
+        l.send(server.addr, &rrq("f", &[])).await;
+    }
+    late[0].send(server.addr, &rrq("f", &[])).await;
     let mut buf = [0u8; 600];
+    for l in &late {
+        let quiet = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            l.socket.recv_from(&mut buf),
+        )
+        .await;
+        assert!(quiet.is_err(), "a request beyond the cap is not answered");
+    }
+    let s = server.stats.snapshot();
+    assert_eq!((s.requests_queued, s.requests_busy), (2, 1), "{s:?}");
+    // One holder gives up: the oldest waiting request starts without being resent.
+    holders[0].send(tids[0], b"\x00\x05\x00\x00done\x00").await;
+    let (n, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        late[0].socket.recv_from(&mut buf),
+    )
+    .await
+    .expect("the first in line is served when a slot frees")
+    .unwrap();
+    assert_eq!(&buf[..4], b"\x00\x03\x00\x01", "{:?}", &buf[..n]);
     let quiet = tokio::time::timeout(
-        std::time::Duration::from_millis(500),
-        late.socket.recv_from(&mut buf),
+        std::time::Duration::from_millis(300),
+        late[1].socket.recv_from(&mut buf),
     )
     .await;
-    assert!(quiet.is_err(), "a request beyond the cap is not answered");
-    assert_eq!(server.stats.snapshot().requests_busy, 1);
-    // Once one holder gives up, a new transfer is accepted.
-    holders[0].send(tids[0], b"\x00\x05\x00\x00done\x00").await;
-    for _ in 0..400 {
-        if server.stats.snapshot().active_transfers < 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let (d, _) = late.request(server.addr, &rrq("f", &[])).await;
-    assert_eq!(&d[..4], b"\x00\x03\x00\x01");
+    assert!(quiet.is_err(), "the second in line still waits");
     server.stop().await;
 }
