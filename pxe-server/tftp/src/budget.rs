@@ -507,7 +507,10 @@ mod tests {
         for i in 0..4 {
             started(adm.admit(addr(&format!("10.0.0.{i}:69")), b"r", false, now()));
         }
-        assert_eq!(adm.admit(addr("10.0.0.50:69"), b"r", false, now()), Admit::Busy);
+        assert_eq!(
+            adm.admit(addr("10.0.0.50:69"), b"r", false, now()),
+            Admit::Busy
+        );
         assert_eq!(adm.active(), 4);
     }
 
@@ -520,7 +523,10 @@ mod tests {
             adm.admit(peer, b"\0\x01a\0octet\0", false, now()),
             Admit::Duplicate
         );
-        assert_eq!(adm.admit(peer, b"\0\x01a\0octet\0", true, now()), Admit::Duplicate);
+        assert_eq!(
+            adm.admit(peer, b"\0\x01a\0octet\0", true, now()),
+            Admit::Duplicate
+        );
         assert_eq!(adm.active(), 1);
         // The same bytes from another port are another client.
         started(adm.admit(addr("192.0.2.7:4001"), b"\0\x01a\0octet\0", false, now()));
@@ -631,8 +637,14 @@ mod tests {
         });
         let t0 = Instant::now();
         started(adm.admit(addr("10.0.0.1:1"), b"r", false, t0));
-        assert_eq!(adm.admit(addr("10.0.0.9:1"), b"r", false, t0), Admit::Queued);
-        assert_eq!(adm.admit(addr("10.0.0.9:2"), b"r", false, t0), Admit::Queued);
+        assert_eq!(
+            adm.admit(addr("10.0.0.9:1"), b"r", false, t0),
+            Admit::Queued
+        );
+        assert_eq!(
+            adm.admit(addr("10.0.0.9:2"), b"r", false, t0),
+            Admit::Queued
+        );
         // One host cannot fill the line.
         assert_eq!(
             adm.admit(addr("10.0.0.9:3"), b"r", false, t0),

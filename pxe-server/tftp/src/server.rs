@@ -473,56 +473,55 @@ impl Server {
                 .await;
             return;
         }
-        let (id, replaced) = match state.admission.admit(
-            peer,
-            datagram,
-            self.config.single_port,
-            Instant::now(),
-        ) {
-            Admit::Start { id, replaced } => (id, replaced),
-            Admit::Duplicate => {
-                // The client resent its RRQ before seeing our answer: already being served,
-                // or waiting for a slot (its place kept).
-                debug!(%peer, file = request.filename, "retransmitted request ignored");
-                return;
-            }
-            Admit::Queued => {
-                // Every slot is taken: it starts, oldest first, when one frees (silence
-                // meanwhile; the client's resends only refresh its place).
-                self.stats.requests_queued.fetch_add(1, Ordering::Relaxed);
-                debug!(%peer, file = request.filename, waiting = state.admission.waiting(),
+        let (id, replaced) =
+            match state
+                .admission
+                .admit(peer, datagram, self.config.single_port, Instant::now())
+            {
+                Admit::Start { id, replaced } => (id, replaced),
+                Admit::Duplicate => {
+                    // The client resent its RRQ before seeing our answer: already being served,
+                    // or waiting for a slot (its place kept).
+                    debug!(%peer, file = request.filename, "retransmitted request ignored");
+                    return;
+                }
+                Admit::Queued => {
+                    // Every slot is taken: it starts, oldest first, when one frees (silence
+                    // meanwhile; the client's resends only refresh its place).
+                    self.stats.requests_queued.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, file = request.filename, waiting = state.admission.waiting(),
                        "request waits for a transfer slot");
-                // A slot may be free with others still in line (their clients gave up).
-                self.start_waiting(state, cancel);
-                return;
-            }
-            refusal => {
-                let global = refusal == Admit::Busy;
-                let now = Instant::now();
-                if state
-                    .last_busy_warning
-                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
-                {
-                    state.last_busy_warning = Some(now);
-                    warn!(%peer, active = state.admission.active(),
+                    // A slot may be free with others still in line (their clients gave up).
+                    self.start_waiting(state, cancel);
+                    return;
+                }
+                refusal => {
+                    let global = refusal == Admit::Busy;
+                    let now = Instant::now();
+                    if state
+                        .last_busy_warning
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+                    {
+                        state.last_busy_warning = Some(now);
+                        warn!(%peer, active = state.admission.active(),
                           from_peer = state.admission.active_for(peer.ip()), global,
                           "TFTP transfer limit reached (logged at most every 10 s)");
+                    }
+                    self.stats.requests_busy.fetch_add(1, Ordering::Relaxed);
+                    if !global {
+                        // One host over its share: tell it (a flood, not a firmware, does this).
+                        self.refuse(
+                            peer,
+                            ErrorCode::NotDefined,
+                            "too many transfers from your address",
+                        )
+                        .await;
+                    } else {
+                        self.stats.requests_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
                 }
-                self.stats.requests_busy.fetch_add(1, Ordering::Relaxed);
-                if !global {
-                    // One host over its share: tell it (a flood, not a firmware, does this).
-                    self.refuse(
-                        peer,
-                        ErrorCode::NotDefined,
-                        "too many transfers from your address",
-                    )
-                    .await;
-                } else {
-                    self.stats.requests_refused.fetch_add(1, Ordering::Relaxed);
-                }
-                return;
-            }
-        };
+            };
         if replaced.is_some() {
             debug!(%peer, file = request.filename, "new request replaces the running transfer");
         }
