@@ -28,6 +28,10 @@ mod snapshot;
 mod sqlite;
 mod store;
 
+/// Seconds after which a repeated sighting refreshes a machine's `last_seen` and an unchanged
+/// fact's `at` (both are "to the minute"): the SQL of `observe` and of fact offers spells it.
+pub const REFRESH_SECS: i64 = 60;
+
 pub use any::AnyStore;
 pub use enrollment::{
     EnrollAttempt, EnrollOutcome, EnrollRefusal, EnrolledCert, EnrollmentToken, NewEnrollmentToken,

@@ -38,12 +38,27 @@ macro_rules! cert_cols {
 /// Offers one fact: `$1` machine, `$2` key, `$3` value, `$4` source, `$5` rank, `$6` at. The
 /// authority rule of `tugboot_fleet::facts` in SQL: the stored fact is replaced only by one of
 /// higher rank, or of equal rank stated no earlier. Several servers writing at once keep it.
+///
+/// The same value from the same source only refreshes `at` once [`crate::REFRESH_SECS`] have
+/// passed: a machine seen by DHCP, TFTP and HTTP a dozen times during one boot writes its facts
+/// once, not a dozen times (in a PostgreSQL boot storm these rewrites were most of the
+/// database's work). `at` is therefore "last confirmed", to the minute.
 pub(crate) const OFFER_FACT: &str = concat!(
     "INSERT INTO machine_facts (machine_id, key, value, source, rank, at) VALUES ($1, $2, $3, $4, $5, $6) ",
     "ON CONFLICT (machine_id, key) DO UPDATE SET value = excluded.value, source = excluded.source, ",
     "rank = excluded.rank, at = excluded.at ",
     "WHERE excluded.rank > machine_facts.rank OR ",
-    "(excluded.rank = machine_facts.rank AND excluded.at >= machine_facts.at)"
+    "(excluded.rank = machine_facts.rank AND excluded.at >= machine_facts.at AND ",
+    "(excluded.value <> machine_facts.value OR excluded.source <> machine_facts.source OR ",
+    "excluded.at >= machine_facts.at + 60))"
+);
+
+/// A sighting of a known machine moves `last_seen` only once [`crate::REFRESH_SECS`] have
+/// passed (see [`OFFER_FACT`]); no row comes back then, and the id is looked up instead.
+pub(crate) const OBSERVE_MACHINE: &str = concat!(
+    "INSERT INTO machines (mac, state, first_seen, last_seen) VALUES ($1, 'unknown', $2, $2) ",
+    "ON CONFLICT (mac) DO UPDATE SET last_seen = excluded.last_seen ",
+    "WHERE excluded.last_seen >= machines.last_seen + 60 RETURNING id"
 );
 
 /// Implements [`crate::Store`] for a backend type that has `reader()` and `writer()` returning
@@ -169,16 +184,20 @@ macro_rules! impl_store {
                 let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("observe"))?;
                 for i in order {
                     let s = &sightings[i];
-                    let (id,): (i64,) = sqlx::query_as(concat!(
-                        "INSERT INTO machines (mac, state, first_seen, last_seen) VALUES ($1, 'unknown', $2, $2) ",
-                        "ON CONFLICT (mac) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > machines.last_seen ",
-                        "THEN excluded.last_seen ELSE machines.last_seen END RETURNING id"
-                    ))
-                    .bind(s.mac.to_string())
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err($crate::StoreError::backend("observe"))?;
+                    let written: Option<(i64,)> = sqlx::query_as($crate::sql::OBSERVE_MACHINE)
+                        .bind(s.mac.to_string())
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err($crate::StoreError::backend("observe"))?;
+                    let (id,) = match written {
+                        Some(row) => row,
+                        None => sqlx::query_as("SELECT id FROM machines WHERE mac = $1")
+                            .bind(s.mac.to_string())
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err($crate::StoreError::backend("observe"))?,
+                    };
                     for (key, fact) in s.facts.iter() {
                         Self::offer_fact(&mut tx, id, key, fact).await?;
                     }
@@ -784,4 +803,14 @@ macro_rules! impl_store {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn refresh_interval_in_the_sql_is_refresh_secs() {
+        let plus = format!("+ {}", crate::REFRESH_SECS);
+        assert!(super::OFFER_FACT.contains(&plus));
+        assert!(super::OBSERVE_MACHINE.contains(&plus));
+    }
 }

@@ -390,20 +390,18 @@ pub async fn concurrent_observations_keep_one_row_per_mac<B: Backend>(b: &B) {
     for (i, s) in stores.iter().enumerate() {
         let s = Arc::clone(s);
         tasks.push(tokio::spawn(async move {
+            // A minute apart: each round refreshes `last_seen` (REFRESH_SECS).
             for round in 0..20i64 {
+                let at = round * tugboot_store::REFRESH_SECS;
                 let batch: Vec<Sighting> = (0..50u32)
                     .map(|n| {
-                        sighting_with(
-                            n,
-                            &[("arch", if i == 0 { "arm64" } else { "x86_64" })],
-                            round,
-                        )
+                        sighting_with(n, &[("arch", if i == 0 { "arm64" } else { "x86_64" })], at)
                     })
                     .collect();
                 let mut tries = 0;
                 // PostgreSQL may pick one of two crossing batches as a deadlock victim; the
                 // shell retries a failed batch the same way.
-                while let Err(e) = s.observe(&batch, round).await {
+                while let Err(e) = s.observe(&batch, at).await {
                     tries += 1;
                     assert!(tries < 5, "{e}");
                 }
@@ -417,7 +415,46 @@ pub async fn concurrent_observations_keep_one_row_per_mac<B: Backend>(b: &B) {
     assert_eq!(all.len(), 50);
     let macs: BTreeSet<_> = all.iter().map(|m| m.mac).collect();
     assert_eq!(macs.len(), 50);
-    assert!(all.iter().all(|m| m.facts.len() == 1 && m.last_seen == 19));
+    assert!(
+        all.iter()
+            .all(|m| m.facts.len() == 1 && m.last_seen == 19 * tugboot_store::REFRESH_SECS)
+    );
+}
+
+/// Repeated sightings within a minute write nothing: `last_seen` and an unchanged fact's `at`
+/// move once `REFRESH_SECS` have passed; a changed value is written at once.
+pub async fn repeated_sightings_refresh_to_the_minute<B: Backend>(b: &B) {
+    let s = b.open().await;
+    let minute = tugboot_store::REFRESH_SECS;
+    let id = s
+        .observe(&[sighting_with(1, &[("arch", "x86_64")], 1000)], 1000)
+        .await
+        .unwrap()[0];
+    for at in [1001, 1030, 1000 + minute - 1] {
+        let again = s
+            .observe(&[sighting_with(1, &[("arch", "x86_64")], at)], at)
+            .await
+            .unwrap()[0];
+        assert_eq!(again, id, "the same machine");
+    }
+    let m = s.get_machine(id).await.unwrap().unwrap();
+    assert_eq!(m.last_seen, 1000);
+    assert_eq!(m.facts.get("arch").map(|f| f.at), Some(1000));
+    // A changed value is written at once.
+    s.observe(&[sighting_with(1, &[("arch", "arm64")], 1031)], 1031)
+        .await
+        .unwrap();
+    let m = s.get_machine(id).await.unwrap().unwrap();
+    assert_eq!(m.facts.value("arch"), Some("arm64"));
+    assert_eq!(m.facts.get("arch").map(|f| f.at), Some(1031));
+    // A minute on, both move.
+    let later = 1000 + minute;
+    s.observe(&[sighting_with(1, &[("arch", "arm64")], later + 31)], later)
+        .await
+        .unwrap();
+    let m = s.get_machine(id).await.unwrap().unwrap();
+    assert_eq!(m.last_seen, later);
+    assert_eq!(m.facts.get("arch").map(|f| f.at), Some(later + 31));
 }
 
 pub async fn image_outcomes_are_the_latest_per_device<B: Backend>(b: &B) {

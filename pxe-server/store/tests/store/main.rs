@@ -17,6 +17,7 @@ macro_rules! for_each_case {
             declared_machines_sync,
             corrupt_rows_are_errors,
             concurrent_observations_keep_one_row_per_mac,
+            repeated_sightings_refresh_to_the_minute,
             image_outcomes_are_the_latest_per_device,
             images_crud_and_immutability,
             rollouts_crud_and_compare_and_set,
