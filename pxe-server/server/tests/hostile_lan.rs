@@ -36,18 +36,7 @@ fn setup(dir: &Path) -> std::path::PathBuf {
     };
     let p = |name: &str| dir.join(name).display().to_string();
     fs::create_dir_all(dir.join("data/manifests")).expect("mkdir");
-    t(&["keys", "generate", "--out", &p("signer")]);
-    t(&[
-        "keys",
-        "root",
-        "init",
-        "--key",
-        &p("signer.pub"),
-        "--sign",
-        &p("signer.key"),
-        "--out",
-        &p("root.json"),
-    ]);
+    vm::signing_root(dir);
     t(&["ca", "init", "--dir", &p("data/ca")]);
     let config = dir.join("serve.toml");
     fs::write(

@@ -143,18 +143,7 @@ fn setup(dir: &Path) {
     for sub in ["staging", "tftp"] {
         fs::create_dir_all(dir.join(sub)).expect("mkdir");
     }
-    t(&["keys", "generate", "--out", &p("signer")]);
-    t(&[
-        "keys",
-        "root",
-        "init",
-        "--key",
-        &p("signer.pub"),
-        "--sign",
-        &p("signer.key"),
-        "--out",
-        &p("root.json"),
-    ]);
+    vm::signing_root(dir);
     t(&["ca", "init", "--dir", &p("ca")]);
     let agent = agent_binary();
     let kernel = host_kernel();

@@ -35,18 +35,7 @@ fn write_setup(dir: &Path, firmware: Firmware) -> PathBuf {
     let p = |name: &str| dir.join(name).display().to_string();
     fs::create_dir_all(dir.join("data/manifests")).expect("mkdir");
     fs::create_dir_all(dir.join("tftp")).expect("mkdir");
-    t(&["keys", "generate", "--out", &p("signer")]);
-    t(&[
-        "keys",
-        "root",
-        "init",
-        "--key",
-        &p("signer.pub"),
-        "--sign",
-        &p("signer.key"),
-        "--out",
-        &p("root.json"),
-    ]);
+    vm::signing_root(dir);
     let arm64 = firmware.is_arm64();
     let (initrd, kernel, cmdline, boards): (_, PathBuf, _, &[&str]) = if arm64 {
         // The console comes from the board (ttyAMA0), through the machine entry below.
@@ -331,18 +320,7 @@ fn arm64_boot_files_are_served_over_tftp_from_the_published_image() {
     for sub in ["data/manifests", "tftp"] {
         fs::create_dir_all(d.join(sub)).expect("mkdir");
     }
-    t(&["keys", "generate", "--out", &p("signer")]);
-    t(&[
-        "keys",
-        "root",
-        "init",
-        "--key",
-        &p("signer.pub"),
-        "--sign",
-        &p("signer.key"),
-        "--out",
-        &p("root.json"),
-    ]);
+    vm::signing_root(d);
     // Content does not matter to the server: any bytes, as long as they are signed.
     let kernel: Vec<u8> = (0..70_001u32).map(|i| (i * 7 % 251) as u8).collect();
     let initrd: Vec<u8> = (0..3_000u32).map(|i| (i * 13 % 241) as u8).collect();

@@ -191,18 +191,7 @@ pub fn setup(dir: &Path, dhcp_mode: &str) {
     for sub in ["staging", "tftp", "boot"] {
         fs::create_dir_all(dir.join(sub)).expect("mkdir");
     }
-    t(&["keys", "generate", "--out", &p("signer")]);
-    t(&[
-        "keys",
-        "root",
-        "init",
-        "--key",
-        &p("signer.pub"),
-        "--sign",
-        &p("signer.key"),
-        "--out",
-        &p("root.json"),
-    ]);
+    super::signing_root(dir);
     t(&["ca", "init", "--dir", &p("ca")]);
     build_image(
         dir,

@@ -42,6 +42,25 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A signing key (`<dir>/signer.key`, `.pub`) and a trust root of it alone
+/// (`<dir>/root.json`), made with the CLI as an operator would.
+pub fn signing_root(dir: &Path) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let t = |args: &[&str]| run(Command::new(tugboot()).args(args).arg("--quiet"));
+    t(&["keys", "generate", "--out", &p("signer")]);
+    t(&[
+        "keys",
+        "root",
+        "init",
+        "--key",
+        &p("signer.pub"),
+        "--sign",
+        &p("signer.key"),
+        "--out",
+        &p("root.json"),
+    ]);
+}
+
 pub fn require_root_and_tools(tools: &[&str], files: &[&str]) {
     let uid = Command::new("id").arg("-u").output().expect("run id");
     assert_eq!(
