@@ -263,6 +263,10 @@ pub enum RawBootloader {
         /// Trial boots before `altbootcmd` (1..=16).
         #[serde(default = "one")]
         bootlimit: u32,
+        /// For boot scripts that load each slot's kernel from the boot partition
+        /// (`firmware/boot/uboot-ab.cmd`): the mounted boot partition; the slot's `/boot/vmlinuz`
+        /// and `/boot/initrd.img` are copied to `<kernel_dir>/<slot>/` before it is armed.
+        kernel_dir: Option<PathBuf>,
     },
     /// GRUB environment block.
     Grub {
@@ -488,6 +492,8 @@ pub enum BootloaderConfig {
         fw_env_config: PathBuf,
         /// 1..=16.
         bootlimit: u32,
+        /// Where slot kernels are copied before arming (see [`crate::update::kernels`]).
+        kernel_dir: Option<PathBuf>,
     },
     /// GRUB.
     Grub {
@@ -706,6 +712,7 @@ impl TryFrom<RawConfig> for DeviceConfig {
             RawBootloader::Uboot {
                 fw_env_config,
                 bootlimit,
+                kernel_dir,
             } => {
                 if !(1..=crate::bootloader::uboot::ab::MAX_BOOTLIMIT).contains(&bootlimit) {
                     return Err(invalid("bootloader.bootlimit", "must be 1..=16"));
@@ -713,6 +720,9 @@ impl TryFrom<RawConfig> for DeviceConfig {
                 BootloaderConfig::Uboot {
                     fw_env_config: absolute("bootloader.fw_env_config", &fw_env_config)?,
                     bootlimit,
+                    kernel_dir: kernel_dir
+                        .map(|d| absolute("bootloader.kernel_dir", &d))
+                        .transpose()?,
                 }
             }
             RawBootloader::Grub { env_file, tries } => {
@@ -1178,10 +1188,15 @@ impl DeviceConfig {
             BootloaderConfig::Uboot {
                 fw_env_config,
                 bootlimit,
+                kernel_dir,
             } => writeln!(
                 s,
-                "bootloader = uboot (fw_env.config {}, bootlimit {bootlimit})",
-                fw_env_config.display()
+                "bootloader = uboot (fw_env.config {}, bootlimit {bootlimit}{})",
+                fw_env_config.display(),
+                kernel_dir
+                    .as_ref()
+                    .map(|d| format!(", slot kernels in {}", d.display()))
+                    .unwrap_or_default()
             ),
             BootloaderConfig::Grub { env_file, tries } => writeln!(
                 s,
@@ -1413,7 +1428,8 @@ url = "http://127.0.0.1:8080/healthz"
             c.bootloader,
             BootloaderConfig::Uboot {
                 fw_env_config: "/etc/fw_env.config".into(),
-                bootlimit: 3
+                bootlimit: 3,
+                kernel_dir: None,
             }
         );
         assert_eq!(c.health.len(), 2);

@@ -19,7 +19,11 @@
 //!                                             # renew_before_days
 //! [install]
 //! disk = "/dev/vda"                           # the whole disk
-//! esp_image = "/usr/share/tugboot/esp.img"    # written raw into partition 1
+//! esp_image = "/usr/share/tugboot/esp.img"    # written raw into partition 1 (GRUB boards)
+//! # boot_script = "/usr/share/tugboot/boot.scr.uimg"   # instead of esp_image (U-Boot boards):
+//! #   partition 1 is formatted FAT, gets the script, each slot's kernel and uboot.env
+//! # boot_mount = "/boot"                      # where the installer mounts it
+//! # os_boot_mount = "/boot"                   # where the installed OS mounts it
 //! esp_mib = 64
 //! slot_mib = 512                              # each of A and B
 //! data_mib = 0                                # 0 (default): the rest of the disk
@@ -47,6 +51,18 @@ use crate::bootloader::efi::EFIVARFS;
 pub const DEFAULT_OS_DATA_MOUNT: &str = "/data";
 /// Description of the `Boot####` entry, unless `install.efi_description` says.
 pub const DEFAULT_EFI_DESCRIPTION: &str = "tugboot";
+/// Where the boot partition of a U-Boot board is mounted, unless `install.boot_mount` or
+/// `install.os_boot_mount` says.
+pub const DEFAULT_BOOT_MOUNT: &str = "/boot";
+/// The U-Boot environment file on the boot partition, and its size (`uboot-ab.cmd`).
+pub const UBOOT_ENV_FILE: &str = "uboot.env";
+/// Size of [`UBOOT_ENV_FILE`] (`env export -c -s 0x4000`).
+pub const UBOOT_ENV_SIZE: usize = 0x4000;
+/// The boot script's name on the boot partition (what U-Boot's distro boot looks for).
+pub const UBOOT_SCRIPT_FILE: &str = "boot.scr.uimg";
+/// Trial boots a U-Boot board gets before its script falls back.
+pub const UBOOT_BOOTLIMIT: u32 = 1;
+
 /// Largest ESP, slot or data size in MiB (1 PiB).
 pub const MAX_PARTITION_MIB: u64 = 1 << 30;
 
@@ -186,7 +202,10 @@ impl<'a> Table<'a> {
 #[derive(Debug, Clone)]
 struct RawInstall {
     disk: String,
-    esp_image: PathBuf,
+    esp_image: Option<PathBuf>,
+    boot_script: Option<PathBuf>,
+    boot_mount: PathBuf,
+    os_boot_mount: PathBuf,
     esp_mib: u64,
     slot_mib: u64,
     data_mib: u64,
@@ -239,7 +258,16 @@ fn read_raw(root: &Node) -> Result<RawInstallerConfig, ConfigError> {
         .ok_or_else(|| top.missing("install"))?;
     let install = RawInstall {
         disk: i.required("disk")?,
-        esp_image: PathBuf::from(i.required("esp_image")?),
+        esp_image: i.string("esp_image")?.map(PathBuf::from),
+        boot_script: i.string("boot_script")?.map(PathBuf::from),
+        boot_mount: PathBuf::from(
+            i.string("boot_mount")?
+                .unwrap_or_else(|| DEFAULT_BOOT_MOUNT.to_owned()),
+        ),
+        os_boot_mount: PathBuf::from(
+            i.string("os_boot_mount")?
+                .unwrap_or_else(|| DEFAULT_BOOT_MOUNT.to_owned()),
+        ),
         esp_mib: i.number("esp_mib")?.ok_or_else(|| i.missing("esp_mib"))?,
         slot_mib: i.number("slot_mib")?.ok_or_else(|| i.missing("slot_mib"))?,
         data_mib: i.number("data_mib")?.unwrap_or(0),
@@ -292,8 +320,8 @@ pub struct InstallerConfig {
     pub disk: PathBuf,
     /// The disk's name in the installed OS.
     pub os_disk: PathBuf,
-    /// ESP image.
-    pub esp_image: PathBuf,
+    /// How partition 1 is made and booted.
+    pub boot: BootSide,
     /// ESP size, MiB.
     pub esp_mib: u64,
     /// Slot size, MiB.
@@ -317,6 +345,25 @@ pub struct InstallerConfig {
     pub efi_loader: Option<String>,
     /// The boot entry's description.
     pub efi_description: String,
+}
+
+/// How the installer makes partition 1 and what boots the slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootSide {
+    /// `install.esp_image`: a FAT image (GRUB and its A/B configuration) written raw; GRUB's
+    /// environment on the data partition.
+    EspImage(PathBuf),
+    /// `install.boot_script`: partition 1 formatted FAT (label `TUGBOOT-ESP`) with the U-Boot
+    /// script as `boot.scr.uimg`, the U-Boot environment `uboot.env` and each slot's kernel in
+    /// `A/`, `B/` (`firmware/boot/uboot-ab.cmd`).
+    UbootScript {
+        /// The script image (legacy U-Boot image) to copy.
+        script: PathBuf,
+        /// Where the installer mounts the boot partition.
+        mount: PathBuf,
+        /// Where the installed OS mounts it.
+        os_mount: PathBuf,
+    },
 }
 
 /// The removable-media loader path of a UEFI board (what GRUB is installed as on the ESP).
@@ -498,6 +545,29 @@ impl InstallerConfig {
         }
         let data_mount = mount_point("install.data_mount", &i.data_mount)?;
         let os_data_mount = mount_point("install.os_data_mount", &i.os_data_mount)?;
+        let boot = match (&i.esp_image, &i.boot_script) {
+            (Some(image), None) => BootSide::EspImage(absolute("install.esp_image", image)?),
+            (None, Some(script)) => BootSide::UbootScript {
+                script: absolute("install.boot_script", script)?,
+                mount: mount_point("install.boot_mount", &i.boot_mount)?,
+                os_mount: mount_point("install.os_boot_mount", &i.os_boot_mount)?,
+            },
+            _ => {
+                return Err(super::invalid(
+                    "install.esp_image",
+                    "give exactly one of install.esp_image (GRUB boards) and \
+                     install.boot_script (U-Boot boards)",
+                ));
+            }
+        };
+        if let BootSide::UbootScript { mount, .. } = &boot
+            && (*mount == data_mount || efi_loader.is_some())
+        {
+            return Err(super::invalid(
+                "install.boot_script",
+                "a U-Boot board's boot partition needs its own mount point and no efi_loader",
+            ));
+        }
         let config = Self {
             server,
             board,
@@ -507,7 +577,7 @@ impl InstallerConfig {
             enroll: enroll_config(&raw.enroll)?,
             disk,
             os_disk,
-            esp_image: absolute("install.esp_image", &i.esp_image)?,
+            boot,
             esp_mib: mib("install.esp_mib", i.esp_mib, 1)?,
             slot_mib: mib("install.slot_mib", i.slot_mib, 1)?,
             data_mib: mib("install.data_mib", i.data_mib, 0)?,
@@ -599,7 +669,21 @@ impl InstallerConfig {
         })
     }
 
-    fn render(&self, data: &Path, disk: &Path, token: bool) -> String {
+    /// The installed agent's `fw_env.config` (on the data partition) for U-Boot boards: the
+    /// environment file on the boot partition as the installed OS mounts it.
+    #[must_use]
+    pub fn fw_env_config(&self) -> Option<String> {
+        match &self.boot {
+            BootSide::EspImage(_) => None,
+            BootSide::UbootScript { os_mount, .. } => Some(format!(
+                "# Written by `tugboot-agent install-disk`: U-Boot's A/B environment, read by \
+                 boot.scr.uimg.\n{} 0x0 {UBOOT_ENV_SIZE:#x}\n",
+                os_mount.join(UBOOT_ENV_FILE).display()
+            )),
+        }
+    }
+
+    fn render(&self, data: &Path, disk: &Path, installer: bool) -> String {
         use std::fmt::Write as _;
         let t = data.join("tugboot");
         let mut s = String::new();
@@ -624,12 +708,29 @@ impl InstallerConfig {
         let _ = writeln!(s, "a = {}", quote_path(&partition_path(disk, 2)));
         let _ = writeln!(s, "b = {}", quote_path(&partition_path(disk, 3)));
         let _ = writeln!(s, "\n[bootloader]");
-        let _ = writeln!(s, "kind = \"grub\"");
-        let _ = writeln!(s, "env_file = {}", quote_path(&data.join("grubenv")));
-        let _ = writeln!(s, "tries = 1");
+        match &self.boot {
+            BootSide::EspImage(_) => {
+                let _ = writeln!(s, "kind = \"grub\"");
+                let _ = writeln!(s, "env_file = {}", quote_path(&data.join("grubenv")));
+                let _ = writeln!(s, "tries = 1");
+            }
+            BootSide::UbootScript {
+                mount, os_mount, ..
+            } => {
+                let boot = if installer { mount } else { os_mount };
+                let _ = writeln!(s, "kind = \"uboot\"");
+                let _ = writeln!(
+                    s,
+                    "fw_env_config = {}",
+                    quote_path(&t.join("fw_env.config"))
+                );
+                let _ = writeln!(s, "bootlimit = {UBOOT_BOOTLIMIT}");
+                let _ = writeln!(s, "kernel_dir = {}", quote_path(boot));
+            }
+        }
         let _ = writeln!(s, "\n[enroll]");
         let e = &self.enroll;
-        if let Some(f) = e.token_file.as_deref().filter(|_| token) {
+        if let Some(f) = e.token_file.as_deref().filter(|_| installer) {
             let _ = writeln!(s, "token_file = {}", quote_path(f));
         }
         if let Some(i) = &e.interface {
@@ -807,6 +908,63 @@ renew_before_days = 28
             Some(Path::new("/etc/tugboot/token")),
             "the installer enrolls with its token"
         );
+    }
+
+    #[test]
+    fn a_uboot_board_gets_a_boot_script_and_the_uboot_backend() {
+        let text = EXAMPLE.replace("x86_64-uefi", "qemu-arm64-uboot").replace(
+            "esp_image = \"/usr/share/tugboot/esp.img\"",
+            "boot_script = \"/usr/share/tugboot/boot.scr.uimg\"\nboot_mount = \"/mnt/boot\"",
+        );
+        let c = InstallerConfig::parse(&text).unwrap();
+        assert_eq!(
+            c.boot,
+            BootSide::UbootScript {
+                script: "/usr/share/tugboot/boot.scr.uimg".into(),
+                mount: "/mnt/boot".into(),
+                os_mount: "/boot".into(),
+            }
+        );
+        assert_eq!(c.efi_loader, None);
+        let d = c.installed_config().unwrap();
+        assert_eq!(
+            d.bootloader,
+            BootloaderConfig::Uboot {
+                fw_env_config: "/data/tugboot/fw_env.config".into(),
+                bootlimit: UBOOT_BOOTLIMIT,
+                kernel_dir: Some("/boot".into()),
+            }
+        );
+        // The installer itself copies kernels to where it mounted the boot partition.
+        let v = c.installer_view().unwrap();
+        assert!(
+            matches!(&v.bootloader, BootloaderConfig::Uboot { kernel_dir: Some(k), .. }
+                if k == Path::new("/mnt/boot"))
+        );
+        // fw_printenv's format: the file on the boot partition as the OS mounts it, 16 KiB.
+        let fw = c.fw_env_config().unwrap();
+        let parsed = crate::bootloader::uboot::EnvConfig::parse(&fw).unwrap();
+        assert_eq!(parsed.devices()[0].path, Path::new("/boot/uboot.env"));
+        assert_eq!(parsed.env_size(), UBOOT_ENV_SIZE);
+        assert_eq!(
+            InstallerConfig::parse(EXAMPLE).unwrap().fw_env_config(),
+            None
+        );
+
+        // Exactly one of the two; a boot partition mounted over the data partition is refused.
+        let both = text.replace(
+            "boot_mount",
+            "esp_image = \"/usr/share/tugboot/esp.img\"\nboot_mount",
+        );
+        assert!(err(&both).contains("exactly one of"), "{}", err(&both));
+        let neither = EXAMPLE.replace("esp_image = \"/usr/share/tugboot/esp.img\"\n", "");
+        assert!(
+            err(&neither).contains("exactly one of"),
+            "{}",
+            err(&neither)
+        );
+        let clash = text.replace("/mnt/boot", "/data");
+        assert!(err(&clash).contains("own mount point"), "{}", err(&clash));
     }
 
     #[test]

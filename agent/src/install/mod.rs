@@ -14,9 +14,11 @@
 //!    and the server's CA there; enroll (key and certificate on the data partition);
 //! 4. ask the server what to install, verify the manifest (trust root, floor 0, board,
 //!    expiry), stream its `slot` artifact into slot A through the verifier, sync, read back;
-//! 5. write the ESP image into partition 1 (read back too);
-//! 6. write the GRUB environment (`tugboot_slot=A`), the state (committed A, floor = version)
-//!    and the installed agent's configuration;
+//! 5. GRUB boards: write the ESP image into partition 1 (read back too) and the GRUB
+//!    environment (`tugboot_slot=A`) on the data partition; U-Boot boards: format partition 1
+//!    FAT, copy the boot script, slot A's kernel and initrd (`A/`) and the U-Boot environment
+//!    (`uboot.env`, `tugboot_slot=A`) to it;
+//! 6. write the state (committed A, floor = version) and the installed agent's configuration;
 //! 7. UEFI boards: a `Boot####` entry for the ESP's loader, first in `BootOrder`;
 //! 8. report `installed` to the server, which must acknowledge it (2xx); unmount, sync.
 //!
@@ -41,7 +43,9 @@ use tugboot_wire::{DeviceReport, Outcome, Rejection};
 
 use crate::bootloader::efi::{EfiError, Efivarfs, entry};
 use crate::bootloader::grub::GrubEnvFile;
+use crate::bootloader::uboot::{EnvConfig, EnvDevice, UbootEnvFile};
 use crate::bootloader::{BootEnvError, Slot, Vars};
+use crate::config::installer::{BootSide, UBOOT_ENV_FILE, UBOOT_ENV_SIZE, UBOOT_SCRIPT_FILE};
 use crate::config::{ConfigError, DeviceConfig, InstallerConfig, partition_path, read_capped};
 use crate::io::{RealIo, write_atomic};
 use crate::net::client::{MAX_PEM_BYTES, Timeouts};
@@ -50,7 +54,7 @@ use crate::net::enroll::{EnrollStep, pending_backoff};
 use crate::net::{HttpClient, NetError, ResumableDownload, TlsIdentity};
 use crate::slot::{self, SlotError};
 use crate::update::state::clip;
-use crate::update::{AgentState, Image, UpdateError, image_of};
+use crate::update::{AgentState, Image, UpdateError, image_of, kernels};
 
 /// How long the kernel may take to show the new partitions.
 const PARTITION_WAIT: Duration = Duration::from_secs(10);
@@ -835,6 +839,93 @@ fn boot_entry(
     Ok(Some(plan.number))
 }
 
+/// Partition 1 as this install makes it.
+#[derive(Clone, Copy)]
+enum Boot<'a> {
+    /// A FAT image written raw (GRUB boards).
+    Esp {
+        path: &'a Path,
+        sha256: Sha256Digest,
+        len: u64,
+    },
+    /// Formatted here; the U-Boot script, slot A's kernel and `uboot.env` copied to it.
+    Uboot { script: &'a Path, mount: &'a Path },
+}
+
+/// Largest boot script copied to the boot partition.
+const MAX_BOOT_SCRIPT: usize = 1 << 20;
+
+/// A U-Boot board's boot partition: FAT (label `TUGBOOT-ESP`), the boot script as
+/// `boot.scr.uimg`, slot A's kernel and initrd in `A/`, `uboot.env` booting A; the installed
+/// agent's `fw_env.config` in `tugboot_dir` on the data partition. Returns the environment file.
+fn uboot_boot_partition(
+    config: &InstallerConfig,
+    dev: &Path,
+    slot_a: &Path,
+    script: &Path,
+    mount: &Path,
+    tugboot_dir: &Path,
+) -> Result<PathBuf, InstallDiskError> {
+    let dev_text = dev.to_string_lossy();
+    run(&busybox(
+        config,
+        &["mkdosfs", "-n", "TUGBOOT-ESP", &dev_text],
+    ))?;
+    std::fs::create_dir_all(mount).map_err(io_err("create", mount))?;
+    if mounts().iter().any(|(_, at)| at == mount) {
+        return Err(disk_err(
+            dev,
+            format!(
+                "install.boot_mount {} is already a mount point",
+                mount.display()
+            ),
+        ));
+    }
+    let point = mount.to_string_lossy().into_owned();
+    run(&busybox(
+        config,
+        &["mount", "-t", "vfat", &dev_text, &point],
+    ))?;
+    let mounted = Mounted {
+        argv: busybox(config, &["umount", &point]),
+        active: true,
+    };
+    copy_capped(script, &mount.join(UBOOT_SCRIPT_FILE), MAX_BOOT_SCRIPT)?;
+    let published = kernels::publish(
+        slot_a,
+        Slot::A,
+        mount,
+        Path::new(crate::net::daemon::SLOT_MOUNT),
+    )
+    .map_err(|e| disk_err(slot_a, e.to_string()))?;
+    let env_file = mount.join(UBOOT_ENV_FILE);
+    File::create(&env_file)
+        .and_then(|f| f.set_len(UBOOT_ENV_SIZE as u64))
+        .map_err(io_err("create", &env_file))?;
+    let env = EnvConfig::single(EnvDevice::new(&env_file, 0, UBOOT_ENV_SIZE))
+        .map_err(|e| disk_err(&env_file, e.to_string()))?;
+    let mut vars = Vars::new();
+    vars.set(crate::bootloader::uboot::ab::SLOT, Slot::A.as_str())
+        .map_err(|e| disk_err(&env_file, e.to_string()))?;
+    UbootEnvFile::new(env).initialize(&vars)?;
+    let fw_env = tugboot_dir.join("fw_env.config");
+    let text = config.fw_env_config().unwrap_or_default();
+    write_atomic(&mut RealIo::new(), &fw_env, text.as_bytes()).map_err(io_err("write", &fw_env))?;
+    mounted.unmount()?;
+    say!(
+        "formatted {} (FAT, label TUGBOOT-ESP): {UBOOT_SCRIPT_FILE}, A/ ({}), {UBOOT_ENV_FILE} \
+         (tugboot_slot=A); {} for the installed agent",
+        dev.display(),
+        published
+            .iter()
+            .map(|(name, len)| format!("{name} {len} bytes"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        fw_env.display()
+    );
+    Ok(env_file)
+}
+
 /// Installs to `config.disk` (see the module documentation). `wipe`: erase a disk that holds
 /// data.
 ///
@@ -842,7 +933,13 @@ fn boot_entry(
 /// See [`InstallDiskError`].
 pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, InstallDiskError> {
     let device = config.installer_view()?;
-    let (esp_sha256, esp_len) = hash_file(&config.esp_image)?;
+    let boot = match &config.boot {
+        BootSide::EspImage(path) => {
+            let (sha256, len) = hash_file(path)?;
+            Boot::Esp { path, sha256, len }
+        }
+        BootSide::UbootScript { script, mount, .. } => Boot::Uboot { script, mount },
+    };
     let disk = Disk::open(&config.disk)?;
     let head_len = probe::HEAD_BYTES.min(disk.bytes);
     let tail_len = probe::TAIL_BYTES.min(disk.bytes);
@@ -868,12 +965,16 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
         .partitions
         .first()
         .map_or(0, |p| p.sectors() * layout.sector_size);
-    if esp_len > esp_bytes {
+    if let Boot::Esp {
+        path, len: esp_len, ..
+    } = boot
+        && esp_len > esp_bytes
+    {
         return Err(disk_err(
             &disk.path,
             format!(
                 "the ESP image {} ({esp_len} bytes) is larger than the {} MiB ESP",
-                config.esp_image.display(),
+                path.display(),
                 config.esp_mib
             ),
         ));
@@ -1026,20 +1127,31 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
         }
     );
 
-    let mut esp = File::open(&config.esp_image).map_err(io_err("open", &config.esp_image))?;
-    write_partition(esp_dev, esp_sha256, esp_len, &mut esp)?;
-    say!(
-        "wrote the ESP image {} ({esp_len} bytes) into {} and read it back",
-        config.esp_image.display(),
-        esp_dev.display()
-    );
-
-    // What the installed system needs on its data partition.
-    let env_file = config.data_mount.join("grubenv");
-    let mut vars = Vars::new();
-    vars.set(crate::bootloader::grub::ab::SLOT, Slot::A.as_str())
-        .map_err(|e| disk_err(&env_file, e.to_string()))?;
-    GrubEnvFile::new(&env_file).initialize(&vars)?;
+    let env_file = match boot {
+        Boot::Esp {
+            path,
+            sha256: esp_sha256,
+            len: esp_len,
+        } => {
+            let mut esp = File::open(path).map_err(io_err("open", path))?;
+            write_partition(esp_dev, esp_sha256, esp_len, &mut esp)?;
+            say!(
+                "wrote the ESP image {} ({esp_len} bytes) into {} and read it back",
+                path.display(),
+                esp_dev.display()
+            );
+            // GRUB's environment, on the data partition.
+            let env_file = config.data_mount.join("grubenv");
+            let mut vars = Vars::new();
+            vars.set(crate::bootloader::grub::ab::SLOT, Slot::A.as_str())
+                .map_err(|e| disk_err(&env_file, e.to_string()))?;
+            GrubEnvFile::new(&env_file).initialize(&vars)?;
+            env_file
+        }
+        Boot::Uboot { script, mount } => {
+            uboot_boot_partition(config, esp_dev, slot_a, script, mount, &dir)?
+        }
+    };
     let state = AgentState::provisioned(Slot::A, Some(image.clone()), image.version);
     let mut io = RealIo::new();
     write_atomic(&mut io, &device.state_file, &state.to_bytes())

@@ -6,7 +6,7 @@
 //! update core requires after any error; nothing in memory carries over between cycles except
 //! the configuration, the HTTP client and the trust root.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,8 +39,11 @@ use crate::slot::DEFAULT_CHUNK;
 use crate::update::state::clip;
 use crate::update::{
     AbBootloader, Agent, AgentConfig, AgentError, AgentState, BootError, Booted, Evidence, Grub,
-    Next, Outcome, Phase, PlainFileEnv, Uboot, UpdateError, image_of,
+    Next, Outcome, Phase, PlainFileEnv, SlotKernels, Uboot, UpdateError, image_of,
 };
+
+/// Where a slot is mounted (read-only) while its kernel is copied to the boot partition.
+pub const SLOT_MOUNT: &str = "/run/tugboot-slot";
 
 /// The update shell on a real device.
 pub type DeviceAgent = Agent<RealIo, Box<dyn AbBootloader>>;
@@ -239,10 +242,19 @@ pub fn open_bootloader(config: &DeviceConfig) -> Result<Box<dyn AbBootloader>, B
         BootloaderConfig::Uboot {
             fw_env_config,
             bootlimit,
-        } => Box::new(Uboot::new(
-            UbootEnvFile::from_config_file(fw_env_config)?,
-            *bootlimit,
-        )),
+            kernel_dir,
+        } => {
+            let uboot = Uboot::new(UbootEnvFile::from_config_file(fw_env_config)?, *bootlimit);
+            match kernel_dir {
+                Some(dir) => Box::new(SlotKernels::new(
+                    uboot,
+                    config.slots.clone(),
+                    dir.clone(),
+                    PathBuf::from(SLOT_MOUNT),
+                )),
+                None => Box::new(uboot),
+            }
+        }
         BootloaderConfig::Grub { env_file, tries } => {
             Box::new(Grub::new(GrubEnvFile::new(env_file.clone()), *tries))
         }

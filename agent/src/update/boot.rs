@@ -41,6 +41,10 @@ pub enum BootError {
         /// What the environment shows.
         why: String,
     },
+    /// The slot's kernel could not be put where the bootloader loads it from
+    /// ([`super::kernels`]); the trial is not armed.
+    #[error("slot kernel: {0}")]
+    SlotKernel(String),
 }
 
 /// How the agent knows which slot is running. Every kind names the slot the bootloader really

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod boot;
 pub mod install;
+pub mod kernels;
 pub mod machine;
 pub mod sim;
 pub mod state;
@@ -17,6 +18,7 @@ pub mod state;
 pub use agent::{Agent, AgentConfig, AgentError, Next};
 pub use boot::{AbBootloader, BootError, BootStatus, Booted, Evidence, Grub, PlainFileEnv, Uboot};
 pub use install::{InstallConfig, InstallError, install_from_files};
+pub use kernels::{KernelError, SlotKernels};
 pub use machine::{Action, Event, Progress, UpdateError, UpdateMachine, image_of};
 pub use state::{
     AgentState, Committed, Image, Outcome, Phase, Rejection, StateError, UpdateRecord,

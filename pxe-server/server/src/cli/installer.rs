@@ -17,6 +17,8 @@ use super::initramfs::{Initramfs, parse_file_arg};
 
 /// The A/B snippet every installed disk's GRUB sources (docs/bootloaders.md).
 const GRUB_AB: &str = include_str!("../../../../firmware/boot/grub-ab.cfg");
+/// The A/B boot script of U-Boot boards without a boot counter (docs/bootloaders.md).
+pub const UBOOT_AB: &str = include_str!("../../../../firmware/boot/uboot-ab.cmd");
 
 /// Modules the installer loads unless told otherwise: virtio and common server disks and NICs,
 /// ext4 (the data partition), efivarfs (the boot entry).
@@ -63,9 +65,19 @@ pub struct InstallerArgs {
     #[arg(long)]
     agent: PathBuf,
     /// GRUB EFI binary put on the ESP as \EFI\BOOT\BOOTX64.EFI (Debian's monolithic grubx64.efi,
-    /// grub-efi-amd64-bin, prefix /EFI/debian).
+    /// grub-efi-amd64-bin, prefix /EFI/debian): boards booting through UEFI.
+    #[arg(
+        long,
+        required_unless_present = "uboot_script",
+        conflicts_with = "uboot_script"
+    )]
+    grub_efi: Option<PathBuf>,
+    /// Boards whose U-Boot boots from the disk (no boot counter needed, e.g. Debian's
+    /// qemu_arm64): the installer formats partition 1 FAT and puts tugboot's A/B boot script
+    /// (firmware/boot/uboot-ab.cmd, as boot.scr.uimg), each slot's kernel and the U-Boot
+    /// environment there.
     #[arg(long)]
-    grub_efi: PathBuf,
+    uboot_script: bool,
     /// The device API the installer enrolls with and reports to (https://...).
     #[arg(long)]
     server: String,
@@ -190,7 +202,10 @@ fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     }
     let work = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let esp = esp_image(work.path(), &a.grub_efi, &a.os_cmdline)?;
+    let (boot_file, boot_bytes) = match &a.grub_efi {
+        Some(grub) => (ESP_IMAGE, esp_image(work.path(), grub, &a.os_cmdline)?),
+        None => (UBOOT_SCRIPT_IMAGE, uboot_boot_script(&a.os_cmdline)?),
+    };
 
     let mut i = Initramfs::new();
     i.file("init", 0o755, INSTALLER_INIT.as_bytes().to_vec())?;
@@ -199,7 +214,7 @@ fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
     i.copy("usr/bin/tugboot-agent", &a.agent)?;
     i.copy("etc/tugboot/server-ca.pem", &a.ca)?;
     i.copy("etc/tugboot/root.json", &a.trust_root)?;
-    i.file("usr/share/tugboot/esp.img", 0o644, esp)?;
+    i.file(boot_file.trim_start_matches('/'), 0o644, boot_bytes)?;
     i.file(
         "usr/share/udhcpc/default.script",
         0o755,
@@ -208,7 +223,7 @@ fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
     i.file(
         "etc/tugboot/installer.toml",
         0o644,
-        installer_config(&a.server, &board, &a.disk, a.esp_mib, a.slot_mib).into_bytes(),
+        installer_config(&a.server, &board, &a.disk, boot_file, a.esp_mib, a.slot_mib).into_bytes(),
     )?;
     let modules: Vec<String> = if a.module.is_empty() {
         DEFAULT_MODULES.iter().map(|m| (*m).to_owned()).collect()
@@ -231,7 +246,19 @@ fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
 }
 
 /// The installer's configuration (read by `tugboot-agent install-disk`, docs/agent.md).
-fn installer_config(server: &str, board: &str, disk: &str, esp_mib: u64, slot_mib: u64) -> String {
+fn installer_config(
+    server: &str,
+    board: &str,
+    disk: &str,
+    boot_file: &str,
+    esp_mib: u64,
+    slot_mib: u64,
+) -> String {
+    let boot = if boot_file == ESP_IMAGE {
+        format!("esp_image = \"{boot_file}\"")
+    } else {
+        format!("boot_script = \"{boot_file}\"")
+    };
     format!(
         "# Written by `tugboot installer build`.\n\
          server = \"{server}\"\n\
@@ -240,13 +267,29 @@ fn installer_config(server: &str, board: &str, disk: &str, esp_mib: u64, slot_mi
          [tls]\nca = \"/etc/tugboot/server-ca.pem\"\n\n\
          [install]\n\
          disk = \"{disk}\"\n\
-         esp_image = \"/usr/share/tugboot/esp.img\"\n\
+         {boot}\n\
          esp_mib = {esp_mib}\n\
          slot_mib = {slot_mib}\n\
          data_mib = 0\n\
          data_mount = \"/data\"\n\
          reboot_command = [\"reboot\", \"-f\"]\n"
     )
+}
+
+/// Where the installer's initramfs holds the ESP image (GRUB boards).
+const ESP_IMAGE: &str = "/usr/share/tugboot/esp.img";
+/// Where it holds the U-Boot boot script image (U-Boot boards).
+const UBOOT_SCRIPT_IMAGE: &str = "/usr/share/tugboot/boot.scr.uimg";
+
+/// The installed disk's U-Boot script: the kernel command line, then the shipped A/B script,
+/// as a legacy script image (`mkimage -T script`, timestamp 0: reproducible).
+pub fn uboot_boot_script(os_cmdline: &str) -> anyhow::Result<Vec<u8>> {
+    let text = format!("setenv tugboot_cmdline \"{os_cmdline}\"\n{UBOOT_AB}");
+    Ok(tugboot_fleet::render::uboot::uimage_script(
+        "tugboot A/B",
+        &text,
+        0,
+    )?)
 }
 
 /// The installed disk's GRUB configuration: the A/B snippet decides the slot (its environment

@@ -624,7 +624,12 @@ impl Vm {
     }
 
     /// Power cut: QEMU killed at once (nothing flushed by the guest).
-    pub fn kill(self, ns: &mut Netns) {
+    pub fn kill(mut self, ns: &mut Netns) {
+        self.cut_power(ns);
+    }
+
+    /// [`Vm::kill`] in place (the guest is then gone; start another).
+    pub fn cut_power(&mut self, ns: &mut Netns) {
         let child = &mut ns.children[self.index];
         let _ = child.kill();
         let _ = child.wait();
