@@ -20,6 +20,8 @@
 //! [install]
 //! disk = "/dev/vda"                           # the whole disk
 //! esp_image = "/usr/share/tugboot/esp.img"    # written raw into partition 1 (GRUB boards)
+//! # bios_boot_img = "/usr/share/tugboot/boot.img"  # with esp_image, BIOS boards: GRUB i386-pc,
+//! # bios_core_img = "/usr/share/tugboot/core.img"  #   boot.img in the MBR, core.img after the GPT
 //! # boot_script = "/usr/share/tugboot/boot.scr.uimg"   # instead of esp_image (U-Boot boards):
 //! #   partition 1 is formatted FAT, gets the script, each slot's kernel and uboot.env
 //! # boot_mount = "/boot"                      # where the installer mounts it
@@ -203,6 +205,8 @@ impl<'a> Table<'a> {
 struct RawInstall {
     disk: String,
     esp_image: Option<PathBuf>,
+    bios_boot_img: Option<PathBuf>,
+    bios_core_img: Option<PathBuf>,
     boot_script: Option<PathBuf>,
     boot_mount: PathBuf,
     os_boot_mount: PathBuf,
@@ -259,6 +263,8 @@ fn read_raw(root: &Node) -> Result<RawInstallerConfig, ConfigError> {
     let install = RawInstall {
         disk: i.required("disk")?,
         esp_image: i.string("esp_image")?.map(PathBuf::from),
+        bios_boot_img: i.string("bios_boot_img")?.map(PathBuf::from),
+        bios_core_img: i.string("bios_core_img")?.map(PathBuf::from),
         boot_script: i.string("boot_script")?.map(PathBuf::from),
         boot_mount: PathBuf::from(
             i.string("boot_mount")?
@@ -322,6 +328,9 @@ pub struct InstallerConfig {
     pub os_disk: PathBuf,
     /// How partition 1 is made and booted.
     pub boot: BootSide,
+    /// GRUB for BIOS embedded in the disk's head (`install.bios_boot_img` and
+    /// `install.bios_core_img`), with an ESP image holding its configuration.
+    pub bios: Option<BiosImages>,
     /// ESP size, MiB.
     pub esp_mib: u64,
     /// Slot size, MiB.
@@ -364,6 +373,15 @@ pub enum BootSide {
         /// Where the installed OS mounts it.
         os_mount: PathBuf,
     },
+}
+
+/// GRUB i386-pc's two images (`grub-pc-bin`'s boot.img; core.img from `grub-mkimage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BiosImages {
+    /// The MBR boot code.
+    pub boot_img: PathBuf,
+    /// The core image embedded after the GPT.
+    pub core_img: PathBuf,
 }
 
 /// The removable-media loader path of a UEFI board (what GRUB is installed as on the ESP).
@@ -560,6 +578,20 @@ impl InstallerConfig {
                 ));
             }
         };
+        let bios = match (&i.bios_boot_img, &i.bios_core_img, &boot) {
+            (None, None, _) => None,
+            (Some(b), Some(c), BootSide::EspImage(_)) => Some(BiosImages {
+                boot_img: absolute("install.bios_boot_img", b)?,
+                core_img: absolute("install.bios_core_img", c)?,
+            }),
+            _ => {
+                return Err(super::invalid(
+                    "install.bios_boot_img",
+                    "give both install.bios_boot_img and install.bios_core_img, with \
+                     install.esp_image",
+                ));
+            }
+        };
         if let BootSide::UbootScript { mount, .. } = &boot
             && (*mount == data_mount || efi_loader.is_some())
         {
@@ -578,6 +610,7 @@ impl InstallerConfig {
             disk,
             os_disk,
             boot,
+            bios,
             esp_mib: mib("install.esp_mib", i.esp_mib, 1)?,
             slot_mib: mib("install.slot_mib", i.slot_mib, 1)?,
             data_mib: mib("install.data_mib", i.data_mib, 0)?,

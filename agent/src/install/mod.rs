@@ -27,6 +27,7 @@
 //! configuration) are unit-tested; the whole command runs in a root test against a loop
 //! device and the real device API (`agent/tests/install_disk.rs`).
 
+pub mod bios;
 pub mod fuzzing;
 pub mod gpt;
 pub mod probe;
@@ -839,6 +840,60 @@ fn boot_entry(
     Ok(Some(plan.number))
 }
 
+/// Largest boot.img / core.img read.
+const MAX_BIOS_IMAGE: usize = 1 << 20;
+
+/// GRUB for BIOS: boot.img into the MBR's code area, core.img into the gap after the GPT
+/// ([`bios::embed`]); read back. Says what it did.
+fn embed_grub_pc(
+    disk: &Disk,
+    layout: &gpt::Layout,
+    images: &crate::config::installer::BiosImages,
+) -> Result<String, InstallDiskError> {
+    let read = |p: &Path| -> Result<Vec<u8>, InstallDiskError> {
+        read_capped(p, MAX_BIOS_IMAGE).map_err(|e| InstallDiskError::Io {
+            op: "read",
+            path: p.to_path_buf(),
+            source: match e {
+                crate::config::CappedReadError::Io(e) => e,
+                crate::config::CappedReadError::TooLarge => {
+                    std::io::Error::other(format!("larger than {MAX_BIOS_IMAGE} bytes"))
+                }
+            },
+        })
+    };
+    if layout.sector_size != bios::SECTOR as u64 {
+        return Err(disk_err(
+            &disk.path,
+            format!(
+                "GRUB for BIOS needs 512-byte sectors, the disk has {}",
+                layout.sector_size
+            ),
+        ));
+    }
+    let (boot, core) = (read(&images.boot_img)?, read(&images.core_img)?);
+    let mbr = disk.read(0, bios::SECTOR as u64)?;
+    let first = layout.partitions.first().map_or(0, |p| p.first_lba);
+    let e = bios::embed(&boot, &core, &mbr, layout.first_usable(), first)
+        .map_err(|err| disk_err(&disk.path, err.to_string()))?;
+    disk.write(e.core_lba * layout.sector_size, &e.core)?;
+    disk.write(0, &e.mbr)?;
+    disk.file.sync_all().map_err(io_err("fsync", &disk.path))?;
+    let at = e.core_lba * layout.sector_size;
+    let (mbr_back, core_back) = (
+        disk.read(0, bios::SECTOR as u64)?,
+        disk.read(at, e.core.len() as u64)?,
+    );
+    if mbr_back != e.mbr || core_back != e.core {
+        return Err(disk_err(&disk.path, "GRUB's boot code did not read back"));
+    }
+    Ok(format!(
+        "GRUB for BIOS: boot.img in the MBR, core.img ({} sectors) at LBA {}",
+        e.core.len() / bios::SECTOR,
+        e.core_lba
+    ))
+}
+
 /// Partition 1 as this install makes it.
 #[derive(Clone, Copy)]
 enum Boot<'a> {
@@ -1012,6 +1067,10 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
     }
 
     write_table(&disk, &layout)?;
+    let grub_pc = match &config.bios {
+        Some(images) => Some(embed_grub_pc(&disk, &layout, images)?),
+        None => None,
+    };
     let Disk {
         path: disk_path,
         name: disk_name,
@@ -1027,6 +1086,9 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
         layout.summary(),
         layout.sector_size
     );
+    if let Some(line) = grub_pc {
+        say!("{line}");
+    }
     let parts = load_partitions(config, &disk_path, &disk_name, &layout)?;
     let [esp_dev, slot_a, _slot_b, data_dev] = parts.as_slice() else {
         return Err(disk_err(&disk_path, "the layout has four partitions"));

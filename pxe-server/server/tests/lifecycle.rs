@@ -90,6 +90,19 @@ impl Target {
         }
     }
 
+    /// SeaBIOS with the iPXE ROM; Debian's GRUB for BIOS embedded in the disk's head.
+    fn x86_64_bios() -> Self {
+        let uefi = Target::x86_64_uefi();
+        Target {
+            firmware: Firmware::Bios,
+            board: "x86_64-bios",
+            mac: "52:54:00:1f:00:03",
+            boot_args: vec!["--grub-pc".into(), format!("{ARM64_CACHE}/grub/i386-pc")],
+            loader: "GRUB (BIOS)",
+            ..uefi
+        }
+    }
+
     /// Debian's U-Boot for qemu_arm64 (no boot counter, no squashfs): tugboot's boot script on
     /// a FAT boot partition, slot kernels copied there by the agent.
     fn arm64_uboot() -> Self {
@@ -811,6 +824,9 @@ impl Life {
     }
 }
 
+/// The steps every board goes through (the power cuts are run on UEFI and U-Boot).
+const LIFE: &[&str] = STEPS.split_at(6).0;
+
 #[test]
 #[ignore = "root: network namespaces + QEMU"]
 fn a_device_installs_enrolls_updates_and_survives_two_broken_updates() {
@@ -868,5 +884,31 @@ fn an_arm64_uboot_device_installs_updates_and_falls_back_through_its_boot_script
     let env = life.uboot_env();
     assert!(env.contains("tugboot_slot=A\n"), "{env}");
     assert!(env.contains("upgrade_available=0\n"), "{env}");
+    life.finish();
+}
+
+/// The life without the power cuts on a BIOS machine: Debian's GRUB for BIOS, embedded as
+/// `grub-install` does (boot.img in the MBR, a grub-mkimage core.img after the GPT), with the
+/// same A/B configuration as UEFI.
+#[test]
+#[ignore = "root: network namespaces + QEMU"]
+fn a_bios_device_installs_and_updates_through_grub_for_bios() {
+    let cache = |f: &str| format!("{ARM64_CACHE}/{f}");
+    let files = [cache("busybox-x86_64"), cache("grub/i386-pc/boot.img")];
+    let mut need: Vec<&str> = files.iter().map(String::as_str).collect();
+    need.push("/usr/lib/ipxe/qemu/efi-virtio.rom");
+    require_root_and_tools(
+        &[
+            "ip",
+            "qemu-system-x86_64",
+            "mksquashfs",
+            "mformat",
+            "mcopy",
+            "grub-mkimage",
+        ],
+        &need,
+    );
+    let mut life = Life::begin(Target::x86_64_bios(), 4, LIFE);
+    life.install_update_and_fall_back();
     life.finish();
 }

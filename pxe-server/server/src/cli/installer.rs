@@ -47,6 +47,7 @@ pub enum InstallerCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("loader").required(true).multiple(false)))]
 pub struct InstallerArgs {
     /// Kernel the installer runs (e.g. Debian's /boot/vmlinuz-<release>).
     #[arg(long)]
@@ -66,17 +67,18 @@ pub struct InstallerArgs {
     agent: PathBuf,
     /// GRUB EFI binary put on the ESP as \EFI\BOOT\BOOTX64.EFI (Debian's monolithic grubx64.efi,
     /// grub-efi-amd64-bin, prefix /EFI/debian): boards booting through UEFI.
-    #[arg(
-        long,
-        required_unless_present = "uboot_script",
-        conflicts_with = "uboot_script"
-    )]
+    #[arg(long, group = "loader")]
     grub_efi: Option<PathBuf>,
+    /// BIOS boards: Debian's GRUB for BIOS (grub-pc-bin's /usr/lib/grub/i386-pc): boot.img goes
+    /// into the MBR, a core.img made by grub-mkimage after the GPT (as grub-install embeds
+    /// them), the A/B grub.cfg on partition 1.
+    #[arg(long, group = "loader", value_name = "I386_PC_DIR")]
+    grub_pc: Option<PathBuf>,
     /// Boards whose U-Boot boots from the disk (no boot counter needed, e.g. Debian's
     /// qemu_arm64): the installer formats partition 1 FAT and puts tugboot's A/B boot script
     /// (firmware/boot/uboot-ab.cmd, as boot.scr.uimg), each slot's kernel and the U-Boot
     /// environment there.
-    #[arg(long)]
+    #[arg(long, group = "loader")]
     uboot_script: bool,
     /// The device API the installer enrolls with and reports to (https://...).
     #[arg(long)]
@@ -202,9 +204,14 @@ fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     }
     let work = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let (boot_file, boot_bytes) = match &a.grub_efi {
-        Some(grub) => (ESP_IMAGE, esp_image(work.path(), grub, &a.os_cmdline)?),
-        None => (UBOOT_SCRIPT_IMAGE, uboot_boot_script(&a.os_cmdline)?),
+    let mut bios = None;
+    let (boot_file, boot_bytes) = match (&a.grub_efi, &a.grub_pc) {
+        (Some(grub), _) => (ESP_IMAGE, esp_image(work.path(), grub, &a.os_cmdline)?),
+        (None, Some(dir)) => {
+            bios = Some(grub_pc_images(work.path(), dir)?);
+            (ESP_IMAGE, bios_esp_image(work.path(), &a.os_cmdline)?)
+        }
+        (None, None) => (UBOOT_SCRIPT_IMAGE, uboot_boot_script(&a.os_cmdline)?),
     };
 
     let mut i = Initramfs::new();
@@ -215,6 +222,10 @@ fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
     i.copy("etc/tugboot/server-ca.pem", &a.ca)?;
     i.copy("etc/tugboot/root.json", &a.trust_root)?;
     i.file(boot_file.trim_start_matches('/'), 0o644, boot_bytes)?;
+    if let Some((boot_img, core_img)) = bios {
+        i.file(BIOS_BOOT_IMG.trim_start_matches('/'), 0o644, boot_img)?;
+        i.file(BIOS_CORE_IMG.trim_start_matches('/'), 0o644, core_img)?;
+    }
     i.file(
         "usr/share/udhcpc/default.script",
         0o755,
@@ -223,7 +234,16 @@ fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
     i.file(
         "etc/tugboot/installer.toml",
         0o644,
-        installer_config(&a.server, &board, &a.disk, boot_file, a.esp_mib, a.slot_mib).into_bytes(),
+        installer_config(
+            &a.server,
+            &board,
+            &a.disk,
+            boot_file,
+            a.grub_pc.is_some(),
+            a.esp_mib,
+            a.slot_mib,
+        )
+        .into_bytes(),
     )?;
     let modules: Vec<String> = if a.module.is_empty() {
         DEFAULT_MODULES.iter().map(|m| (*m).to_owned()).collect()
@@ -251,10 +271,16 @@ fn installer_config(
     board: &str,
     disk: &str,
     boot_file: &str,
+    bios: bool,
     esp_mib: u64,
     slot_mib: u64,
 ) -> String {
-    let boot = if boot_file == ESP_IMAGE {
+    let boot = if bios {
+        format!(
+            "esp_image = \"{boot_file}\"\nbios_boot_img = \"{BIOS_BOOT_IMG}\"\n\
+             bios_core_img = \"{BIOS_CORE_IMG}\""
+        )
+    } else if boot_file == ESP_IMAGE {
         format!("esp_image = \"{boot_file}\"")
     } else {
         format!("boot_script = \"{boot_file}\"")
@@ -278,6 +304,9 @@ fn installer_config(
 
 /// Where the installer's initramfs holds the ESP image (GRUB boards).
 const ESP_IMAGE: &str = "/usr/share/tugboot/esp.img";
+/// Where it holds GRUB for BIOS (BIOS boards).
+const BIOS_BOOT_IMG: &str = "/usr/share/tugboot/boot.img";
+const BIOS_CORE_IMG: &str = "/usr/share/tugboot/core.img";
 /// Where it holds the U-Boot boot script image (U-Boot boards).
 const UBOOT_SCRIPT_IMAGE: &str = "/usr/share/tugboot/boot.scr.uimg";
 
@@ -326,53 +355,132 @@ pub fn grub_cfg(os_cmdline: &str) -> String {
 /// removable-media path every UEFI firmware boots), `\EFI\debian\grub.cfg` and `grub-ab.cfg`
 /// (Debian's monolithic grubx64.efi has the prefix /EFI/debian).
 fn esp_image(work: &Path, grub_efi: &Path, os_cmdline: &str) -> anyhow::Result<Vec<u8>> {
-    let tree = work.join("esp");
-    std::fs::create_dir_all(tree.join("EFI/BOOT"))?;
-    std::fs::create_dir_all(tree.join("EFI/debian"))?;
-    std::fs::copy(grub_efi, tree.join("EFI/BOOT/BOOTX64.EFI"))
-        .with_context(|| format!("cannot read {}", grub_efi.display()))?;
-    std::fs::write(tree.join("EFI/debian/grub.cfg"), grub_cfg(os_cmdline))?;
-    std::fs::write(tree.join("EFI/debian/grub-ab.cfg"), GRUB_AB)?;
-    let img = work.join("esp.img");
-    // 32 MiB: room for GRUB (4 MB) and its configuration; the partition may be larger.
+    let grub =
+        std::fs::read(grub_efi).with_context(|| format!("cannot read {}", grub_efi.display()))?;
+    // 8 MiB: room for GRUB (4 MB) and its configuration; the partition may be larger. (It rides
+    // uncompressed in the installer's initramfs: 32 MiB made that 44.8 MB, now 19.7 MB.)
+    fat_image(
+        work,
+        16384,
+        &[
+            ("EFI/BOOT/BOOTX64.EFI", grub),
+            ("EFI/debian/grub.cfg", grub_cfg(os_cmdline).into_bytes()),
+            ("EFI/debian/grub-ab.cfg", GRUB_AB.as_bytes().to_vec()),
+        ],
+    )
+}
+
+/// The FAT partition of a BIOS disk: `/grub/grub.cfg` and `grub-ab.cfg`, where core.img's
+/// prefix `(hd0,gpt1)/grub` points (4 MiB: configuration only, GRUB is in the disk's head).
+fn bios_esp_image(work: &Path, os_cmdline: &str) -> anyhow::Result<Vec<u8>> {
+    fat_image(
+        work,
+        8192,
+        &[
+            ("grub/grub.cfg", grub_cfg(os_cmdline).into_bytes()),
+            ("grub/grub-ab.cfg", GRUB_AB.as_bytes().to_vec()),
+        ],
+    )
+}
+
+/// Modules built into the BIOS core.img: disk, partition and file systems (FAT for the
+/// configuration, ext2 for the environment, squashfs slots with gzip as `image build` makes them), the
+/// commands of grub.cfg and grub-ab.cfg.
+const GRUB_PC_MODULES: &[&str] = &[
+    "biosdisk",
+    "part_gpt",
+    "fat",
+    "ext2",
+    "squash4",
+    "gzio",
+    "normal",
+    "configfile",
+    "linux",
+    "search",
+    "search_label",
+    "regexp",
+    "test",
+    "echo",
+    "loadenv",
+    "boot",
+    "reboot",
+    "halt",
+    "sleep",
+];
+
+/// GRUB i386-pc's core.img for an installed disk (what `grub-install` embeds), made by
+/// `grub-mkimage` from Debian's module directory (grub-pc-bin's /usr/lib/grub/i386-pc), with
+/// diskboot.img in front; and Debian's boot.img as it is.
+fn grub_pc_images(work: &Path, dir: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let boot = std::fs::read(dir.join("boot.img"))
+        .with_context(|| format!("--grub-pc {}: no boot.img (grub-pc-bin)", dir.display()))?;
+    let core = work.join("core.img");
+    let out = Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-p", "(hd0,gpt1)/grub", "-d"])
+        .arg(dir)
+        .arg("-o")
+        .arg(&core)
+        .args(GRUB_PC_MODULES)
+        .output()
+        .context("cannot run grub-mkimage (Debian package grub-common)")?;
+    if !out.status.success() {
+        bail!(
+            "grub-mkimage -O i386-pc failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((boot, std::fs::read(&core)?))
+}
+
+/// A reproducible FAT image of `sectors` 512-byte sectors holding `files` (path, bytes), all
+/// time stamps at FAT_EPOCH.
+fn fat_image(work: &Path, sectors: u32, files: &[(&str, Vec<u8>)]) -> anyhow::Result<Vec<u8>> {
+    let tree = work.join("fat");
+    let mut stamped = Vec::new();
+    for (path, bytes) in files {
+        let file = tree.join(path);
+        let mut dir = file.parent();
+        while let Some(d) = dir.filter(|d| *d != tree) {
+            std::fs::create_dir_all(d)?;
+            if !stamped.contains(&d.to_path_buf()) {
+                stamped.push(d.to_path_buf());
+            }
+            dir = d.parent();
+        }
+        std::fs::write(&file, bytes)?;
+        stamped.push(file);
+    }
+    let img = work.join("fat.img");
+    let _ = std::fs::remove_file(&img);
     tool(
         Command::new("mformat")
             .env("SOURCE_DATE_EPOCH", FAT_EPOCH)
             .arg("-i")
             .arg(&img)
-            .args([
-                "-C",
-                "-T",
-                "65536",
-                "-v",
-                "TUGBOOT-ESP",
-                "-N",
-                "7e600001",
-                "::",
-            ]),
+            .args(["-C", "-T", &sectors.to_string()])
+            .args(["-v", "TUGBOOT-ESP", "-N", "7e600001", "::"]),
     )?;
     // Time stamps from the tree (all FAT_EPOCH), so directories are reproducible too.
     tool(
         Command::new("touch")
             .args(["-h", "-d", &format!("@{FAT_EPOCH}")])
-            .args([
-                tree.join("EFI"),
-                tree.join("EFI/BOOT"),
-                tree.join("EFI/debian"),
-                tree.join("EFI/BOOT/BOOTX64.EFI"),
-                tree.join("EFI/debian/grub.cfg"),
-                tree.join("EFI/debian/grub-ab.cfg"),
-            ]),
+            .args(&stamped),
     )?;
+    let mut top: Vec<PathBuf> = std::fs::read_dir(&tree)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    top.sort();
     tool(
         Command::new("mcopy")
             .env("SOURCE_DATE_EPOCH", FAT_EPOCH)
             .args(["-s", "-m", "-i"])
             .arg(&img)
-            .arg(tree.join("EFI"))
+            .args(&top)
             .arg("::/"),
     )?;
-    Ok(std::fs::read(&img)?)
+    let bytes = std::fs::read(&img)?;
+    std::fs::remove_dir_all(&tree)?;
+    Ok(bytes)
 }
 
 fn tool(cmd: &mut Command) -> anyhow::Result<()> {
@@ -465,23 +573,28 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let b = esp_image(&w2, &grub, "console=ttyS0").unwrap();
         assert!(a == b, "two builds differ");
-        let out = Command::new("mtype")
-            .arg("-i")
-            .arg(w1.join("esp.img"))
-            .arg("::/EFI/BOOT/BOOTX64.EFI")
-            .output()
-            .unwrap();
-        assert_eq!(out.stdout, b"MZ not really grub");
-        let out = Command::new("mtype")
-            .arg("-i")
-            .arg(w1.join("esp.img"))
-            .arg("::/EFI/debian/grub.cfg")
-            .output()
-            .unwrap();
-        let cfg = String::from_utf8_lossy(&out.stdout);
+        let img = dir.path().join("esp.img");
+        std::fs::write(&img, &a).unwrap();
+        let mtype = |path: &str| {
+            Command::new("mtype")
+                .arg("-i")
+                .arg(&img)
+                .arg(path)
+                .output()
+                .unwrap()
+                .stdout
+        };
+        assert_eq!(mtype("::/EFI/BOOT/BOOTX64.EFI"), b"MZ not really grub");
+        let cfg = String::from_utf8_lossy(&mtype("::/EFI/debian/grub.cfg")).into_owned();
         assert!(
             cfg.contains("linux (${tb_disk},gpt3)/boot/vmlinuz tugboot.slot=B console=ttyS0"),
             "{cfg}"
         );
+        // The BIOS disk's FAT partition: the same configuration where core.img's prefix is.
+        let bios = bios_esp_image(&w1, "console=ttyS0").unwrap();
+        assert_eq!(bios, bios_esp_image(&w2, "console=ttyS0").unwrap());
+        std::fs::write(&img, &bios).unwrap();
+        assert_eq!(String::from_utf8_lossy(&mtype("::/grub/grub.cfg")), cfg);
+        assert_eq!(mtype("::/grub/grub-ab.cfg"), GRUB_AB.as_bytes());
     }
 }
