@@ -292,6 +292,14 @@ pub(super) enum Input {
     Text(String),
 }
 
+/// The board catalogue `--boards-dir` names, or the shipped one.
+pub(super) fn catalog(meta: &MetaArgs) -> anyhow::Result<Catalog> {
+    Ok(match &meta.boards_dir {
+        Some(dir) => Catalog::load_dir(dir)?,
+        None => Catalog::builtin(),
+    })
+}
+
 pub(super) fn build(
     name: String,
     inputs: Vec<(Role, Input)>,
@@ -299,10 +307,7 @@ pub(super) fn build(
     global: Global,
 ) -> anyhow::Result<()> {
     ensure_absent(&meta.out, meta.force)?;
-    let catalog = match &meta.boards_dir {
-        Some(dir) => Catalog::load_dir(dir)?,
-        None => Catalog::builtin(),
-    };
+    let catalog = catalog(&meta)?;
     for board in &meta.boards {
         if catalog.get(board).is_none() {
             let known: Vec<&str> = catalog.iter().map(|b| b.name.as_str()).collect();

@@ -12,7 +12,7 @@ use tugboot_firmware::Role;
 use tugboot_fleet::KernelCmdline;
 
 use super::Global;
-use super::image::{Input, MetaArgs, build};
+use super::image::{Input, MetaArgs, build, catalog};
 use super::initramfs::{Initramfs, parse_file_arg};
 
 /// The A/B snippet every installed disk's GRUB sources (docs/bootloaders.md).
@@ -92,9 +92,10 @@ pub struct InstallerArgs {
     /// The disk to install to.
     #[arg(long, default_value = "/dev/vda")]
     disk: String,
-    /// Size of each A/B slot, MiB.
-    #[arg(long, default_value_t = 512)]
-    slot_mib: u64,
+    /// Size of each A/B slot, MiB (default: the board's `[[slots]] size_mib` in the board
+    /// catalogue, else 512).
+    #[arg(long)]
+    slot_mib: Option<u64>,
     /// Size of the ESP, MiB.
     #[arg(long, default_value_t = 64)]
     esp_mib: u64,
@@ -203,6 +204,19 @@ fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
             .and_then(|c| c.check_loader().map(|()| c))
             .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     }
+    let slot_mib = match a.slot_mib {
+        Some(mib) => mib,
+        None => catalog(&a.meta)?
+            .get(&board)
+            .and_then(|b| b.ab.as_ref())
+            .map_or(DEFAULT_SLOT_MIB, |ab| {
+                ab.slots
+                    .iter()
+                    .map(|s| s.size_mib)
+                    .max()
+                    .unwrap_or(DEFAULT_SLOT_MIB)
+            }),
+    };
     let work = tempfile::tempdir().context("cannot create a temporary directory")?;
     let mut bios = None;
     let (boot_file, boot_bytes) = match (&a.grub_efi, &a.grub_pc) {
@@ -241,7 +255,7 @@ fn build_installer(a: InstallerArgs, global: Global) -> anyhow::Result<()> {
             boot_file,
             a.grub_pc.is_some(),
             a.esp_mib,
-            a.slot_mib,
+            slot_mib,
         )
         .into_bytes(),
     )?;
@@ -301,6 +315,9 @@ fn installer_config(
          reboot_command = [\"reboot\", \"-f\"]\n"
     )
 }
+
+/// Slot size for boards whose catalogue entry has no A/B layout.
+const DEFAULT_SLOT_MIB: u64 = 512;
 
 /// Where the installer's initramfs holds the ESP image (GRUB boards).
 const ESP_IMAGE: &str = "/usr/share/tugboot/esp.img";
