@@ -672,7 +672,12 @@ fn run_daemon(config: DeviceConfig, once: bool) -> Result<(), CliError> {
         match result {
             Ok(Step::Reboot) => {
                 let argv = d.reboot_command().to_vec();
-                eprintln!("tugboot-agent: rebooting: {argv:?}");
+                eprintln!(
+                    "tugboot-agent: rebooting: {argv:?}{}",
+                    crate::io::peak_rss_kib()
+                        .map(|k| format!(" (peak RSS {k} KiB)"))
+                        .unwrap_or_default()
+                );
                 reboot(&argv)?;
                 if once {
                     return Ok(());

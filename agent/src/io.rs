@@ -158,6 +158,18 @@ pub fn write_atomic(io: &mut dyn Io, path: &Path, data: &[u8]) -> io::Result<()>
     io.sync_dir(dir)
 }
 
+/// This process's peak resident set (`VmHWM` in `/proc/self/status`), KiB; `None` where the
+/// kernel does not say.
+#[must_use]
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// [`Io`] on the real file system. Keeps files open between calls so that streaming an image
 /// into a slot does not reopen the device for every chunk.
 #[derive(Debug, Default)]
@@ -537,6 +549,13 @@ impl Io for FaultyIo {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn peak_rss_of_this_process() {
+        let k = peak_rss_kib().expect("Linux reports VmHWM");
+        assert!(k > 100, "{k} KiB");
+    }
+
     use super::*;
 
     fn p(s: &str) -> PathBuf {

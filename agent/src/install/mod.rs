@@ -1249,10 +1249,13 @@ pub fn install_disk(config: &InstallerConfig, wipe: bool) -> Result<Installed, I
     mounted.unmount()?;
     run(&busybox(config, &["sync"]))?;
     say!(
-        "done: {} boots {} {} from slot A",
+        "done: {} boots {} {} from slot A{}",
         disk_path.display(),
         image.name,
-        image.version
+        image.version,
+        crate::io::peak_rss_kib()
+            .map(|k| format!(" (installer peak RSS {k} KiB)"))
+            .unwrap_or_default()
     );
     Ok(Installed {
         device_id,

@@ -391,7 +391,7 @@ impl Steps {
         self.last = now;
     }
 
-    fn write(&self, machine: &Value, rollouts: &Value) {
+    fn write(&self, machine: &Value, rollouts: &Value, agent: &Value) {
         let Some(dir) = &self.out else { return };
         let mut steps = self.done.clone();
         for name in &self.names[self.done.len()..] {
@@ -399,14 +399,14 @@ impl Steps {
                 json!({"name": name, "ok": false, "seconds": null, "detail": "did not happen"}),
             );
         }
-        let doc = json!({"steps": steps, "machine": machine, "rollouts": rollouts});
+        let doc = json!({"steps": steps, "machine": machine, "rollouts": rollouts, "agent": agent});
         let path = dir.join("lifecycle.json");
         fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json")).expect("lifecycle.json");
         println!("lifecycle: wrote {}", path.display());
     }
 
-    fn finish(&mut self, machine: &Value, rollouts: &Value) {
-        self.write(machine, rollouts);
+    fn finish(&mut self, machine: &Value, rollouts: &Value, agent: &Value) {
+        self.write(machine, rollouts, agent);
         self.finished = true;
     }
 }
@@ -414,7 +414,7 @@ impl Steps {
 impl Drop for Steps {
     fn drop(&mut self) {
         if !self.finished {
-            self.write(&Value::Null, &Value::Null);
+            self.write(&Value::Null, &Value::Null, &Value::Null);
         }
     }
 }
@@ -506,6 +506,10 @@ struct Life {
     vm: Vm,
     hw: Hardware,
     steps: Steps,
+    /// Peak RSS the agent reported (KiB): the installer's, and the largest of the installed
+    /// agent's (it says so when it reboots after an install).
+    installer_rss: Option<u64>,
+    agent_rss: Option<u64>,
     _tmp: tempfile::TempDir,
 }
 
@@ -558,6 +562,8 @@ impl Life {
             vm,
             hw,
             steps,
+            installer_rss: None,
+            agent_rss: None,
             _tmp: tmp,
         };
         // The VM only asks for DHCP after its firmware started: pushed and approved before.
@@ -629,8 +635,25 @@ impl Life {
         self.vm.wait_within(marker, within, &mut self.serve);
     }
 
+    /// Takes the agent's peak RSS figures from the current VM's console.
+    fn note_rss(&mut self) {
+        self.vm.drain();
+        let kib = |line: &str, tag: &str| -> Option<u64> {
+            let rest = &line[line.find(tag)? + tag.len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        };
+        for line in &self.vm.console {
+            if let Some(k) = kib(line, "installer peak RSS ") {
+                self.installer_rss = self.installer_rss.max(Some(k));
+            } else if let Some(k) = kib(line, "(peak RSS ") {
+                self.agent_rss = self.agent_rss.max(Some(k));
+            }
+        }
+    }
+
     /// Power cut, then power on again (same disk, same firmware variables).
     fn power_cycle(&mut self) {
+        self.note_rss();
         self.vm.cut_power(&mut self.ns);
         self.vm = Vm::start_with(
             &mut self.ns,
@@ -815,12 +838,22 @@ impl Life {
     }
 
     fn finish(mut self) {
+        self.note_rss();
+        println!(
+            "lifecycle: agent peak RSS: installer {} KiB, installed agent {} KiB (largest reported)",
+            self.installer_rss.map_or("-".into(), |k| k.to_string()),
+            self.agent_rss.map_or("-".into(), |k| k.to_string())
+        );
+        let agent = json!({
+            "installer_peak_rss_kib": self.installer_rss,
+            "agent_peak_rss_kib": self.agent_rss,
+        });
         let m = self.machine();
         let rollouts: Value =
             serde_json::from_str(&self.op(&["rollout", "status", "--json"])).expect("json");
         self.vm.kill(&mut self.ns);
         self.serve.stop(&mut self.ns);
-        self.steps.finish(&m, &rollouts);
+        self.steps.finish(&m, &rollouts, &agent);
     }
 }
 
