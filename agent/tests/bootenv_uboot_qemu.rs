@@ -23,7 +23,7 @@ mod common;
 use common::{run, tool};
 
 const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
-const ENV_SIZE: usize = 0x4000;
+const ENV_SIZE: usize = 0x200;
 /// The contract's variables (what the script imports and exports).
 const CONTRACT: [&str; 5] = [
     ab::SLOT,

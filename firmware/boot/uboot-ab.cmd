@@ -6,9 +6,10 @@
 # build` wraps it in a legacy script image and prepends `setenv tugboot_cmdline "..."`).
 # The boot partition (FAT, partition 1 of the installer's layout) holds:
 #   boot.scr.uimg   this script
-#   uboot.env       the A/B variables: a U-Boot binary environment with CRC, 16 KiB (what
-#                   `env export -c -s 0x4000` writes; fw_printenv reads it with the
-#                   fw_env.config line `<mount>/uboot.env 0x0 0x4000`)
+#   uboot.env       the A/B variables: a U-Boot binary environment with CRC, 512 bytes (what
+#                   `env export -c -s 0x200` writes; fw_printenv reads it with the
+#                   fw_env.config line `<mount>/uboot.env 0x0 0x200`): one sector, so each
+#                   write of it is a single sector write
 #   A/vmlinuz, A/initrd.img, B/vmlinuz, B/initrd.img
 #                   each slot's kernel and initrd, copied out of the slot's squashfs by the
 #                   agent before it arms the slot (U-Boot here cannot read squashfs)
@@ -71,8 +72,8 @@ if test "${upgrade_available}" = "1"; then
     echo "tugboot: trial failed, falling back to slot ${tugboot_slot}"
   fi
   setenv tb_saved 0
-  if env export -c -s 0x4000 ${kernel_addr_r} tugboot_slot upgrade_available bootcount bootlimit altbootcmd; then
-    if fatwrite ${devtype} ${tb_part} ${kernel_addr_r} uboot.env 0x4000; then
+  if env export -c -s 0x200 ${kernel_addr_r} tugboot_slot upgrade_available bootcount bootlimit altbootcmd; then
+    if fatwrite ${devtype} ${tb_part} ${kernel_addr_r} uboot.env 0x200; then
       setenv tb_saved 1
     fi
   fi

@@ -58,8 +58,11 @@ pub const DEFAULT_EFI_DESCRIPTION: &str = "tugboot";
 pub const DEFAULT_BOOT_MOUNT: &str = "/boot";
 /// The U-Boot environment file on the boot partition, and its size (`uboot-ab.cmd`).
 pub const UBOOT_ENV_FILE: &str = "uboot.env";
-/// Size of [`UBOOT_ENV_FILE`] (`env export -c -s 0x4000`).
-pub const UBOOT_ENV_SIZE: usize = 0x4000;
+/// Size of [`UBOOT_ENV_FILE`] (`env export -c -s 0x200`): one sector, so that every write of it
+/// (the agent's in place, U-Boot's `fatwrite`) is a single sector write, which disks complete
+/// or not at all — the same assumption GRUB's environment block makes. The A/B variables take
+/// about 170 of its 508 data bytes.
+pub const UBOOT_ENV_SIZE: usize = 0x200;
 /// The boot script's name on the boot partition (what U-Boot's distro boot looks for).
 pub const UBOOT_SCRIPT_FILE: &str = "boot.scr.uimg";
 /// Trial boots a U-Boot board gets before its script falls back.
@@ -974,11 +977,18 @@ renew_before_days = 28
             matches!(&v.bootloader, BootloaderConfig::Uboot { kernel_dir: Some(k), .. }
                 if k == Path::new("/mnt/boot"))
         );
-        // fw_printenv's format: the file on the boot partition as the OS mounts it, 16 KiB.
+        // fw_printenv's format: the file on the boot partition as the OS mounts it, 512 bytes.
         let fw = c.fw_env_config().unwrap();
         let parsed = crate::bootloader::uboot::EnvConfig::parse(&fw).unwrap();
         assert_eq!(parsed.devices()[0].path, Path::new("/boot/uboot.env"));
         assert_eq!(parsed.env_size(), UBOOT_ENV_SIZE);
+        // The contract's largest values fit the one-sector environment.
+        use crate::bootloader::uboot::{ab, encode_single};
+        let mut v = crate::bootloader::Vars::new();
+        ab::arm_trial(&mut v, crate::bootloader::Slot::B, ab::MAX_BOOTLIMIT).unwrap();
+        ab::set_bootcount(&mut v, ab::MAX_BOOTLIMIT + 1);
+        let img = encode_single(&v, UBOOT_ENV_SIZE, 0).unwrap();
+        assert_eq!(img.len(), UBOOT_ENV_SIZE);
         assert_eq!(
             InstallerConfig::parse(EXAMPLE).unwrap().fw_env_config(),
             None

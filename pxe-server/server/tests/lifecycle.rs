@@ -833,7 +833,7 @@ impl Life {
             .arg("::/uboot.env")
             .arg(&env));
         let config = self.dir.join("fw_env.config");
-        fs::write(&config, format!("{} 0x0 0x4000\n", env.display())).expect("fw_env.config");
+        fs::write(&config, format!("{} 0x0 0x200\n", env.display())).expect("fw_env.config");
         run(Command::new("fw_printenv").arg("-c").arg(&config))
     }
 
