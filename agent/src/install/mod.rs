@@ -571,8 +571,9 @@ impl Drop for Mounted {
     }
 }
 
-fn copy_capped(from: &Path, to: &Path, cap: usize) -> Result<(), InstallDiskError> {
-    let bytes = read_capped(from, cap).map_err(|e| match e {
+/// A file of at most `cap` bytes.
+fn read_file(from: &Path, cap: usize) -> Result<Vec<u8>, InstallDiskError> {
+    read_capped(from, cap).map_err(|e| match e {
         crate::config::CappedReadError::TooLarge => InstallDiskError::Io {
             op: "read",
             path: from.to_path_buf(),
@@ -583,7 +584,11 @@ fn copy_capped(from: &Path, to: &Path, cap: usize) -> Result<(), InstallDiskErro
             path: from.to_path_buf(),
             source,
         },
-    })?;
+    })
+}
+
+fn copy_capped(from: &Path, to: &Path, cap: usize) -> Result<(), InstallDiskError> {
+    let bytes = read_file(from, cap)?;
     write_atomic(&mut RealIo::new(), to, &bytes).map_err(io_err("write", to))
 }
 
@@ -850,18 +855,6 @@ fn embed_grub_pc(
     layout: &gpt::Layout,
     images: &crate::config::installer::BiosImages,
 ) -> Result<String, InstallDiskError> {
-    let read = |p: &Path| -> Result<Vec<u8>, InstallDiskError> {
-        read_capped(p, MAX_BIOS_IMAGE).map_err(|e| InstallDiskError::Io {
-            op: "read",
-            path: p.to_path_buf(),
-            source: match e {
-                crate::config::CappedReadError::Io(e) => e,
-                crate::config::CappedReadError::TooLarge => {
-                    std::io::Error::other(format!("larger than {MAX_BIOS_IMAGE} bytes"))
-                }
-            },
-        })
-    };
     if layout.sector_size != bios::SECTOR as u64 {
         return Err(disk_err(
             &disk.path,
@@ -871,7 +864,10 @@ fn embed_grub_pc(
             ),
         ));
     }
-    let (boot, core) = (read(&images.boot_img)?, read(&images.core_img)?);
+    let (boot, core) = (
+        read_file(&images.boot_img, MAX_BIOS_IMAGE)?,
+        read_file(&images.core_img, MAX_BIOS_IMAGE)?,
+    );
     let mbr = disk.read(0, bios::SECTOR as u64)?;
     let first = layout.partitions.first().map_or(0, |p| p.first_lba);
     let e = bios::embed(&boot, &core, &mbr, layout.first_usable(), first)
