@@ -78,7 +78,7 @@ impl Target {
             modules: modules_dir(&kernel),
             kernel,
             busybox: format!("{ARM64_CACHE}/busybox-x86_64"),
-            cmdline: "console=ttyS0 panic=10",
+            cmdline: "console=ttyS0 panic=3",
             os_modules: &["virtio_pci", "virtio_blk", "virtio_net", "ext4", "efivarfs"],
             installer_modules: None,
             boot_args: vec![
@@ -125,7 +125,7 @@ impl Target {
             kernel: PathBuf::from(format!("{ARM64_CACHE}/vmlinuz")),
             modules: PathBuf::from(format!("{ARM64_CACHE}/modules")),
             busybox: format!("{ARM64_CACHE}/busybox"),
-            cmdline: "console=ttyAMA0 panic=10",
+            cmdline: "console=ttyAMA0 panic=3",
             os_modules: MODULES,
             installer_modules: Some(MODULES),
             // Two arm64 kernels (32 MB uncompressed Images) and initrds.
@@ -179,7 +179,7 @@ fn os_image(dir: &Path, t: &Target, agent: &Path, version: u64, init: &str, heal
     let settings = dir.join(format!("os{version}/agent-settings.toml"));
     fs::write(
         &settings,
-        "poll_interval_secs = 5\nstatus_interval_secs = 20\ndownload_checkpoint_mib = 1\n",
+        "poll_interval_secs = 2\nstatus_interval_secs = 20\ndownload_checkpoint_mib = 1\n",
     )
     .expect("settings");
     let ex = |f: &str| examples.join(f).display().to_string();
