@@ -43,6 +43,17 @@ fn env_file(path: &Path) -> UbootEnvFile {
     UbootEnvFile::new(EnvConfig::single(EnvDevice::new(path, 0, ENV_SIZE)).unwrap())
 }
 
+/// A new environment file at `path` holding `vars`, written by the agent's backend.
+fn new_env_file(path: &Path, vars: &Vars) -> UbootEnvFile {
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(ENV_SIZE as u64)
+        .unwrap();
+    let mut env = env_file(path);
+    env.initialize(vars).unwrap();
+    env
+}
+
 impl Lab {
     fn new() -> Option<Self> {
         let qemu = tool("qemu-system-aarch64", "qemu-system-arm")?;
@@ -108,23 +119,29 @@ impl Lab {
     /// Puts `vars` on the boot partition, written by the agent's U-Boot backend.
     fn install(&self, vars: &Vars) {
         let f = self.dir.path().join("uboot.env");
-        std::fs::File::create(&f)
-            .unwrap()
-            .set_len(ENV_SIZE as u64)
-            .unwrap();
-        env_file(&f).initialize(vars).unwrap();
+        new_env_file(&f, vars);
+        self.put_env(&f);
+    }
+
+    /// Copies the file `from` to the boot partition's `uboot.env`.
+    fn put_env(&self, from: &Path) {
         run(Command::new(&self.mcopy)
             .args(["-o", "-i", &self.part()])
-            .arg(&f)
+            .arg(from)
             .arg("::/uboot.env"));
+    }
+
+    /// Copies the boot partition's `uboot.env` to the file `to`.
+    fn get_env(&self, to: &Path) {
+        run(Command::new(&self.mcopy)
+            .args(["-o", "-i", &self.part(), "::/uboot.env"])
+            .arg(to));
     }
 
     /// The environment on the boot partition, read by the agent's backend.
     fn env(&self) -> Vars {
         let f = self.dir.path().join("uboot.env");
-        run(Command::new(&self.mcopy)
-            .args(["-o", "-i", &self.part(), "::/uboot.env"])
-            .arg(&f));
+        self.get_env(&f);
         env_file(&f).load().unwrap()
     }
 
@@ -187,13 +204,7 @@ fn contract(v: &Vars) -> Vec<(&'static str, Option<String>)> {
 /// the same slot and leave the same contract variables. `edit` runs the agent's side between
 /// boots (commit, arm again), on both.
 fn cross_check(lab: &Lab, start: &Vars, boots: usize, edit: &dyn Fn(usize, &mut Vars)) {
-    let sim_path = lab.dir.path().join("sim.env");
-    std::fs::File::create(&sim_path)
-        .unwrap()
-        .set_len(ENV_SIZE as u64)
-        .unwrap();
-    let mut sim = env_file(&sim_path);
-    sim.initialize(start).unwrap();
+    let mut sim = new_env_file(&lab.dir.path().join("sim.env"), start);
     lab.install(start);
     for n in 0..boots {
         let real = lab.boot();
@@ -265,17 +276,12 @@ fn real_uboot_with_a_corrupt_environment_boots_slot_a_and_writes_nothing() {
     let mut bytes = std::fs::read(&f).unwrap();
     bytes[10] ^= 0x20;
     std::fs::write(&f, &bytes).unwrap();
-    run(Command::new(&lab.mcopy)
-        .args(["-o", "-i", &lab.part()])
-        .arg(&f)
-        .arg("::/uboot.env"));
+    lab.put_env(&f);
     // The simulation refuses such an environment; U-Boot boots its default, A (never an
     // uncounted trial), and leaves the file as it was.
     assert!(uboot_power_on(&mut env_file(&f)).is_err());
     assert_eq!(lab.boot(), Slot::A);
     let out = lab.dir.path().join("after.env");
-    run(Command::new(&lab.mcopy)
-        .args(["-o", "-i", &lab.part(), "::/uboot.env"])
-        .arg(&out));
+    lab.get_env(&out);
     assert_eq!(std::fs::read(out).unwrap(), bytes);
 }

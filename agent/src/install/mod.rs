@@ -942,13 +942,8 @@ fn uboot_boot_partition(
         active: true,
     };
     copy_capped(script, &mount.join(UBOOT_SCRIPT_FILE), MAX_BOOT_SCRIPT)?;
-    let published = kernels::publish(
-        slot_a,
-        Slot::A,
-        mount,
-        Path::new(crate::net::daemon::SLOT_MOUNT),
-    )
-    .map_err(|e| disk_err(slot_a, e.to_string()))?;
+    let published = kernels::publish(slot_a, Slot::A, mount, Path::new(kernels::SLOT_MOUNT))
+        .map_err(|e| disk_err(slot_a, e.to_string()))?;
     let env_file = mount.join(UBOOT_ENV_FILE);
     File::create(&env_file)
         .and_then(|f| f.set_len(UBOOT_ENV_SIZE as u64))

@@ -42,9 +42,6 @@ use crate::update::{
     Next, Outcome, Phase, PlainFileEnv, SlotKernels, Uboot, UpdateError, image_of,
 };
 
-/// Where a slot is mounted (read-only) while its kernel is copied to the boot partition.
-pub const SLOT_MOUNT: &str = "/run/tugboot-slot";
-
 /// The update shell on a real device.
 pub type DeviceAgent = Agent<RealIo, Box<dyn AbBootloader>>;
 
@@ -250,7 +247,7 @@ pub fn open_bootloader(config: &DeviceConfig) -> Result<Box<dyn AbBootloader>, B
                     uboot,
                     config.slots.clone(),
                     dir.clone(),
-                    PathBuf::from(SLOT_MOUNT),
+                    PathBuf::from(crate::update::kernels::SLOT_MOUNT),
                 )),
                 None => Box::new(uboot),
             }

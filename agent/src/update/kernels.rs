@@ -19,6 +19,8 @@ use super::boot::{AbBootloader, BootError, BootStatus, Booted};
 use crate::bootloader::Slot;
 use crate::slot::SlotPaths;
 
+/// Where a slot is mounted (read-only) while its kernel is copied to the boot partition.
+pub const SLOT_MOUNT: &str = "/run/tugboot-slot";
 /// File system type of slot images (`tugboot image build`).
 pub const SLOT_FS: &str = "squashfs";
 /// Largest kernel or initrd copied (a bigger file in `/boot` is refused, not copied).

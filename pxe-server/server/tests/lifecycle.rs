@@ -517,6 +517,13 @@ fn minutes(m: u64) -> Duration {
     Duration::from_secs(m * 60)
 }
 
+/// The value of fact `k` in `machines show --json` output.
+fn fact(m: &Value, k: &str) -> Option<String> {
+    m["machine"]["facts"][k]["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !ok() {
@@ -624,6 +631,19 @@ impl Life {
         v["id"].as_i64().unwrap_or_else(|| panic!("{v}"))
     }
 
+    /// Pushes os v`version` and starts its rollout; the rollout's id.
+    fn roll_out(&self, version: &str) -> i64 {
+        self.push(&format!("staging/os-{version}.json"));
+        self.rollout(version)
+    }
+
+    /// Waits until rollout `id` is in `state`.
+    fn wait_rollout(&self, id: i64, state: &str, within: Duration) {
+        wait_until(&format!("rollout {id} {state}"), within, || {
+            self.rollout_state(id) == state
+        });
+    }
+
     fn rollout_state(&self, id: i64) -> String {
         let v: Value =
             serde_json::from_str(&self.op(&["rollout", "status", &id.to_string(), "--json"]))
@@ -684,11 +704,6 @@ impl Life {
             &format!("from the disk: {loader}, slot A, os v1"),
         );
 
-        let fact = |m: &Value, k: &str| -> Option<String> {
-            m["machine"]["facts"][k]["value"]
-                .as_str()
-                .map(str::to_owned)
-        };
         wait_until("the installed agent's status report", minutes(2), || {
             fact(&self.machine(), "image").as_deref() == Some("os@1")
         });
@@ -700,12 +715,9 @@ impl Life {
             "certificate from the installer; status and inventory over mTLS",
         );
 
-        self.push("staging/os-2.json");
-        let r2 = self.rollout("2");
+        let r2 = self.roll_out("2");
         self.wait_vm("tugboot-os: os v2 booted from slot B", minutes(5));
-        wait_until("rollout of v2 completed", minutes(2), || {
-            self.rollout_state(r2) == "completed"
-        });
+        self.wait_rollout(r2, "completed", minutes(2));
         self.steps.ok(
             "update-committed",
             &format!("v2 into slot B, {loader} trial boot, healthy, committed; rollout completed"),
@@ -715,13 +727,10 @@ impl Life {
             self.health_rollback();
         }
 
-        self.push("staging/os-4.json");
-        let r4 = self.rollout("4");
+        let r4 = self.roll_out("4");
         self.wait_vm("tugboot-os: broken init", minutes(5));
         self.wait_vm("tugboot-os: os v2 booted from slot B", minutes(4));
-        wait_until("rollout of v4 paused", minutes(2), || {
-            self.rollout_state(r4) == "paused"
-        });
+        self.wait_rollout(r4, "paused", minutes(2));
         self.steps.ok(
             "rollout-paused",
             &format!("v4 panicked at boot; {loader} fell back to v2; reported; rollout paused"),
@@ -733,13 +742,10 @@ impl Life {
 
     /// v3 fails its health check: the agent rolls back; the rollout pauses.
     fn health_rollback(&mut self) {
-        self.push("staging/os-3.json");
-        let r3 = self.rollout("3");
+        let r3 = self.roll_out("3");
         self.wait_vm("tugboot-os: os v3 booted from slot A", minutes(5));
         self.wait_vm("tugboot-os: os v2 booted from slot B", minutes(4));
-        wait_until("rollout of v3 paused", minutes(2), || {
-            self.rollout_state(r3) == "paused"
-        });
+        self.wait_rollout(r3, "paused", minutes(2));
         self.steps.ok(
             "rollback",
             "v3 failed its health check; the agent rolled back to v2 and reported it",
@@ -751,13 +757,7 @@ impl Life {
     /// verified slot and a truthful report. Slot A holds the failed v4, B the committed v2.
     fn power_cuts(&mut self) {
         let loader = self.t.loader;
-        let fact = |m: &Value, k: &str| -> Option<String> {
-            m["machine"]["facts"][k]["value"]
-                .as_str()
-                .map(str::to_owned)
-        };
-        self.push("staging/os-5.json");
-        let r5 = self.rollout("5");
+        let r5 = self.roll_out("5");
         // 1. While slot A is being written: once the disk shows v5's bytes past 3 MiB into slot A
         //    (the agent syncs and records a checkpoint every MiB), before it finished.
         wait_log(
@@ -801,9 +801,7 @@ impl Life {
         self.wait_vm("tugboot-agent: rebooting", minutes(5));
         self.power_cycle();
         self.wait_vm("tugboot-os: os v5 booted from slot A", minutes(3));
-        wait_until("rollout of v5 completed", minutes(3), || {
-            self.rollout_state(r5) == "completed"
-        });
+        self.wait_rollout(r5, "completed", minutes(3));
         let m = self.machine();
         assert_eq!(fact(&m, "image").as_deref(), Some("os@5"), "{m}");
         assert_eq!(fact(&m, "slot").as_deref(), Some("A"), "{m}");
@@ -812,14 +810,11 @@ impl Life {
             &format!("cut right after arming; {loader}'s trial booted v5 from A, committed"),
         );
         // 3. During the trial boot of v6 in B, before the agent could confirm it.
-        self.push("staging/os-6.json");
-        let r6 = self.rollout("6");
+        let r6 = self.roll_out("6");
         self.wait_vm("tugboot-os: os v6 booted from slot B", minutes(5));
         self.power_cycle();
         self.wait_vm("tugboot-os: os v5 booted from slot A", minutes(3));
-        wait_until("rollout of v6 paused", minutes(3), || {
-            self.rollout_state(r6) == "paused"
-        });
+        self.wait_rollout(r6, "paused", minutes(3));
         let m = self.machine();
         assert_eq!(fact(&m, "image").as_deref(), Some("os@5"), "{m}");
         self.steps.ok(
