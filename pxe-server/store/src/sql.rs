@@ -35,6 +35,20 @@ macro_rules! cert_cols {
     };
 }
 
+/// What makes an offered fact replace the stored one (see [`OFFER_FACT`]).
+macro_rules! fact_upsert_rule {
+    () => {
+        concat!(
+            "ON CONFLICT (machine_id, key) DO UPDATE SET value = excluded.value, source = excluded.source, ",
+            "rank = excluded.rank, at = excluded.at ",
+            "WHERE excluded.rank > machine_facts.rank OR ",
+            "(excluded.rank = machine_facts.rank AND excluded.at >= machine_facts.at AND ",
+            "(excluded.value <> machine_facts.value OR excluded.source <> machine_facts.source OR ",
+            "excluded.at >= machine_facts.at + 60))"
+        )
+    };
+}
+
 /// Offers one fact: `$1` machine, `$2` key, `$3` value, `$4` source, `$5` rank, `$6` at. The
 /// authority rule of `tugboot_fleet::facts` in SQL: the stored fact is replaced only by one of
 /// higher rank, or of equal rank stated no earlier. Several servers writing at once keep it.
@@ -45,12 +59,7 @@ macro_rules! cert_cols {
 /// database's work). `at` is therefore "last confirmed", to the minute.
 pub(crate) const OFFER_FACT: &str = concat!(
     "INSERT INTO machine_facts (machine_id, key, value, source, rank, at) VALUES ($1, $2, $3, $4, $5, $6) ",
-    "ON CONFLICT (machine_id, key) DO UPDATE SET value = excluded.value, source = excluded.source, ",
-    "rank = excluded.rank, at = excluded.at ",
-    "WHERE excluded.rank > machine_facts.rank OR ",
-    "(excluded.rank = machine_facts.rank AND excluded.at >= machine_facts.at AND ",
-    "(excluded.value <> machine_facts.value OR excluded.source <> machine_facts.source OR ",
-    "excluded.at >= machine_facts.at + 60))"
+    fact_upsert_rule!()
 );
 
 /// A sighting of a known machine moves `last_seen` only once [`crate::REFRESH_SECS`] have
@@ -59,6 +68,37 @@ pub(crate) const OBSERVE_MACHINE: &str = concat!(
     "INSERT INTO machines (mac, state, first_seen, last_seen) VALUES ($1, 'unknown', $2, $2) ",
     "ON CONFLICT (mac) DO UPDATE SET last_seen = excluded.last_seen ",
     "WHERE excluded.last_seen >= machines.last_seen + 60 RETURNING id"
+);
+
+/// A boot: `$1` machine, `$2` image it booted, `$3` now.
+pub(crate) const RECORD_BOOT: &str = concat!(
+    "UPDATE machines SET last_booted_image = $2, ",
+    "last_seen = CASE WHEN $3 > last_seen THEN $3 ELSE last_seen END WHERE id = $1"
+);
+
+/// [`RECORD_BOOT`] for a batch (`$1` ids, `$2` images: parallel arrays, distinct ids) on
+/// PostgreSQL.
+pub(crate) const RECORD_BOOTS_PG: &str = concat!(
+    "UPDATE machines SET last_booted_image = b.image, ",
+    "last_seen = CASE WHEN $3 > last_seen THEN $3 ELSE last_seen END ",
+    "FROM unnest($1::bigint[], $2::text[]) AS b(id, image) WHERE machines.id = b.id"
+);
+
+/// [`OBSERVE_MACHINE`] for a whole batch of MACs (`$1`, in MAC order: rows are locked in that
+/// order) on PostgreSQL.
+pub(crate) const OBSERVE_MACHINES_PG: &str = concat!(
+    "INSERT INTO machines (mac, state, first_seen, last_seen) ",
+    "SELECT m, 'unknown', $2, $2 FROM unnest($1::text[]) WITH ORDINALITY AS t(m, n) ORDER BY n ",
+    "ON CONFLICT (mac) DO UPDATE SET last_seen = excluded.last_seen ",
+    "WHERE excluded.last_seen >= machines.last_seen + 60"
+);
+
+/// [`OFFER_FACT`] for a batch of facts (parallel arrays, one distinct (machine, key) per
+/// element, in machine then key order) on PostgreSQL: the same rule, in one statement.
+pub(crate) const OFFER_FACTS_PG: &str = concat!(
+    "INSERT INTO machine_facts (machine_id, key, value, source, rank, at) ",
+    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) ",
+    fact_upsert_rule!()
 );
 
 /// Implements [`crate::Store`] for a backend type that has `reader()` and `writer()` returning
@@ -180,29 +220,8 @@ macro_rules! impl_store {
                 // wait on each other in a cycle.
                 let mut order: Vec<usize> = (0..sightings.len()).collect();
                 order.sort_by_key(|&i| sightings[i].mac);
-                let mut ids = vec![tugboot_fleet::MachineId(0); sightings.len()];
                 let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("observe"))?;
-                for i in order {
-                    let s = &sightings[i];
-                    let written: Option<(i64,)> = sqlx::query_as($crate::sql::OBSERVE_MACHINE)
-                        .bind(s.mac.to_string())
-                        .bind(now)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err($crate::StoreError::backend("observe"))?;
-                    let (id,) = match written {
-                        Some(row) => row,
-                        None => sqlx::query_as("SELECT id FROM machines WHERE mac = $1")
-                            .bind(s.mac.to_string())
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err($crate::StoreError::backend("observe"))?,
-                    };
-                    for (key, fact) in s.facts.iter() {
-                        Self::offer_fact(&mut tx, id, key, fact).await?;
-                    }
-                    ids[i] = tugboot_fleet::MachineId(id);
-                }
+                let ids = Self::observe_in(&mut tx, sightings, &order, now).await?;
                 tx.commit().await.map_err($crate::StoreError::backend("observe"))?;
                 Ok(ids)
             }
@@ -408,30 +427,28 @@ macro_rules! impl_store {
                 m.ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })
             }
 
-            async fn record_boot(
+            async fn record_boots(
                 &self,
-                id: tugboot_fleet::MachineId,
-                image: &str,
+                boots: &[(tugboot_fleet::MachineId, String)],
                 now: i64,
-            ) -> Result<tugboot_fleet::Machine, $crate::StoreError> {
-                $crate::model::check_len("image", image, 2 * $crate::MAX_NAME_LEN)?;
-                let mut conn = self.writer().acquire().await.map_err($crate::StoreError::backend("acquire"))?;
-                let done = sqlx::query(concat!(
-                    "UPDATE machines SET last_booted_image = $2, ",
-                    "last_seen = CASE WHEN $3 > last_seen THEN $3 ELSE last_seen END WHERE id = $1"
-                ))
-                .bind(id.0)
-                .bind(image)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err($crate::StoreError::backend("record_boot"))?;
-                if done.rows_affected() == 0 {
-                    return Err($crate::StoreError::NotFound { entity: "machine", key: id.to_string() });
+            ) -> Result<u64, $crate::StoreError> {
+                if boots.len() > $crate::model::MAX_SIGHTINGS_PER_BATCH {
+                    return Err($crate::StoreError::invalid("boots", "batch too large"));
                 }
-                Self::machine_on(&mut conn, id.0)
-                    .await?
-                    .ok_or_else(|| $crate::StoreError::NotFound { entity: "machine", key: id.to_string() })
+                // The last image per machine, in id order (rows locked in that order).
+                let mut last = std::collections::BTreeMap::new();
+                for (id, image) in boots {
+                    $crate::model::check_len("image", image, 2 * $crate::MAX_NAME_LEN)?;
+                    last.insert(id.0, image.as_str());
+                }
+                if last.is_empty() {
+                    return Ok(0);
+                }
+                let (ids, images): (Vec<i64>, Vec<&str>) = last.into_iter().unzip();
+                let mut tx = self.writer().begin().await.map_err($crate::StoreError::backend("record_boots"))?;
+                let n = Self::record_boots_in(&mut tx, &ids, &images, now).await?;
+                tx.commit().await.map_err($crate::StoreError::backend("record_boots"))?;
+                Ok(n)
             }
 
             async fn delete_machine(&self, id: tugboot_fleet::MachineId) -> Result<bool, $crate::StoreError> {

@@ -91,6 +91,62 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The rows of [`crate::Store::observe`], in `order` (MAC order), one statement each: an
+    /// embedded database pays no round trip per statement.
+    async fn observe_in(
+        conn: &mut sqlx::SqliteConnection,
+        sightings: &[crate::Sighting],
+        order: &[usize],
+        now: i64,
+    ) -> Result<Vec<tugboot_fleet::MachineId>, StoreError> {
+        let mut ids = vec![tugboot_fleet::MachineId(0); sightings.len()];
+        for &i in order {
+            let s = &sightings[i];
+            let written: Option<(i64,)> = sqlx::query_as(crate::sql::OBSERVE_MACHINE)
+                .bind(s.mac.to_string())
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(StoreError::backend("observe"))?;
+            let (id,) = match written {
+                Some(row) => row,
+                None => sqlx::query_as("SELECT id FROM machines WHERE mac = $1")
+                    .bind(s.mac.to_string())
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(StoreError::backend("observe"))?,
+            };
+            for (key, fact) in s.facts.iter() {
+                Self::offer_fact(conn, id, key, fact).await?;
+            }
+            ids[i] = tugboot_fleet::MachineId(id);
+        }
+        Ok(ids)
+    }
+
+    /// The updates of [`crate::Store::record_boots`], one statement per machine.
+    async fn record_boots_in(
+        conn: &mut sqlx::SqliteConnection,
+        ids: &[i64],
+        images: &[&str],
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for (id, image) in ids.iter().zip(images) {
+            n += sqlx::query(crate::sql::RECORD_BOOT)
+                .bind(id)
+                .bind(image)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::backend("record_boots"))?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+}
+
 impl_store!(
     SqliteStore,
     row = sqlx::sqlite::SqliteRow,

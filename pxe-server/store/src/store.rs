@@ -113,13 +113,17 @@ pub trait Store: Send + Sync {
         state: MachineState,
     ) -> impl Future<Output = Result<Machine, StoreError>> + Send;
 
-    /// Records the image a machine booted (and that it was seen at `now`).
-    fn record_boot(
+    /// Records the images machines booted (and that they were seen at `now`), in one
+    /// transaction; a machine named twice keeps its last image. Returns how many machines were
+    /// updated: a machine deleted meanwhile is skipped. At most [`MAX_SIGHTINGS_PER_BATCH`]
+    /// boots per call.
+    ///
+    /// [`MAX_SIGHTINGS_PER_BATCH`]: crate::MAX_SIGHTINGS_PER_BATCH
+    fn record_boots(
         &self,
-        id: MachineId,
-        image: &str,
+        boots: &[(MachineId, String)],
         now: i64,
-    ) -> impl Future<Output = Result<Machine, StoreError>> + Send;
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Deletes a machine with its facts, reports and certificates. False if it did not exist.
     fn delete_machine(

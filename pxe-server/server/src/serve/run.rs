@@ -242,34 +242,94 @@ fn merge(pending: &mut HashMap<Mac, Facts>, mac: Mac, facts: Facts) {
     *entry = entry.overlaid(&facts);
 }
 
-/// Records who booted what, when, off the request path.
+/// A boot decided by a script or loader configuration: the machine (when registered), its
+/// MAC, and the image.
+type BootRecord = (Option<MachineId>, Option<Mac>, String);
+
+/// Records who booted what, when, off the request path: in batches (what arrives within
+/// [`OBSERVATION_FLUSH`] of a first boot), one store transaction each (a storm of 1,000
+/// machines wrote 1,000 transactions before). On `stop` what is pending is written first.
 async fn record_boots(
     store: AnyStore,
-    mut rx: mpsc::Receiver<(Option<MachineId>, Option<Mac>, String)>,
+    mut rx: mpsc::Receiver<BootRecord>,
+    stop: impl std::future::Future<Output = ()>,
 ) {
-    while let Some((machine, mac, image)) = rx.recv().await {
-        let now = unix_now();
-        let id = match (machine, mac) {
-            (Some(id), _) => Ok(id),
-            (None, Some(mac)) => store
-                .observe(
-                    &[Sighting {
-                        mac,
-                        facts: Facts::new(),
-                    }],
-                    now,
-                )
-                .await
-                .map(|ids| ids[0]),
-            (None, None) => continue,
-        };
-        match id {
-            Ok(id) => match store.record_boot(id, &image, now).await {
-                Ok(m) => tracing::info!(machine = %m.id, image = %image, "boot recorded"),
-                Err(e) => tracing::error!(machine = %id, error = %e, "cannot record boot"),
+    tokio::pin!(stop);
+    let max = tugboot_store::MAX_SIGHTINGS_PER_BATCH;
+    let mut stopping = false;
+    while !stopping {
+        let mut batch = Vec::new();
+        tokio::select! {
+            first = rx.recv() => match first {
+                Some(boot) => batch.push(boot),
+                None => break,
             },
-            Err(e) => tracing::error!(error = %e, "cannot record boot"),
+            () = &mut stop => stopping = true,
         }
+        let window = tokio::time::sleep(OBSERVATION_FLUSH);
+        tokio::pin!(window);
+        while !stopping && !batch.is_empty() && batch.len() < max {
+            tokio::select! {
+                () = &mut window => break,
+                () = &mut stop => stopping = true,
+                next = rx.recv() => match next {
+                    Some(boot) => batch.push(boot),
+                    None => break,
+                },
+            }
+        }
+        while batch.len() < max {
+            let Ok(boot) = rx.try_recv() else { break };
+            batch.push(boot);
+        }
+        write_boots(&store, batch).await;
+    }
+}
+
+/// Writes a batch of boots: machines not registered yet are created from their MAC first (one
+/// batch), then every boot in one transaction.
+async fn write_boots(store: &AnyStore, batch: Vec<BootRecord>) {
+    if batch.is_empty() {
+        return;
+    }
+    let now = unix_now();
+    let mut unregistered: Vec<Mac> = batch
+        .iter()
+        .filter_map(|(machine, mac, _)| if machine.is_none() { *mac } else { None })
+        .collect();
+    unregistered.sort_unstable();
+    unregistered.dedup();
+    let mut by_mac = HashMap::new();
+    if !unregistered.is_empty() {
+        let sightings: Vec<Sighting> = unregistered
+            .iter()
+            .map(|&mac| Sighting {
+                mac,
+                facts: Facts::new(),
+            })
+            .collect();
+        match store.observe(&sightings, now).await {
+            Ok(ids) => by_mac = unregistered.into_iter().zip(ids).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, machines = sightings.len(), "cannot record boots of unregistered machines");
+            }
+        }
+    }
+    let boots: Vec<(MachineId, String)> = batch
+        .into_iter()
+        .filter_map(|(machine, mac, image)| {
+            machine
+                .or_else(|| mac.and_then(|mac| by_mac.get(&mac).copied()))
+                .map(|id| (id, image))
+        })
+        .collect();
+    match store.record_boots(&boots, now).await {
+        Ok(_) => {
+            for (id, image) in &boots {
+                tracing::info!(machine = %id, image = %image, "boot recorded");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, boots = boots.len(), "cannot record boots"),
     }
 }
 
@@ -371,10 +431,7 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         let store = store.clone();
         let stop = stopped();
         tasks.spawn(async move {
-            tokio::select! {
-                () = record_boots(store, boot_rx) => {},
-                () = stop => {},
-            }
+            record_boots(store, boot_rx, stop).await;
             ("boots", Ok(()))
         });
     }

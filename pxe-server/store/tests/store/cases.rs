@@ -148,7 +148,15 @@ pub async fn machines_observed_and_kept<B: Backend>(b: &B) {
         .await
         .unwrap();
     assert_eq!(approved.state, MachineState::Approved);
-    let booted = s.record_boot(m.id, "edge-gw@7", 600).await.unwrap();
+    // A batch: the last image named for a machine wins; an unknown machine is skipped.
+    let boots = [
+        (m.id, "edge-gw@6".to_owned()),
+        (MachineId(i64::MAX), "x@1".to_owned()),
+        (m.id, "edge-gw@7".to_owned()),
+    ];
+    assert_eq!(s.record_boots(&boots, 600).await.unwrap(), 1);
+    assert_eq!(s.record_boots(&[], 600).await.unwrap(), 0);
+    let booted = s.get_machine(m.id).await.unwrap().unwrap();
     assert_eq!(booted.last_booted_image.as_deref(), Some("edge-gw@7"));
     assert_eq!(booted.last_seen, 600);
 
@@ -167,10 +175,7 @@ pub async fn machines_observed_and_kept<B: Backend>(b: &B) {
             ..
         })
     ));
-    assert!(matches!(
-        s.record_boot(other, "x@1", 1).await,
-        Err(StoreError::NotFound { .. })
-    ));
+    assert_eq!(s.record_boots(&[(other, "x@1".into())], 1).await.unwrap(), 0);
     assert!(matches!(
         s.set_facts(other, &[(key("label.x"), "y".into())], OPERATOR, 1)
             .await,
