@@ -110,7 +110,11 @@ impl Store for AnyStore {
     ) -> Result<Machine, StoreError> {
         dispatch!(self.set_machine_state(id, state))
     }
-    async fn record_boots(&self, boots: &[(MachineId, String)], now: i64) -> Result<u64, StoreError> {
+    async fn record_boots(
+        &self,
+        boots: &[(MachineId, String)],
+        now: i64,
+    ) -> Result<u64, StoreError> {
         dispatch!(self.record_boots(boots, now))
     }
     async fn delete_machine(&self, id: MachineId) -> Result<bool, StoreError> {

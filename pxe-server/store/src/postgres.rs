@@ -79,7 +79,10 @@ impl PgStore {
         order: &[usize],
         now: i64,
     ) -> Result<Vec<tugboot_fleet::MachineId>, StoreError> {
-        let macs: Vec<String> = order.iter().map(|&i| sightings[i].mac.to_string()).collect();
+        let macs: Vec<String> = order
+            .iter()
+            .map(|&i| sightings[i].mac.to_string())
+            .collect();
         sqlx::query(crate::sql::OBSERVE_MACHINES_PG)
             .bind(&macs)
             .bind(now)
@@ -94,8 +97,14 @@ impl PgStore {
                 .map_err(StoreError::backend("observe"))?;
         let by_mac: std::collections::HashMap<String, i64> = rows.into_iter().collect();
         let mut ids = vec![tugboot_fleet::MachineId(0); sightings.len()];
-        let (mut fact_ids, mut keys, mut values, mut sources, mut ranks, mut ats) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut fact_ids, mut keys, mut values, mut sources, mut ranks, mut ats) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         for (&i, mac) in order.iter().zip(&macs) {
             let id = *by_mac.get(mac).ok_or_else(|| StoreError::NotFound {
                 entity: "machine",

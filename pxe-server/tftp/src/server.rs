@@ -569,6 +569,7 @@ impl Server {
         } else {
             LinkSpec::Own {
                 local: SocketAddr::new(self.config.listen.ip(), 0),
+                gso: self.gso.clone(),
             }
         };
         let job = Job {
@@ -610,6 +611,9 @@ struct Route {
 enum LinkSpec {
     Own {
         local: SocketAddr,
+        /// The listening socket's GSO state, shared by IPv4 transfer sockets (see
+        /// [`Link::open`]).
+        gso: Option<Arc<quinn_udp::UdpSocketState>>,
     },
     Shared {
         socket: Arc<UdpSocket>,
@@ -623,7 +627,7 @@ enum Link {
     /// Own socket connected to the client (standard mode).
     Own {
         socket: UdpSocket,
-        gso: Option<quinn_udp::UdpSocketState>,
+        gso: Option<Arc<quinn_udp::UdpSocketState>>,
         peer: SocketAddr,
     },
     /// The listening socket plus the datagrams routed to this peer (single-port mode).
@@ -638,10 +642,29 @@ enum Link {
 impl Link {
     async fn open(spec: LinkSpec, peer: SocketAddr) -> io::Result<Self> {
         match spec {
-            LinkSpec::Own { local } => {
+            LinkSpec::Own { local, gso } => {
                 let socket = UdpSocket::bind(local).await?;
                 socket.connect(peer).await?;
-                let gso = quinn_udp::UdpSocketState::new((&socket).into()).ok();
+                // An IPv4 transfer socket borrows the listening socket's GSO state (quinn-udp
+                // takes the socket per send) and only needs "don't fragment" of its own.
+                // `UdpSocketState::new` per transfer also enabled UDP_GRO, which a TFTP server
+                // never uses: when no other socket on the host has GRO on, enabling it and
+                // closing the socket each patch kernel text (a static key) with an IPI to every
+                // CPU, ≈ 140 µs each, 18 % of the server's CPU in a 4,000-machine storm
+                // (docs/benchmarks.md). IPv6 needs IPV6_DONTFRAG as well, which only
+                // quinn-udp sets here, so an IPv6 transfer still gets its own state.
+                let gso = match (local, gso) {
+                    (SocketAddr::V4(_), Some(shared)) => {
+                        rustix::net::sockopt::set_ip_mtu_discover(
+                            &socket,
+                            rustix::net::sockopt::Ipv4PathMtuDiscovery::PROBE,
+                        )?;
+                        Some(shared)
+                    }
+                    _ => quinn_udp::UdpSocketState::new((&socket).into())
+                        .ok()
+                        .map(Arc::new),
+                };
                 Ok(Self::Own { socket, gso, peer })
             }
             LinkSpec::Shared { socket, gso, rx } => Ok(Self::Shared {
@@ -655,7 +678,7 @@ impl Link {
 
     fn parts(&self) -> (&UdpSocket, Option<&quinn_udp::UdpSocketState>, SocketAddr) {
         match self {
-            Self::Own { socket, gso, peer } => (socket, gso.as_ref(), *peer),
+            Self::Own { socket, gso, peer } => (socket, gso.as_deref(), *peer),
             Self::Shared {
                 socket, gso, peer, ..
             } => (socket, gso.as_deref(), *peer),

@@ -175,7 +175,10 @@ pub async fn machines_observed_and_kept<B: Backend>(b: &B) {
             ..
         })
     ));
-    assert_eq!(s.record_boots(&[(other, "x@1".into())], 1).await.unwrap(), 0);
+    assert_eq!(
+        s.record_boots(&[(other, "x@1".into())], 1).await.unwrap(),
+        0
+    );
     assert!(matches!(
         s.set_facts(other, &[(key("label.x"), "y".into())], OPERATOR, 1)
             .await,

@@ -104,6 +104,9 @@ thread_local! {
     /// Receive buffer for bodies: tasks on one worker run one at a time and never hold it
     /// across an await, so 10,000 downloads need no 10,000 buffers.
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 256 * 1024]);
+    /// The length argument of discarding reads: allocated, never written, so never faulted in.
+    static DISCARD: RefCell<Vec<std::mem::MaybeUninit<u8>>> =
+        RefCell::new(vec![std::mem::MaybeUninit::uninit(); DISCARD_LEN]);
 }
 
 /// Runs the whole fleet and returns its records.
@@ -681,6 +684,40 @@ async fn read_some(
     }
 }
 
+/// Linux's `MSG_TRUNC` for a TCP `recv`: the kernel drops up to `len` bytes from the receive
+/// queue without copying them out (tcp(7)).
+const MSG_TRUNC: std::ffi::c_int = 0x20;
+
+/// Size of one discarding read (the buffer is never written: only its length matters).
+const DISCARD_LEN: usize = 4 << 20;
+
+/// Drops up to `max` bytes of a body the simulated machine does not look at, without copying
+/// them: real machines write their kernel into their own memory on their own CPU, and a copy
+/// into a scratch buffer here only took CPU from the servers under test (both targets alike).
+async fn discard_some(
+    stream: &TcpStream,
+    stall: Duration,
+    max: u64,
+) -> std::result::Result<usize, Exchange> {
+    let len = usize::try_from(max).unwrap_or(usize::MAX).min(DISCARD_LEN);
+    loop {
+        tokio::time::timeout(stall, stream.readable())
+            .await
+            .map_err(|_| Exchange::Failed(format!("no data for {stall:?}")))?
+            .map_err(|e| Exchange::Failed(e.to_string()))?;
+        let r = DISCARD.with_borrow_mut(|buf| {
+            stream.try_io(tokio::io::Interest::READABLE, || {
+                socket2::SockRef::from(stream).recv_with_flags(&mut buf[..len], MSG_TRUNC)
+            })
+        });
+        match r {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Exchange::Failed(e.to_string())),
+        }
+    }
+}
+
 async fn exchange(
     stream: &mut TcpStream,
     request: &[u8],
@@ -741,6 +778,17 @@ async fn exchange(
                 rest.truncate(usize::try_from(len).unwrap_or(usize::MAX));
             }
             take(&rest, &mut got);
+            while body == Body::Discard && got.bytes < len {
+                match discard_some(stream, stall, len - got.bytes).await? {
+                    0 => {
+                        return Err(Exchange::Failed(format!(
+                            "closed after {} of {len} body bytes",
+                            got.bytes
+                        )));
+                    }
+                    n => got.bytes += n as u64,
+                }
+            }
             while got.bytes < len {
                 let want = len - got.bytes;
                 let mut extra = 0u64;
