@@ -60,6 +60,9 @@ pub enum TftpFailure {
     Error { code: u16, message: String },
     #[error("timed out after {0} retransmissions")]
     TimedOut(u32),
+    /// Nothing at all came back for the request (as opposed to a transfer that stalled).
+    #[error("no answer to the request after {0} retransmissions")]
+    Unanswered(u32),
     #[error("file not complete after {0:?}")]
     FileTimeout(Duration),
     #[error("protocol error: {0}")]
@@ -157,6 +160,8 @@ pub struct TftpClient {
     last: (Vec<u8>, To),
     /// Consecutive retransmissions without progress.
     stalled: u32,
+    /// A datagram of the server's was handled.
+    answered: bool,
     retransmissions: u32,
     deadline: Option<Duration>,
     /// Blocks received in order (absolute count; the wire number is this mod 65536).
@@ -181,6 +186,7 @@ impl TftpClient {
             started: now,
             last: (packet.clone(), To::Listener),
             stalled: 0,
+            answered: false,
             retransmissions: 0,
             deadline: None,
             received: 0,
@@ -200,7 +206,11 @@ impl TftpClient {
         self.deadline = match self.rules.waits.wait(self.stalled, elapsed) {
             Some(w) => Some(now + w),
             None => {
-                self.finish(Err(TftpFailure::TimedOut(self.stalled)));
+                self.finish(Err(if self.answered {
+                    TftpFailure::TimedOut(self.stalled)
+                } else {
+                    TftpFailure::Unanswered(self.stalled)
+                }));
                 None
             }
         };
@@ -235,6 +245,7 @@ impl TftpClient {
         if self.result.is_some() {
             return;
         }
+        self.answered = true;
         let Some(p) = parse(bytes) else {
             self.outbox
                 .push((error(4, "illegal TFTP operation"), To::Transfer));
@@ -519,8 +530,25 @@ mod tests {
                 assert_eq!(c.poll_transmit().unwrap().1, To::Listener, "RRQ again");
             }
         }
-        assert!(matches!(c.result(), Some(Err(TftpFailure::TimedOut(3)))));
+        assert!(matches!(c.result(), Some(Err(TftpFailure::Unanswered(3)))));
         assert_eq!(c.retransmissions(), 3);
+    }
+
+    #[test]
+    fn a_transfer_that_stalls_after_an_answer_times_out() {
+        let req = ReadRequest {
+            path: "x".into(),
+            options: vec![],
+            goal: Goal::Download { keep: 0 },
+        };
+        let mut c = TftpClient::start(req, rules(), ms(0));
+        c.poll_transmit();
+        c.handle_datagram(ms(1), &data(1, 512));
+        while c.result().is_none() {
+            let t = c.poll_timeout().expect("a timer runs");
+            c.handle_timeout(t);
+        }
+        assert!(matches!(c.result(), Some(Err(TftpFailure::TimedOut(3)))));
     }
 
     #[test]

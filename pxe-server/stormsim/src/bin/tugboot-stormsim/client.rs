@@ -522,7 +522,7 @@ async fn nbp_tftp(
         let (r, n) = tftp(ctx, ip, server, probe, rules.clone()).await;
         retries += n;
         if let Err(e) = r {
-            let msg = format!("nbp: {e}");
+            let msg = format!("nbp (size probe): {e}");
             rec.end(i, ctx.ms(), retries, 0, Some(msg.clone()));
             return Err(msg);
         }
@@ -1027,7 +1027,10 @@ async fn grub(ctx: &Ctx, m: &Machine, lease: &Lease, rec: &mut Rec) -> BootResul
         };
         let (r, n) = tftp(ctx, ip, server, req, rules.clone()).await;
         retries += n;
-        if let Err(e @ (TftpFailure::TimedOut(_) | TftpFailure::Protocol(_))) = r {
+        if let Err(
+            e @ (TftpFailure::TimedOut(_) | TftpFailure::Unanswered(_) | TftpFailure::Protocol(_)),
+        ) = r
+        {
             let msg = format!("config: {e}");
             rec.end(i, ctx.ms(), retries, 0, Some(msg.clone()));
             return Err(msg);
