@@ -335,6 +335,10 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        // Best effort (the kernel caps it at `net.core.rmem_max`): a storm's requests and
+        // resends must queue in the kernel while the dispatcher task waits for its turn on a
+        // runtime busy with thousands of transfers, not be dropped by it.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, LISTEN_RECV_BUFFER);
         let gso = quinn_udp::UdpSocketState::new((&socket).into())
             .ok()
             .map(Arc::new);
@@ -391,7 +395,8 @@ impl Server {
             last_busy_warning: None,
         };
         let mut buf = vec![0u8; MAX_PACKET_LEN + 1];
-        info!(addr = %self.local_addr()?, root = %self.root.display(),
+        let recv_buffer = rustix::net::sockopt::socket_recv_buffer_size(&*self.socket).unwrap_or(0);
+        info!(addr = %self.local_addr()?, root = %self.root.display(), recv_buffer,
               single_port = self.config.single_port, max_transfers = self.config.max_transfers,
               max_transfers_per_peer = self.config.max_transfers_per_peer,
               buffer_budget = self.config.buffer_budget, "TFTP server listening");
@@ -874,6 +879,11 @@ fn cache_class(bytes: usize) -> usize {
 }
 
 type IoJob = Box<dyn FnOnce() + Send>;
+
+/// Receive buffer asked for on the listening socket (like DHCP's). The default (208 KiB) holds
+/// a few hundred small datagrams: in a 10,000-machine storm, requests and resends arriving
+/// while the dispatcher waits for its turn overflow it (counted as the UDP `RcvbufErrors`).
+pub const LISTEN_RECV_BUFFER: usize = 4 << 20;
 
 /// Default of [`ServerConfig::max_transfers`]. A transfer is mostly waiting for the client's
 /// next ACK, so in a boot storm the cap, not the CPU, sets the rate: at 512, 10,000 simulated
