@@ -576,7 +576,9 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         let mut server = tugboot_dhcp::Server::new(dhcp_config);
         server.restore(&records);
         tracing::info!(records = records.len(), file = %config.lease_file.display(), "dhcp leases restored");
-        let (ev_tx, ev_rx) = mpsc::channel(1024);
+        // A hall's DHCP burst (10,000 machines, four messages each, in seconds) must not
+        // overflow it: a dropped event is a machine the registry learns of later, or never.
+        let (ev_tx, ev_rx) = mpsc::channel(OBSERVATION_QUEUE);
         {
             let live = Arc::clone(&live);
             tasks.spawn(async move {
