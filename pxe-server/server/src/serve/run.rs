@@ -271,32 +271,40 @@ async fn record_boots(
     tokio::pin!(stop);
     let max = tugboot_store::MAX_SIGHTINGS_PER_BATCH;
     let mut stopping = false;
-    while !stopping {
+    loop {
         let mut batch = Vec::new();
-        tokio::select! {
-            first = rx.recv() => match first {
-                Some(boot) => batch.push(boot),
-                None => break,
-            },
-            () = &mut stop => stopping = true,
-        }
-        let window = tokio::time::sleep(OBSERVATION_FLUSH);
-        tokio::pin!(window);
-        while !stopping && !batch.is_empty() && batch.len() < max {
+        if !stopping {
             tokio::select! {
-                () = &mut window => break,
-                () = &mut stop => stopping = true,
-                next = rx.recv() => match next {
+                first = rx.recv() => match first {
                     Some(boot) => batch.push(boot),
-                    None => break,
+                    None => return,
                 },
+                () = &mut stop => stopping = true,
+            }
+            let window = tokio::time::sleep(OBSERVATION_FLUSH);
+            tokio::pin!(window);
+            while !stopping && batch.len() < max {
+                tokio::select! {
+                    () = &mut window => break,
+                    () = &mut stop => stopping = true,
+                    next = rx.recv() => match next {
+                        Some(boot) => batch.push(boot),
+                        None => break,
+                    },
+                }
             }
         }
         while batch.len() < max {
             let Ok(boot) = rx.try_recv() else { break };
             batch.push(boot);
         }
+        // Stopping: the queue may hold several batches (the store's writer can be busy for
+        // seconds in a storm); write them all.
+        let drained = batch.len() < max;
         write_boots(&store, batch).await;
+        if stopping && drained {
+            return;
+        }
     }
 }
 
