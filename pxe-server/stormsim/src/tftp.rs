@@ -495,15 +495,21 @@ mod tests {
         assert_eq!((got.blksize, got.windowsize), (8, 4));
     }
 
-    #[test]
-    fn block_numbers_wrap_to_zero() {
+    /// A plain download of `path` under [`rules`], its RRQ already taken from the outbox.
+    fn download_started(path: &str) -> TftpClient {
         let req = ReadRequest {
-            path: "big".into(),
+            path: path.into(),
             options: vec![],
             goal: Goal::Download { keep: 0 },
         };
         let mut c = TftpClient::start(req, rules(), ms(0));
         c.poll_transmit();
+        c
+    }
+
+    #[test]
+    fn block_numbers_wrap_to_zero() {
+        let mut c = download_started("big");
         for n in 1..=65_536u32 {
             let block = u16::try_from(n % 65_536).unwrap();
             c.handle_datagram(ms(1), &data(block, 512));
@@ -516,13 +522,7 @@ mod tests {
 
     #[test]
     fn retransmits_on_its_schedule_then_gives_up() {
-        let req = ReadRequest {
-            path: "x".into(),
-            options: vec![],
-            goal: Goal::Download { keep: 0 },
-        };
-        let mut c = TftpClient::start(req, rules(), ms(0));
-        c.poll_transmit();
+        let mut c = download_started("x");
         for t in [4000, 8000, 12_000] {
             assert_eq!(c.poll_timeout(), Some(ms(t)));
             c.handle_timeout(ms(t));
@@ -536,13 +536,7 @@ mod tests {
 
     #[test]
     fn a_transfer_that_stalls_after_an_answer_times_out() {
-        let req = ReadRequest {
-            path: "x".into(),
-            options: vec![],
-            goal: Goal::Download { keep: 0 },
-        };
-        let mut c = TftpClient::start(req, rules(), ms(0));
-        c.poll_transmit();
+        let mut c = download_started("x");
         c.handle_datagram(ms(1), &data(1, 512));
         while c.result().is_none() {
             let t = c.poll_timeout().expect("a timer runs");

@@ -191,34 +191,14 @@ async fn record_observations(
     tokio::pin!(stop);
     let mut stopping = false;
     loop {
-        // Gather: wait for a first sighting, then take what arrives within the flush window.
         // Leftovers of a full or failed batch are written without waiting for more.
-        if pending.is_empty() && !stopping {
-            tokio::select! {
-                first = rx.recv() => match first {
-                    Some((mac, facts)) => merge(&mut pending, mac, facts),
-                    None => stopping = true,
-                },
-                () = &mut stop => stopping = true,
-            }
-            let deadline = tokio::time::sleep(OBSERVATION_FLUSH);
-            tokio::pin!(deadline);
-            while !stopping && pending.len() < max {
-                tokio::select! {
-                    () = &mut deadline => break,
-                    () = &mut stop => stopping = true,
-                    next = rx.recv() => match next {
-                        Some((mac, facts)) => merge(&mut pending, mac, facts),
-                        None => break,
-                    },
-                }
-            }
-        }
-        while pending.len() < max {
-            let Ok((mac, facts)) = rx.try_recv() else {
-                break;
-            };
+        let wait = pending.is_empty() && !stopping;
+        let take = |(mac, facts)| {
             merge(&mut pending, mac, facts);
+            pending.len() < max
+        };
+        if gather(&mut rx, &mut stop, wait, take).await {
+            stopping = true;
         }
         if pending.is_empty() {
             if stopping {
@@ -251,6 +231,46 @@ async fn record_observations(
     }
 }
 
+/// Takes a batch's worth from `rx` into `take`, which returns false once the batch is full.
+/// With `wait` it first blocks for one item and then takes what arrives within
+/// [`OBSERVATION_FLUSH`] of it; then whatever is already queued. Returns true once `stop` fired
+/// or the channel closed: the caller writes what it holds and ends.
+async fn gather<T, S: std::future::Future<Output = ()>>(
+    rx: &mut mpsc::Receiver<T>,
+    stop: &mut std::pin::Pin<&mut S>,
+    wait: bool,
+    mut take: impl FnMut(T) -> bool,
+) -> bool {
+    let mut room = true;
+    let mut stopped = false;
+    if wait {
+        tokio::select! {
+            first = rx.recv() => match first {
+                Some(item) => room = take(item),
+                None => return true,
+            },
+            () = stop.as_mut() => stopped = true,
+        }
+        let deadline = tokio::time::sleep(OBSERVATION_FLUSH);
+        tokio::pin!(deadline);
+        while room && !stopped {
+            tokio::select! {
+                () = &mut deadline => break,
+                () = stop.as_mut() => stopped = true,
+                next = rx.recv() => match next {
+                    Some(item) => room = take(item),
+                    None => break,
+                },
+            }
+        }
+    }
+    while room {
+        let Ok(item) = rx.try_recv() else { break };
+        room = take(item);
+    }
+    stopped
+}
+
 fn merge(pending: &mut HashMap<Mac, Facts>, mac: Mac, facts: Facts) {
     let entry = pending.entry(mac).or_default();
     *entry = entry.overlaid(&facts);
@@ -273,30 +293,12 @@ async fn record_boots(
     let mut stopping = false;
     loop {
         let mut batch = Vec::new();
-        if !stopping {
-            tokio::select! {
-                first = rx.recv() => match first {
-                    Some(boot) => batch.push(boot),
-                    None => return,
-                },
-                () = &mut stop => stopping = true,
-            }
-            let window = tokio::time::sleep(OBSERVATION_FLUSH);
-            tokio::pin!(window);
-            while !stopping && batch.len() < max {
-                tokio::select! {
-                    () = &mut window => break,
-                    () = &mut stop => stopping = true,
-                    next = rx.recv() => match next {
-                        Some(boot) => batch.push(boot),
-                        None => break,
-                    },
-                }
-            }
-        }
-        while batch.len() < max {
-            let Ok(boot) = rx.try_recv() else { break };
+        let take = |boot| {
             batch.push(boot);
+            batch.len() < max
+        };
+        if gather(&mut rx, &mut stop, !stopping, take).await {
+            stopping = true;
         }
         // Stopping: the queue may hold several batches (the store's writer can be busy for
         // seconds in a storm); write them all.

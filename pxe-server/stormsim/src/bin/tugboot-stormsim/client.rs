@@ -663,22 +663,31 @@ async fn read_some(
     stall: Duration,
     mut f: impl FnMut(&[u8]),
 ) -> std::result::Result<usize, Exchange> {
+    when_readable(stream, stall, || {
+        BUF.with_borrow_mut(|buf| {
+            let n = stream.try_read(buf)?;
+            f(&buf[..n]);
+            Ok(n)
+        })
+    })
+    .await
+}
+
+/// Runs the non-blocking read `op` once `stream` is readable, again after a spurious wakeup
+/// (`WouldBlock`); fails after `stall` without data.
+async fn when_readable<R>(
+    stream: &TcpStream,
+    stall: Duration,
+    mut op: impl FnMut() -> std::io::Result<R>,
+) -> std::result::Result<R, Exchange> {
     loop {
         tokio::time::timeout(stall, stream.readable())
             .await
             .map_err(|_| Exchange::Failed(format!("no data for {stall:?}")))?
             .map_err(|e| Exchange::Failed(e.to_string()))?;
-        let r = BUF.with_borrow_mut(|buf| match stream.try_read(buf) {
-            Ok(n) => {
-                f(&buf[..n]);
-                Ok(Some(n))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        });
-        match r {
-            Ok(Some(n)) => return Ok(n),
-            Ok(None) => {}
+        match op() {
+            Ok(r) => return Ok(r),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(Exchange::Failed(e.to_string())),
         }
     }
@@ -700,22 +709,14 @@ async fn discard_some(
     max: u64,
 ) -> std::result::Result<usize, Exchange> {
     let len = usize::try_from(max).unwrap_or(usize::MAX).min(DISCARD_LEN);
-    loop {
-        tokio::time::timeout(stall, stream.readable())
-            .await
-            .map_err(|_| Exchange::Failed(format!("no data for {stall:?}")))?
-            .map_err(|e| Exchange::Failed(e.to_string()))?;
-        let r = DISCARD.with_borrow_mut(|buf| {
+    when_readable(stream, stall, || {
+        DISCARD.with_borrow_mut(|buf| {
             stream.try_io(tokio::io::Interest::READABLE, || {
                 socket2::SockRef::from(stream).recv_with_flags(&mut buf[..len], MSG_TRUNC)
             })
-        });
-        match r {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Exchange::Failed(e.to_string())),
-        }
-    }
+        })
+    })
+    .await
 }
 
 async fn exchange(
