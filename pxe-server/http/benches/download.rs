@@ -1,5 +1,7 @@
 //! Artifact download throughput over loopback: tugboot-http vs nginx serving the same file in the
-//! same run, measured with `wrk`. nginx runs twice: with `sendfile on` (the usual setting) and
+//! same run, measured with `wrk`. tugboot runs twice: as shipped (`file_send = auto`, which copies
+//! for a client on this host, as wrk on loopback is) and forced to `sendfile` (what a client
+//! across a network card gets). nginx runs twice: with `sendfile on` (the usual setting) and
 //! with `sendfile off; output_buffers 2 1m` (faster on some VMs); the ratio is against the better
 //! of the two in each round. Prints a table; asserts nothing.
 //!
@@ -22,7 +24,7 @@ use tugboot_firmware::{
     Artifact, BlobStore, Manifest, Role, SecretKey, Signed, Timestamp, TrustRoot, TrustedRoot,
 };
 use tugboot_fleet::{Fleet, Live};
-use tugboot_http::{BootServer, HttpConfig};
+use tugboot_http::{BootServer, FileSend, HttpConfig};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -150,6 +152,38 @@ fn start_nginx(dir: &Path, root: &Path, port: u16, io: &str) -> Nginx {
     Nginx(child)
 }
 
+/// User + system CPU seconds used so far by `pid` and its child processes (nginx's master and
+/// workers; for this process, all its threads), from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32, tick: f64) -> f64 {
+    let mut total = 0.0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    for entry in dir.flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // Fields after the `(comm)`: state ppid ... utime(14) stime(15), counted from 1.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = f.get(1).and_then(|v| v.parse::<u32>().ok());
+        if p == pid || ppid == Some(pid) {
+            let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+            total += ticks as f64 / tick;
+        }
+    }
+    total
+}
+
 fn wait_ready(url: &str) {
     for _ in 0..100 {
         let ok = Command::new("curl")
@@ -221,6 +255,8 @@ fn main() {
     manifest.sign(&key);
     let config = HttpConfig {
         chunk_size: usize::try_from(chunk_kib << 10).unwrap_or(usize::MAX),
+        // wrk is one address playing many clients (`-c200`): lift the per-address cap (32).
+        max_connections_per_peer: 4096,
         ..HttpConfig::default()
     };
     let (verified, cmdline) =
@@ -230,12 +266,27 @@ fn main() {
         .catalogue
         .insert(verified, cmdline)
         .expect("catalogue");
-    let server = BootServer::new(store.clone(), std::sync::Arc::new(Live::new(fleet)), config);
+    // tugboot twice: as shipped (`file_send = auto`: on loopback the client is on this host, so
+    // artifacts are copied from a map) and forced to `sendfile` (what a remote client gets).
+    let live = std::sync::Arc::new(Live::new(fleet));
+    let server = BootServer::new(store.clone(), std::sync::Arc::clone(&live), config.clone());
+    let server_sf = BootServer::new(
+        store.clone(),
+        live,
+        HttpConfig {
+            file_send: FileSend::Sendfile,
+            ..config
+        },
+    );
 
-    // tugboot on its own runtime thread (2 workers: the machine's core count here).
+    // Both on one runtime thread (2 workers: the machine's core count here).
     let tport = free_port();
-    let srv = std::sync::Arc::clone(&server);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sfport = free_port();
+    let servers = [
+        (std::sync::Arc::clone(&server), tport),
+        (std::sync::Arc::clone(&server_sf), sfport),
+    ];
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server_thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -243,14 +294,23 @@ fn main() {
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", tport))
-                .await
-                .expect("bind tugboot");
-            tugboot_http::serve(listener, srv, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .expect("serve");
+            let mut tasks = Vec::new();
+            for (srv, port) in servers {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .expect("bind tugboot");
+                let mut stop = stop_rx.clone();
+                tasks.push(tokio::spawn(tugboot_http::serve(
+                    listener,
+                    srv,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )));
+            }
+            for t in tasks {
+                t.await.expect("serve task").expect("serve");
+            }
         });
     });
 
@@ -277,8 +337,17 @@ fn main() {
         "http://127.0.0.1:{tport}/artifacts/sha256/{}",
         digest.to_hex()
     );
-    wait_ready(&turl);
-    for u in &nurls {
+    let sfurl = format!(
+        "http://127.0.0.1:{sfport}/artifacts/sha256/{}",
+        digest.to_hex()
+    );
+    let urls = [
+        turl.as_str(),
+        sfurl.as_str(),
+        nurls[0].as_str(),
+        nurls[1].as_str(),
+    ];
+    for u in urls {
         wait_ready(u);
     }
 
@@ -287,41 +356,84 @@ fn main() {
         file.display()
     );
     println!(
-        "{:<6} {:>14} {:>20} {:>20} {:>8}",
-        "round", "tugboot MiB/s", "nginx sendfile MiB/s", "nginx buffers MiB/s", "ratio"
+        "{:<6} {:>14} {:>23} {:>20} {:>20} {:>8}",
+        "round",
+        "tugboot MiB/s",
+        "tugboot sendfile MiB/s",
+        "nginx sendfile MiB/s",
+        "nginx buffers MiB/s",
+        "ratio"
     );
-    let urls = [turl.as_str(), nurls[0].as_str(), nurls[1].as_str()];
+    let tick: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    let pids = [
+        std::process::id(),
+        std::process::id(),
+        nginx[0].0.id(),
+        nginx[1].0.id(),
+    ];
+    let mut cpu_per_gib: [Vec<f64>; 4] = Default::default();
     let mut ratios = Vec::new();
+    let mut sf_ratios = Vec::new();
     for round in 1..=rounds {
         // Rotate the order so no server always runs first (on a cooler or warmer machine).
-        let mut mibs = [0.0f64; 3];
-        for k in 0..3 {
-            let i = (k + usize::try_from(round).unwrap_or(0)) % 3;
+        let mut mibs = [0.0f64; 4];
+        for k in 0..urls.len() {
+            let i = (k + usize::try_from(round).unwrap_or(0)) % urls.len();
+            let before = cpu_secs(pids[i], tick);
             mibs[i] = wrk(urls[i], secs, &wrk_args).0;
+            let used = cpu_secs(pids[i], tick) - before;
+            let gib = mibs[i] * secs as f64 / 1024.0;
+            if gib > 0.0 {
+                cpu_per_gib[i].push(used / gib);
+            }
         }
-        let best_nginx = mibs[1].max(mibs[2]);
-        let ratio = if best_nginx > 0.0 {
-            mibs[0] / best_nginx
-        } else {
-            0.0
+        let best_nginx = mibs[2].max(mibs[3]);
+        let of_best = |v: f64| {
+            if best_nginx > 0.0 {
+                v / best_nginx
+            } else {
+                0.0
+            }
         };
-        ratios.push(ratio);
+        ratios.push(of_best(mibs[0]));
+        sf_ratios.push(of_best(mibs[1]));
         println!(
-            "{round:<6} {:>14.0} {:>20.0} {:>20.0} {:>7.3}x",
-            mibs[0], mibs[1], mibs[2], ratio
+            "{round:<6} {:>14.0} {:>23.0} {:>20.0} {:>20.0} {:>7.3}x",
+            mibs[0],
+            mibs[1],
+            mibs[2],
+            mibs[3],
+            of_best(mibs[0])
         );
     }
     println!(
-        "median ratio (tugboot / best nginx of the round): {:.3}x",
+        "median ratio (tugboot as shipped / best nginx of the round): {:.3}x",
         median(ratios)
     );
-    let c = server.counters();
     println!(
-        "tugboot counters: {} requests, {} MiB of file data handed to HTTP",
-        c.requests,
-        c.body_bytes >> 20
+        "median ratio (tugboot forced to sendfile / best nginx of the round): {:.3}x",
+        median(sf_ratios)
     );
-    let _ = stop_tx.send(());
+    let [a, b, c, d] = cpu_per_gib.map(median);
+    println!(
+        "server CPU seconds per GiB served (median): tugboot {a:.3}, tugboot sendfile {b:.3}, \
+         nginx sendfile {c:.3}, nginx buffers {d:.3}"
+    );
+    for (name, srv) in [("as shipped", &server), ("sendfile", &server_sf)] {
+        let c = srv.counters();
+        println!(
+            "tugboot {name}: {} requests, {} MiB of file data handed to HTTP, {} MiB of it copied",
+            c.requests,
+            c.body_bytes >> 20,
+            c.copied_body_bytes >> 20
+        );
+    }
+    let _ = stop_tx.send(true);
     // Keep-alive wrk connections are gone once wrk exits; shutdown completes promptly.
     let _ = server_thread.join();
 }

@@ -1,11 +1,13 @@
 //! The plain-HTTP/1.1 connection loop: reads requests, hands them to the router, writes the
 //! responses — and sends file bodies with `sendfile(2)`, straight from the page cache to the
-//! socket, without reading them into user memory first.
+//! socket, without reading them into user memory first; or, to a client on this same host
+//! ([`FileSend::Auto`]), copies an artifact once from a map of it into the socket (why: the
+//! [`FileSend`] docs and docs/http.md).
 //!
 //! Why not hyper here: hyper writes bodies from memory, so every artifact byte was read from
 //! the page cache into a buffer and copied again into the socket; with a rack booting at once
 //! that is most of the server's CPU (measured in `docs/benchmarks.md`, boot storms). The
-//! router stays the same; a file response carries a [`SendfileHint`] the loop uses instead of
+//! router stays the same; a file response carries a [`FileHint`] the loop uses instead of
 //! the (lazy, never started) streaming body. HTTPS keeps hyper (TLS encrypts in user memory
 //! anyway).
 //!
@@ -48,20 +50,65 @@ const MAX_HEADERS: usize = 64;
 pub const SEND_STALL: Duration = Duration::from_secs(60);
 /// Largest single `sendfile` call (the kernel caps one call a little below 2 GiB anyway).
 const SENDFILE_MAX: usize = 1 << 30;
+/// Bytes of an artifact mapped at a time on the copy path: bounds the map's share of the
+/// process's RSS per connection (8 windows per 64 MiB initrd; a smaller one measured slower).
+const MAP_WINDOW: u64 = 8 << 20;
+/// Bytes per `write(2)` on the copy path (256 KiB, 1 MiB and 4 MiB measured: 1 MiB fastest).
+const COPY_PIECE: usize = 1 << 20;
 
-/// A file body the connection loop sends with `sendfile(2)`: the file, where the body starts
-/// and how long it is. Attached to a response as an extension by `files::serve_file`; the
-/// response's own body streams the same bytes for connections that cannot use it (HTTPS).
+/// How the plain-HTTP loop sends file bodies (`[http] file_send` in `tugboot serve`'s config).
+///
+/// `sendfile(2)` hands page-cache pages to the socket: with a network card, the card's DMA reads
+/// them and no CPU copies a byte. With the client on this host (loopback, or one of this host's
+/// own addresses) there is no card: the client's `read` copies straight out of the page cache,
+/// in its own small reads, and that costs more CPU than the server copying the bytes once, in
+/// large pieces, into socket buffers the client then reads while they are still in the CPU's
+/// cache (measured: docs/benchmarks.md, "HTTP artifacts"; the whole host serves ≈ 1.5× the
+/// bytes per second that way on loopback).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FileSend {
+    /// `sendfile(2)`, except to clients on this host: those get artifacts copied (default).
+    #[default]
+    Auto,
+    /// Always `sendfile(2)`.
+    Sendfile,
+    /// Always copy artifacts (e.g. a host whose clients are its own VMs or containers, whose
+    /// virtual NICs copy every byte in software anyway).
+    Copy,
+}
+
+impl FileSend {
+    /// Whether a connection from `peer`, accepted on `local`, gets artifacts copied.
+    pub(crate) fn copies_for(self, peer: SocketAddr, local: Option<SocketAddr>) -> bool {
+        match self {
+            FileSend::Sendfile => false,
+            FileSend::Copy => true,
+            FileSend::Auto => {
+                let peer = peer.ip().to_canonical();
+                // A client on this host connects from loopback, or from the very address it
+                // connects to (the kernel routes a host's own addresses over loopback).
+                peer.is_loopback() || local.is_some_and(|l| l.ip().to_canonical() == peer)
+            }
+        }
+    }
+}
+
+/// A file body the connection loop sends itself (with `sendfile(2)`, or copied from a map): the
+/// file, where the body starts and how long it is. Attached to a response as an extension by
+/// `files::serve_file`; the response's own body streams the same bytes for connections that
+/// cannot use it (HTTPS).
 #[derive(Clone, Debug)]
-pub(crate) struct SendfileHint {
+pub(crate) struct FileHint {
     /// Shared with the lazy streaming body: whoever takes the file first sends it.
     pub(crate) file: Arc<Mutex<Option<File>>>,
     pub(crate) start: u64,
     pub(crate) len: u64,
+    /// A content-addressed blob, never rewritten in place: safe to map (`mapped.rs`).
+    pub(crate) immutable: bool,
     pub(crate) counters: Arc<Counters>,
 }
 
-impl SendfileHint {
+impl FileHint {
     fn take(&self) -> Option<File> {
         self.file
             .lock()
@@ -79,6 +126,7 @@ pub(crate) async fn serve_plain(
     router: Router,
     budget: Arc<tugboot_fleet::conn::ConnBudget>,
     counters: &Counters,
+    file_send: FileSend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -90,7 +138,8 @@ pub(crate) async fn serve_plain(
                 Ok((tcp, peer)) => match budget.admit(peer.ip()) {
                     Ok(permit) => {
                         let _ = tcp.set_nodelay(true);
-                        let conn = connection(tcp, peer, router.clone(), stop_rx.clone());
+                        let copy = file_send.copies_for(peer, tcp.local_addr().ok());
+                        let conn = connection(tcp, peer, copy, router.clone(), stop_rx.clone());
                         tasks.spawn(async move {
                             conn.await;
                             drop(permit);
@@ -125,9 +174,12 @@ enum End {
     Abort,
 }
 
+/// `copy`: send artifacts by copying them from a map instead of with `sendfile(2)`
+/// ([`FileSend`]).
 async fn connection(
     mut tcp: TcpStream,
     peer: SocketAddr,
+    copy: bool,
     router: Router,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -145,7 +197,7 @@ async fn connection(
         let method = req.method().clone();
         let keep_alive = wants_keep_alive(req.version(), req.headers());
         let Ok(resp) = router.clone().oneshot(req).await;
-        match write_response(&mut tcp, &method, resp, keep_alive).await {
+        match write_response(&mut tcp, &method, resp, keep_alive, copy).await {
             Ok(()) if keep_alive => {}
             Ok(()) => {
                 let _ = tcp.shutdown().await;
@@ -324,6 +376,7 @@ async fn write_response(
     method: &Method,
     resp: Response<Body>,
     keep_alive: bool,
+    copy: bool,
 ) -> io::Result<()> {
     let (parts, body) = resp.into_parts();
     let declared = parts
@@ -343,12 +396,15 @@ async fn write_response(
         );
         return tcp.write_all(&head).await;
     }
-    if let Some(hint) = parts.extensions.get::<SendfileHint>()
+    if let Some(hint) = parts.extensions.get::<FileHint>()
         && let Some(file) = hint.take()
     {
         drop(body);
         let head = head_bytes(parts.status, &parts.headers, hint.len, keep_alive);
         tcp.write_all(&head).await?;
+        if copy && hint.immutable {
+            return send_mapped(tcp, &file, hint.start, hint.len, &hint.counters).await;
+        }
         return send_file(tcp, &file, hint.start, hint.len, &hint.counters).await;
     }
     match declared {
@@ -384,6 +440,14 @@ async fn write_response(
     }
 }
 
+/// Waits until the socket takes more bytes; a client that takes none for [`SEND_STALL`] is an
+/// error.
+async fn writable(tcp: &TcpStream) -> io::Result<()> {
+    tokio::time::timeout(SEND_STALL, tcp.writable())
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stalled"))?
+}
+
 /// `len` bytes of `file` from `start` to the socket with `sendfile(2)`.
 async fn send_file(
     tcp: &TcpStream,
@@ -398,9 +462,7 @@ async fn send_file(
         let want = usize::try_from(end - offset)
             .unwrap_or(SENDFILE_MAX)
             .min(SENDFILE_MAX);
-        tokio::time::timeout(SEND_STALL, tcp.writable())
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stalled"))??;
+        writable(tcp).await?;
         let before = offset;
         match tcp.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(tcp.as_fd(), file.as_fd(), Some(&mut offset), want)
@@ -424,9 +486,90 @@ async fn send_file(
     Ok(())
 }
 
+/// `len` bytes of the content-addressed `file` from `start` to the socket, copied by `write(2)`
+/// from a map of [`MAP_WINDOW`] bytes at a time ([`FileSend`]).
+async fn send_mapped(
+    tcp: &TcpStream,
+    file: &File,
+    start: u64,
+    len: u64,
+    counters: &Counters,
+) -> io::Result<()> {
+    let mut offset = start;
+    let end = start + len;
+    while offset < end {
+        let window = (end - offset).min(MAP_WINDOW);
+        // A blob cut short since it was opened ends the response here, as a short file does on
+        // the sendfile path (one cut short while a window is out fails that window's write).
+        let now_len = file.metadata()?.len();
+        if now_len < offset + window {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("file ended early at byte {now_len} of {end}"),
+            ));
+        }
+        let map = crate::mapped::Window::map(
+            file,
+            offset,
+            usize::try_from(window).map_err(io::Error::other)?,
+        )?;
+        let mut pos = 0;
+        while pos < map.len() {
+            writable(tcp).await?;
+            match tcp.try_io(Interest::WRITABLE, || {
+                map.write_to(tcp.as_fd(), pos, COPY_PIECE)
+            }) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    pos += n;
+                    counters.body_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    counters
+                        .copied_body_bytes
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::FAULT.raw_os_error()) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "file cut short under its map near byte {}",
+                            offset + pos as u64
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        offset += window;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_clients_on_this_host_get_copies_by_default() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let here = Some(sa("10.0.0.1:8080"));
+        let auto = FileSend::Auto;
+        // Loopback, either family, also as an IPv4-mapped address on a dual-stack listener.
+        assert!(auto.copies_for(sa("127.0.0.1:5000"), Some(sa("127.0.0.1:8080"))));
+        assert!(auto.copies_for(sa("127.3.2.1:5000"), here));
+        assert!(auto.copies_for(sa("[::1]:5000"), Some(sa("[::1]:8080"))));
+        assert!(auto.copies_for(sa("[::ffff:127.0.0.1]:5000"), Some(sa("[::]:8080"))));
+        // This host's own address, connecting to itself.
+        assert!(auto.copies_for(sa("10.0.0.1:5000"), here));
+        assert!(auto.copies_for(sa("[::ffff:10.0.0.1]:5000"), here));
+        // Anyone else, or no local address known: sendfile.
+        assert!(!auto.copies_for(sa("10.0.0.2:5000"), here));
+        assert!(!auto.copies_for(sa("[fd00::2]:5000"), Some(sa("[fd00::1]:8080"))));
+        assert!(!auto.copies_for(sa("10.0.0.1:5000"), None));
+        // The fixed modes ignore the addresses.
+        assert!(FileSend::Copy.copies_for(sa("10.0.0.2:5000"), here));
+        assert!(!FileSend::Sendfile.copies_for(sa("127.0.0.1:5000"), here));
+    }
 
     #[test]
     fn header_names_go_out_in_title_case() {

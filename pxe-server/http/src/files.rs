@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::task::JoinHandle;
 
-use crate::conn::SendfileHint;
+use crate::conn::FileHint;
 use crate::range::{self, RangeDecision};
 use crate::server::Counters;
 
@@ -148,13 +148,15 @@ pub(crate) async fn serve_file(
     if method == Method::HEAD || body_len == 0 {
         return finish(builder, Body::empty());
     }
-    // The plain-HTTP loop sends the file with sendfile(2) (the hint); the streaming body, for
-    // HTTPS, starts reading only when polled, so the unused one costs nothing.
+    // The plain-HTTP loop sends the file itself (the hint: sendfile(2), or copied from a map);
+    // the streaming body, for HTTPS, starts reading only when polled, so the unused one costs
+    // nothing.
     let file = Arc::new(Mutex::new(Some(file)));
-    let builder = builder.extension(SendfileHint {
+    let builder = builder.extension(FileHint {
         file: Arc::clone(&file),
         start,
         len: body_len,
+        immutable: req.immutable,
         counters: Arc::clone(&s.counters),
     });
     let body = file_body(

@@ -5,11 +5,13 @@
 //! The parts that decide are pure and tested with byte fixtures: [`query`] (what a request
 //! says about the machine) and [`range`] (HTTP ranges and conditional requests); what a machine
 //! boots is the fleet's. [`server`] is the axum shell, `files` the streaming of artifacts, `conn` the plain-HTTP connection loop
-//! (file bodies with `sendfile(2)`), and
+//! (file bodies with `sendfile(2)`, or copied from a map (`mapped`) for clients on this host),
+//! and
 //! [`tls`] the rustls listener.
 
 mod conn;
 mod files;
+mod mapped;
 pub mod query;
 pub mod range;
 pub mod server;
@@ -19,6 +21,7 @@ pub mod tls;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use conn::FileSend;
 pub use range::{RangeDecision, decide_range};
 pub use server::{
     Admitted, BootObserver, BootServer, Clock, Counters, CountersSnapshot, DEFAULT_MAX_CONNECTIONS,

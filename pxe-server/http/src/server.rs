@@ -36,6 +36,7 @@ use tugboot_fleet::netboot::{self, Answer};
 use tugboot_fleet::render::ipxe::{self, BaseUrl, ErrorAction};
 use tugboot_fleet::{BootPlan, Live, NoBoot};
 
+use crate::conn::FileSend;
 use crate::files::{self, FileRequest, Streaming, not_found, plain};
 use crate::query::{self, RawQuery};
 use crate::tls::TlsListener;
@@ -68,6 +69,8 @@ pub struct HttpConfig {
     /// Most connections open at once from one client address (IPv6: one /64); further ones
     /// from it are closed at once (for HTTPS before the handshake).
     pub max_connections_per_peer: usize,
+    /// How plain HTTP sends file bodies: `sendfile(2)`, or copied for clients on this host.
+    pub file_send: FileSend,
 }
 
 /// Default [`HttpConfig::max_connections`].
@@ -86,6 +89,7 @@ impl Default for HttpConfig {
             unknown_machine: ErrorAction::Retry { after_secs: 60 },
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            file_send: FileSend::default(),
         }
     }
 }
@@ -103,6 +107,7 @@ pub struct Counters {
     pub(crate) not_modified: AtomicU64,
     pub(crate) partial: AtomicU64,
     pub(crate) body_bytes: AtomicU64,
+    pub(crate) copied_body_bytes: AtomicU64,
     pub(crate) refused_global: AtomicU64,
     pub(crate) refused_per_peer: AtomicU64,
 }
@@ -121,6 +126,9 @@ pub struct CountersSnapshot {
     pub partial: u64,
     /// File bytes handed to the HTTP layer (sent or being sent).
     pub body_bytes: u64,
+    /// Of those, bytes copied to clients on this host instead of sent with `sendfile(2)`
+    /// ([`FileSend`](crate::FileSend)).
+    pub copied_body_bytes: u64,
     /// Connections closed because the server held its most connections.
     pub refused_global: u64,
     /// Connections closed because their client address held its most connections.
@@ -145,6 +153,7 @@ impl Counters {
             not_modified: g(&self.not_modified),
             partial: g(&self.partial),
             body_bytes: g(&self.body_bytes),
+            copied_body_bytes: g(&self.copied_body_bytes),
             refused_global: g(&self.refused_global),
             refused_per_peer: g(&self.refused_per_peer),
         }
@@ -443,6 +452,7 @@ pub async fn serve(
         router,
         server.conn_budget(),
         server.counter(),
+        server.config.file_send,
         shutdown,
     )
     .await
@@ -759,6 +769,11 @@ async fn metrics(State(s): State<Arc<BootServer>>) -> Response {
         ("not_modified", "304 responses", c.not_modified),
         ("partial", "206 responses", c.partial),
         ("body_bytes", "file bytes sent", c.body_bytes),
+        (
+            "copied_body_bytes",
+            "file bytes copied to clients on this host rather than sent with sendfile",
+            c.copied_body_bytes,
+        ),
         (
             "refused_global",
             "connections closed at the global connection cap",

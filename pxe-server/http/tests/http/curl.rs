@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tugboot_http::{BootServer, serve, serve_tls, server_config};
+use tugboot_http::{BootServer, FileSend, serve, serve_tls, server_config};
 
 use crate::common::Fixture;
 
@@ -64,10 +64,44 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Every way a plain-HTTP file body can leave, and what the counters must say about it: on
+/// 127.0.0.1 `Auto` copies, as `Copy` does.
+const SEND_MODES: [(FileSend, bool); 3] = [
+    (FileSend::Auto, true),
+    (FileSend::Sendfile, false),
+    (FileSend::Copy, true),
+];
+
+fn server_sending(f: &Fixture, mode: FileSend) -> Arc<BootServer> {
+    f.server_tuned(
+        Some(tugboot_http::BaseUrl::parse("http://192.0.2.1:8080").unwrap()),
+        |c| c.file_send = mode,
+    )
+}
+
+/// Body bytes counted, and whether the copying path sent them all (or none).
+fn assert_sent_by(server: &BootServer, copies: bool, at_least: u64) {
+    let c = server.counters();
+    assert!(c.body_bytes >= at_least, "{c:?}");
+    if copies {
+        assert_eq!(c.copied_body_bytes, c.body_bytes, "all copied: {c:?}");
+    } else {
+        assert_eq!(c.copied_body_bytes, 0, "all with sendfile: {c:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_download_range_and_resume() {
-    let f = Fixture::new(5 << 20);
-    let server = f.server();
+    for (mode, copies) in SEND_MODES {
+        eprintln!("file_send {mode:?}");
+        download_range_and_resume(mode, copies).await;
+    }
+}
+
+async fn download_range_and_resume(mode: FileSend, copies: bool) {
+    // Not a multiple of the 8 MiB map window: the copy path's last window is a short one.
+    let f = Fixture::new((9 << 20) + 12_345);
+    let server = server_sending(&f, mode);
     let run = start(Arc::clone(&server), None).await;
     let url = format!("http://{}/artifacts/sha256/{}", run.addr, f.kernel_digest);
     let out = f.dir.path().join("kernel");
@@ -77,10 +111,14 @@ async fn curl_download_range_and_resume() {
     assert!(ok);
     assert!(std::fs::read(&out).unwrap() == f.kernel, "download differs");
 
-    // curl -r: a middle range.
+    // curl -r: a middle range, and one across the copy path's first window boundary that
+    // starts off a page boundary.
     let (ok, body) = curl(&["--fail", "-r", "1000000-1000999", &url]).await;
     assert!(ok);
     assert!(body == f.kernel[1_000_000..=1_000_999]);
+    let (ok, body) = curl(&["--fail", "-r", "8388000-9000000", &url]).await;
+    assert!(ok);
+    assert!(body == f.kernel[8_388_000..=9_000_000]);
 
     // Resume: a partial file, then -C - continues from its end.
     std::fs::write(&out, &f.kernel[..1_234_567]).unwrap();
@@ -96,7 +134,7 @@ async fn curl_download_range_and_resume() {
     assert!(ok);
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(
-        head.contains(&format!("content-length: {}", 5 << 20)),
+        head.contains(&format!("content-length: {}", f.kernel.len())),
         "{head}"
     );
     assert!(
@@ -117,8 +155,7 @@ async fn curl_download_range_and_resume() {
         "an empty body (GRUB reads a 404's body as the file)"
     );
 
-    let c = server.counters();
-    assert!(c.body_bytes >= (10 << 20) - 1_234_567, "{c:?}");
+    assert_sent_by(&server, copies, 2 * f.kernel.len() as u64 - 1_234_567);
     run.stop().await;
 }
 
@@ -353,9 +390,78 @@ async fn read_response(
 /// bodies sent with sendfile (full, ranged, HEAD), Title-Case header names, and what it refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_pipelining_sendfile_and_refusals() {
+    for (mode, copies) in SEND_MODES {
+        eprintln!("file_send {mode:?}");
+        keep_alive_pipelining_and_refusals(mode, copies).await;
+    }
+}
+
+/// A blob cut short on disk while its body is being sent (someone else's truncation; tugboot
+/// never rewrites a blob): the connection ends before `Content-Length`, what arrived is the
+/// blob's true prefix, and the server goes on serving — the same on the sendfile and the
+/// copying path (whose map must not take the process down with `SIGBUS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_cut_short_mid_body_ends_the_connection_not_the_server() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for mode in [FileSend::Copy, FileSend::Sendfile] {
+        let f = Fixture::new(40 << 20);
+        let server = server_sending(&f, mode);
+        let run = start(Arc::clone(&server), None).await;
+        let mut s = tokio::net::TcpStream::connect(run.addr).await.unwrap();
+        let req = format!(
+            "GET /artifacts/sha256/{} HTTP/1.1\r\nHost: a\r\n\r\n",
+            f.kernel_digest
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // The head and a first piece of the body, then the blob shrinks to 2 MiB under it.
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        while got.len() < (1 << 20) {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let blob = f.store.path(&f.kernel_digest);
+        std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&blob)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        // Whatever was already in flight, then the end (a close or a reset).
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let body = &got[split..];
+        assert!(
+            body.len() < f.kernel.len(),
+            "{mode:?}: a whole body from a cut blob"
+        );
+        assert!(
+            body == &f.kernel[..body.len()],
+            "{mode:?}: the bytes that came are not the blob's"
+        );
+        // Still serving: another artifact, whole.
+        let url = format!("http://{}/artifacts/sha256/{}", run.addr, f.initrd_digest);
+        let (ok, initrd) = curl(&["--fail", &url]).await;
+        assert!(
+            ok && initrd == f.initrd,
+            "{mode:?}: the server stopped serving"
+        );
+        run.stop().await;
+    }
+}
+
+async fn keep_alive_pipelining_and_refusals(mode: FileSend, copies: bool) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let f = Fixture::new(3 << 20);
-    let server = f.server();
+    let server = server_sending(&f, mode);
     let run = start(Arc::clone(&server), None).await;
     let path = format!("/artifacts/sha256/{}", f.kernel_digest);
     let mut s = tokio::net::TcpStream::connect(run.addr).await.unwrap();
@@ -437,10 +543,6 @@ async fn keep_alive_pipelining_sendfile_and_refusals() {
         "{}",
         String::from_utf8_lossy(&all)
     );
-    let c = server.counters();
-    assert!(
-        c.body_bytes >= 2 * (3 << 20) + 1010,
-        "sendfile bytes counted: {c:?}"
-    );
+    assert_sent_by(&server, copies, 2 * (3 << 20) + 1010);
     run.stop().await;
 }

@@ -223,6 +223,31 @@ pub struct RawHttp {
     /// Most connections open at once from one client address (default 32; docs/security.md).
     #[serde(default)]
     pub max_connections_per_peer: Option<usize>,
+    /// How plain HTTP sends artifact bodies (default `auto`; docs/http.md).
+    #[serde(default)]
+    pub file_send: Option<FileSendMode>,
+}
+
+/// `[http] file_send`: how plain HTTP sends artifact bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileSendMode {
+    /// `sendfile(2)`; copied for clients on this host.
+    Auto,
+    /// Always `sendfile(2)`.
+    Sendfile,
+    /// Always copied (a host serving its own VMs or containers).
+    Copy,
+}
+
+impl From<FileSendMode> for tugboot_http::FileSend {
+    fn from(m: FileSendMode) -> Self {
+        match m {
+            FileSendMode::Auto => tugboot_http::FileSend::Auto,
+            FileSendMode::Sendfile => tugboot_http::FileSend::Sendfile,
+            FileSendMode::Copy => tugboot_http::FileSend::Copy,
+        }
+    }
 }
 
 /// What the iPXE script of an unknown machine does.
@@ -336,6 +361,8 @@ pub struct HttpSettings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Connection cap per client address.
     pub max_connections_per_peer: usize,
+    /// How plain HTTP sends artifact bodies.
+    pub file_send: tugboot_http::FileSend,
 }
 
 impl ServeConfig {
@@ -492,6 +519,7 @@ fn http_settings(
         unknown_machine,
         tls,
         max_connections_per_peer,
+        file_send: raw.file_send.unwrap_or(FileSendMode::Auto).into(),
     })
 }
 
@@ -1167,6 +1195,26 @@ boot_dir = "/srv/tftp"
         assert_eq!(c.http.listen, "192.0.2.1:8080".parse().expect("addr"));
         assert_eq!(c.http.public_url.as_str(), "http://192.0.2.1:8080");
         assert_eq!(c.http.retry_secs, 10);
+        assert_eq!(c.http.file_send, tugboot_http::FileSend::Auto);
+    }
+
+    #[test]
+    fn file_send_takes_its_three_modes_and_nothing_else() {
+        let base =
+            "data_dir = \"d\"\ntrust_root = \"r\"\n[network]\naddress = \"192.0.2.1\"\n[http]\n";
+        for (value, want) in [
+            ("auto", tugboot_http::FileSend::Auto),
+            ("sendfile", tugboot_http::FileSend::Sendfile),
+            ("copy", tugboot_http::FileSend::Copy),
+        ] {
+            let c = parse(&format!("{base}file_send = \"{value}\"\n")).expect("valid");
+            assert_eq!(c.http.file_send, want, "{value}");
+        }
+        let e = err(&format!("{base}file_send = \"mmap\"\n"));
+        assert!(
+            e.contains("file_send") && e.contains("unknown variant"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -491,6 +491,7 @@ async fn serve_async(config: ServeConfig) -> anyhow::Result<()> {
         retry_secs: config.http.retry_secs,
         unknown_machine: config.http.unknown_machine,
         max_connections_per_peer: config.http.max_connections_per_peer,
+        file_send: config.http.file_send,
         ..HttpConfig::default()
     };
     let boot = BootServer::new(blobs.clone(), Arc::clone(&live), http_config);
