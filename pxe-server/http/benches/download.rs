@@ -1,7 +1,7 @@
 //! Artifact download throughput over loopback: tugboot-http vs nginx serving the same file in the
-//! same run, measured with `wrk`. tugboot runs twice: as shipped (`file_send = auto`, which copies
-//! for a client on this host, as wrk on loopback is) and forced to `sendfile` (what a client
-//! across a network card gets). nginx runs twice: with `sendfile on` (the usual setting) and
+//! same run, measured with `wrk`. tugboot runs three times: as shipped (`file_send = auto`, which
+//! copies for a client on this host, as wrk on loopback is), with `file_send = copy` and with
+//! `file_send = sendfile` (what a client across a network card gets). nginx runs twice: with `sendfile on` (the usual setting) and
 //! with `sendfile off; output_buffers 2 1m` (faster on some VMs); the ratio is against the better
 //! of the two in each round. Prints a table; asserts nothing.
 //!
@@ -11,7 +11,9 @@
 //!
 //! Environment: `TUGBOOT_BENCH_HTTP_MIB` (file size, default 256), `TUGBOOT_BENCH_SECS` (per
 //! wrk run, default 10), `TUGBOOT_BENCH_ROUNDS` (default 3), `TUGBOOT_BENCH_CHUNK_KIB` (tugboot's
-//! read size, default 256), `TUGBOOT_BENCH_WRK` (wrk arguments, default `-t2 -c8`).
+//! read size, default 256), `TUGBOOT_BENCH_WRK` (wrk arguments, default `-t2 -c8`),
+//! `TUGBOOT_BENCH_VETH=1` (root: wrk in a network namespace of its own behind a veth pair, as a
+//! container would be, instead of on loopback; the namespace is removed at the end).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -87,8 +89,71 @@ fn parse_wrk(out: &str) -> Option<(f64, f64)> {
     Some((transfer?, rps?))
 }
 
-fn wrk(url: &str, secs: u64, args: &str) -> (f64, f64) {
-    let mut cmd = Command::new("wrk");
+/// Where the servers listen and where wrk runs: loopback, or a namespace behind a veth pair.
+struct Net {
+    /// The servers' address.
+    host: &'static str,
+    /// wrk's namespace (removed on drop, which removes the veth pair with it).
+    netns: Option<String>,
+}
+
+impl Net {
+    fn loopback() -> Net {
+        Net {
+            host: "127.0.0.1",
+            netns: None,
+        }
+    }
+
+    fn veth() -> Net {
+        let id = std::process::id();
+        let ns = format!("tbhttp-{id}");
+        let (near, far) = (format!("tbh{id}"), format!("tbhp{id}"));
+        let net = Net {
+            host: "10.231.0.1",
+            netns: Some(ns.clone()),
+        };
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip {args:?} failed (root needed for TUGBOOT_BENCH_VETH)");
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&["link", "add", &near, "type", "veth", "peer", "name", &far]);
+        ip(&["link", "set", &far, "netns", &ns]);
+        ip(&["addr", "add", "10.231.0.1/24", "dev", &near]);
+        ip(&["link", "set", &near, "up"]);
+        ip(&["-n", &ns, "addr", "add", "10.231.0.2/24", "dev", &far]);
+        ip(&["-n", &ns, "link", "set", &far, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        net
+    }
+
+    /// `program` to run where wrk runs.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn wrk(net: &Net, url: &str, secs: u64, args: &str) -> (f64, f64) {
+    let mut cmd = net.command("wrk");
     cmd.args(args.split_whitespace())
         .arg(format!("-d{secs}s"))
         .arg("--timeout")
@@ -122,7 +187,7 @@ impl Drop for Nginx {
     }
 }
 
-fn start_nginx(dir: &Path, root: &Path, port: u16, io: &str) -> Nginx {
+fn start_nginx(dir: &Path, root: &Path, host: &str, port: u16, io: &str) -> Nginx {
     let is_root = Command::new("id")
         .arg("-u")
         .output()
@@ -134,7 +199,7 @@ fn start_nginx(dir: &Path, root: &Path, port: u16, io: &str) -> Nginx {
          http {{\n  access_log off;\n  {io}\n  keepalive_requests 100000;\n\
          client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
          uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  default_type application/octet-stream;\n\
-         server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location / {{ }}\n  }}\n}}\n",
+         server {{\n    listen {host}:{port};\n    root {root};\n    location / {{ }}\n  }}\n}}\n",
         user = if is_root { "user root;\n" } else { "" },
         root = root.display(),
     );
@@ -184,9 +249,10 @@ fn cpu_secs(pid: u32, tick: f64) -> f64 {
     total
 }
 
-fn wait_ready(url: &str) {
+fn wait_ready(net: &Net, url: &str) {
     for _ in 0..100 {
-        let ok = Command::new("curl")
+        let ok = net
+            .command("curl")
             .args(["-s", "-f", "-o", "/dev/null", "-r", "0-0", url])
             .status()
             .is_ok_and(|s| s.success());
@@ -266,27 +332,43 @@ fn main() {
         .catalogue
         .insert(verified, cmdline)
         .expect("catalogue");
-    // tugboot twice: as shipped (`file_send = auto`: on loopback the client is on this host, so
-    // artifacts are copied from a map) and forced to `sendfile` (what a remote client gets).
-    let live = std::sync::Arc::new(Live::new(fleet));
-    let server = BootServer::new(store.clone(), std::sync::Arc::clone(&live), config.clone());
-    let server_sf = BootServer::new(
-        store.clone(),
-        live,
-        HttpConfig {
-            file_send: FileSend::Sendfile,
-            ..config
-        },
-    );
+    let net = if std::env::var_os("TUGBOOT_BENCH_VETH").is_some_and(|v| v == "1") {
+        Net::veth()
+    } else {
+        Net::loopback()
+    };
+    let host = net.host;
 
-    // Both on one runtime thread (2 workers: the machine's core count here).
-    let tport = free_port();
-    let sfport = free_port();
-    let servers = [
-        (std::sync::Arc::clone(&server), tport),
-        (std::sync::Arc::clone(&server_sf), sfport),
+    // tugboot three times: as shipped (`file_send = auto`: copied from a map for a client on this
+    // host, as wrk on loopback is; `sendfile` for one behind the veth), always copying, and
+    // always `sendfile` (what a client across a network card gets).
+    let live = std::sync::Arc::new(Live::new(fleet));
+    let variants = [
+        ("tugboot", FileSend::Auto),
+        ("tugboot copy", FileSend::Copy),
+        ("tugboot sendfile", FileSend::Sendfile),
     ];
+    let servers: Vec<_> = variants
+        .iter()
+        .map(|&(_, file_send)| {
+            let srv = BootServer::new(
+                store.clone(),
+                std::sync::Arc::clone(&live),
+                HttpConfig {
+                    file_send,
+                    ..config.clone()
+                },
+            );
+            (srv, free_port())
+        })
+        .collect();
+
+    // All on one runtime thread (2 workers: the machine's core count here).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let to_serve: Vec<_> = servers
+        .iter()
+        .map(|(srv, port)| (std::sync::Arc::clone(srv), *port))
+        .collect();
     let server_thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -295,8 +377,8 @@ fn main() {
             .expect("runtime");
         rt.block_on(async move {
             let mut tasks = Vec::new();
-            for (srv, port) in servers {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            for (srv, port) in to_serve {
+                let listener = tokio::net::TcpListener::bind((host, port))
                     .await
                     .expect("bind tugboot");
                 let mut stop = stop_rx.clone();
@@ -315,10 +397,14 @@ fn main() {
     });
 
     let mut nginx = Vec::new();
-    let mut nurls = Vec::new();
-    for (i, io) in [
-        "sendfile on; tcp_nopush on;",
-        "sendfile off; output_buffers 2 1m;",
+    let mut names: Vec<&str> = variants.iter().map(|v| v.0).collect();
+    let mut urls: Vec<String> = servers
+        .iter()
+        .map(|(_, port)| format!("http://{host}:{port}/artifacts/sha256/{}", digest.to_hex()))
+        .collect();
+    for (i, (name, io)) in [
+        ("nginx sendfile", "sendfile on; tcp_nopush on;"),
+        ("nginx buffers", "sendfile off; output_buffers 2 1m;"),
     ]
     .into_iter()
     .enumerate()
@@ -326,108 +412,79 @@ fn main() {
         let port = free_port();
         let dir = tmp.path().join(format!("nginx{i}"));
         std::fs::create_dir_all(&dir).expect("nginx dir");
-        nginx.push(start_nginx(&dir, store.root(), port, io));
-        nurls.push(format!(
-            "http://127.0.0.1:{port}/sha256/{}",
-            digest.to_hex()
-        ));
+        nginx.push(start_nginx(&dir, store.root(), host, port, io));
+        names.push(name);
+        urls.push(format!("http://{host}:{port}/sha256/{}", digest.to_hex()));
     }
-
-    let turl = format!(
-        "http://127.0.0.1:{tport}/artifacts/sha256/{}",
-        digest.to_hex()
-    );
-    let sfurl = format!(
-        "http://127.0.0.1:{sfport}/artifacts/sha256/{}",
-        digest.to_hex()
-    );
-    let urls = [
-        turl.as_str(),
-        sfurl.as_str(),
-        nurls[0].as_str(),
-        nurls[1].as_str(),
-    ];
-    for u in urls {
-        wait_ready(u);
+    for u in &urls {
+        wait_ready(&net, u);
     }
-
-    println!(
-        "file: {} ({mib} MiB), wrk {wrk_args} -d{secs}s, tugboot chunk {chunk_kib} KiB",
-        file.display()
-    );
-    println!(
-        "{:<6} {:>14} {:>23} {:>20} {:>20} {:>8}",
-        "round",
-        "tugboot MiB/s",
-        "tugboot sendfile MiB/s",
-        "nginx sendfile MiB/s",
-        "nginx buffers MiB/s",
-        "ratio"
-    );
     let tick: f64 = Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0);
-    let pids = [
-        std::process::id(),
-        std::process::id(),
-        nginx[0].0.id(),
-        nginx[1].0.id(),
-    ];
-    let mut cpu_per_gib: [Vec<f64>; 4] = Default::default();
-    let mut ratios = Vec::new();
-    let mut sf_ratios = Vec::new();
+    let me = std::process::id();
+    let pids = [me, me, me, nginx[0].0.id(), nginx[1].0.id()];
+
+    println!(
+        "file: {} ({mib} MiB), wrk {wrk_args} -d{secs}s{}, tugboot chunk {chunk_kib} KiB",
+        file.display(),
+        if net.netns.is_some() {
+            " from a namespace behind a veth pair"
+        } else {
+            " on loopback"
+        },
+    );
+    print!("{:<6}", "round");
+    for n in &names {
+        print!(" {:>22}", format!("{n} MiB/s"));
+    }
+    println!(" {:>8}", "ratio");
+    let n = urls.len();
+    let mut cpu_per_gib: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 3];
     for round in 1..=rounds {
         // Rotate the order so no server always runs first (on a cooler or warmer machine).
-        let mut mibs = [0.0f64; 4];
-        for k in 0..urls.len() {
-            let i = (k + usize::try_from(round).unwrap_or(0)) % urls.len();
+        let mut mibs = vec![0.0f64; n];
+        for k in 0..n {
+            let i = (k + usize::try_from(round).unwrap_or(0)) % n;
             let before = cpu_secs(pids[i], tick);
-            mibs[i] = wrk(urls[i], secs, &wrk_args).0;
+            mibs[i] = wrk(&net, &urls[i], secs, &wrk_args).0;
             let used = cpu_secs(pids[i], tick) - before;
             let gib = mibs[i] * secs as f64 / 1024.0;
             if gib > 0.0 {
                 cpu_per_gib[i].push(used / gib);
             }
         }
-        let best_nginx = mibs[2].max(mibs[3]);
-        let of_best = |v: f64| {
-            if best_nginx > 0.0 {
-                v / best_nginx
-            } else {
-                0.0
-            }
-        };
-        ratios.push(of_best(mibs[0]));
-        sf_ratios.push(of_best(mibs[1]));
+        let best_nginx = mibs[3].max(mibs[4]);
+        let of_best = |v: f64| if best_nginx > 0.0 { v / best_nginx } else { 0.0 };
+        for (t, r) in ratios.iter_mut().enumerate() {
+            r.push(of_best(mibs[t]));
+        }
+        print!("{round:<6}");
+        for m in &mibs {
+            print!(" {m:>22.0}");
+        }
+        println!(" {:>7.3}x", of_best(mibs[0]));
+    }
+    for (t, r) in ratios.into_iter().enumerate() {
         println!(
-            "{round:<6} {:>14.0} {:>23.0} {:>20.0} {:>20.0} {:>7.3}x",
-            mibs[0],
-            mibs[1],
-            mibs[2],
-            mibs[3],
-            of_best(mibs[0])
+            "median ratio ({} / best nginx of the round): {:.3}x",
+            names[t],
+            median(r)
         );
     }
-    println!(
-        "median ratio (tugboot as shipped / best nginx of the round): {:.3}x",
-        median(ratios)
-    );
-    println!(
-        "median ratio (tugboot forced to sendfile / best nginx of the round): {:.3}x",
-        median(sf_ratios)
-    );
-    let [a, b, c, d] = cpu_per_gib.map(median);
-    println!(
-        "server CPU seconds per GiB served (median): tugboot {a:.3}, tugboot sendfile {b:.3}, \
-         nginx sendfile {c:.3}, nginx buffers {d:.3}"
-    );
-    for (name, srv) in [("as shipped", &server), ("sendfile", &server_sf)] {
+    print!("server CPU seconds per GiB served (median):");
+    for (name, v) in names.iter().zip(cpu_per_gib) {
+        print!(" {name} {:.3};", median(v));
+    }
+    println!();
+    for ((name, _), (srv, _)) in variants.iter().zip(&servers) {
         let c = srv.counters();
         println!(
-            "tugboot {name}: {} requests, {} MiB of file data handed to HTTP, {} MiB of it copied",
+            "{name}: {} requests, {} MiB of file data handed to HTTP, {} MiB of it copied",
             c.requests,
             c.body_bytes >> 20,
             c.copied_body_bytes >> 20

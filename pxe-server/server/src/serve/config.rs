@@ -236,7 +236,7 @@ pub enum FileSendMode {
     Auto,
     /// Always `sendfile(2)`.
     Sendfile,
-    /// Always copied (a host serving its own VMs or containers).
+    /// Always copied.
     Copy,
 }
 
