@@ -118,7 +118,10 @@ impl Net {
                 .args(args)
                 .status()
                 .is_ok_and(|s| s.success());
-            assert!(ok, "ip {args:?} failed (root needed for TUGBOOT_BENCH_VETH)");
+            assert!(
+                ok,
+                "ip {args:?} failed (root needed for TUGBOOT_BENCH_VETH)"
+            );
         };
         ip(&["netns", "add", &ns]);
         ip(&["link", "add", &near, "type", "veth", "peer", "name", &far]);
@@ -459,7 +462,13 @@ fn main() {
             }
         }
         let best_nginx = mibs[3].max(mibs[4]);
-        let of_best = |v: f64| if best_nginx > 0.0 { v / best_nginx } else { 0.0 };
+        let of_best = |v: f64| {
+            if best_nginx > 0.0 {
+                v / best_nginx
+            } else {
+                0.0
+            }
+        };
         for (t, r) in ratios.iter_mut().enumerate() {
             r.push(of_best(mibs[t]));
         }
