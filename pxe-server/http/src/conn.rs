@@ -510,11 +510,19 @@ async fn send_mapped(
                 format!("file ended early at byte {now_len} of {end}"),
             ));
         }
-        let map = crate::mapped::Window::map(
+        let map = match crate::mapped::Window::map(
             file,
             offset,
             usize::try_from(window).map_err(io::Error::other)?,
-        )?;
+        ) {
+            Ok(map) => map,
+            // A file system without maps, or the process out of map slots: the rest goes the
+            // sendfile way rather than failing the download.
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot map an artifact; sending the rest with sendfile");
+                return send_file(tcp, file, offset, end - offset, counters).await;
+            }
+        };
         let mut pos = 0;
         while pos < map.len() {
             writable(tcp).await?;
