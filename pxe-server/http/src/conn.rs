@@ -67,7 +67,8 @@ const COPY_PIECE: usize = 1 << 20;
 /// large pieces, into socket buffers the client then reads while they are still in the CPU's
 /// cache (measured: docs/benchmarks.md, "HTTP artifacts"; the whole host serves ≈ 1.5× the
 /// bytes per second that way on loopback).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FileSend {
     /// `sendfile(2)`, except to clients on this host: those get artifacts copied (default).
     #[default]
@@ -442,12 +443,22 @@ async fn write_response(
     }
 }
 
-/// Waits until the socket takes more bytes; a client that takes none for [`SEND_STALL`] is an
+/// One write-like `call` on the socket (`write`, `sendfile`) once it is writable, again while
+/// it would block; the bytes it moved. A client that takes nothing for [`SEND_STALL`] is an
 /// error.
-async fn writable(tcp: &TcpStream) -> io::Result<()> {
-    tokio::time::timeout(SEND_STALL, tcp.writable())
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stalled"))?
+async fn write_when_ready(
+    tcp: &TcpStream,
+    mut call: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        tokio::time::timeout(SEND_STALL, tcp.writable())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stalled"))??;
+        match tcp.try_io(Interest::WRITABLE, &mut call) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+    }
 }
 
 /// `len` bytes of `file` from `start` to the socket with `sendfile(2)`.
@@ -464,26 +475,21 @@ async fn send_file(
         let want = usize::try_from(end - offset)
             .unwrap_or(SENDFILE_MAX)
             .min(SENDFILE_MAX);
-        writable(tcp).await?;
         let before = offset;
-        match tcp.try_io(Interest::WRITABLE, || {
+        let sent = write_when_ready(tcp, || {
             rustix::fs::sendfile(tcp.as_fd(), file.as_fd(), Some(&mut offset), want)
                 .map_err(io::Error::from)
-        }) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("file ended early at byte {offset} of {end}"),
-                ));
-            }
-            Ok(_) => {
-                counters
-                    .body_bytes
-                    .fetch_add(offset - before, Ordering::Relaxed);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        })
+        .await?;
+        if sent == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("file ended early at byte {offset} of {end}"),
+            ));
         }
+        counters
+            .body_bytes
+            .fetch_add(offset - before, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -525,30 +531,28 @@ async fn send_mapped(
         };
         let mut pos = 0;
         while pos < map.len() {
-            writable(tcp).await?;
-            match tcp.try_io(Interest::WRITABLE, || {
-                map.write_to(tcp.as_fd(), pos, COPY_PIECE)
-            }) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => {
-                    pos += n;
-                    counters.body_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    counters
-                        .copied_body_bytes
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::FAULT.raw_os_error()) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "file cut short under its map near byte {}",
-                            offset + pos as u64
-                        ),
-                    ));
-                }
-                Err(e) => return Err(e),
-            }
+            let sent =
+                match write_when_ready(tcp, || map.write_to(tcp.as_fd(), pos, COPY_PIECE)).await {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    Ok(n) => n,
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::FAULT.raw_os_error()) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "file cut short under its map near byte {}",
+                                offset + pos as u64
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                };
+            pos += sent;
+            counters
+                .body_bytes
+                .fetch_add(sent as u64, Ordering::Relaxed);
+            counters
+                .copied_body_bytes
+                .fetch_add(sent as u64, Ordering::Relaxed);
         }
         offset += window;
     }

@@ -225,29 +225,7 @@ pub struct RawHttp {
     pub max_connections_per_peer: Option<usize>,
     /// How plain HTTP sends artifact bodies (default `auto`; docs/http.md).
     #[serde(default)]
-    pub file_send: Option<FileSendMode>,
-}
-
-/// `[http] file_send`: how plain HTTP sends artifact bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FileSendMode {
-    /// `sendfile(2)`; copied for clients on this host.
-    Auto,
-    /// Always `sendfile(2)`.
-    Sendfile,
-    /// Always copied.
-    Copy,
-}
-
-impl From<FileSendMode> for tugboot_http::FileSend {
-    fn from(m: FileSendMode) -> Self {
-        match m {
-            FileSendMode::Auto => tugboot_http::FileSend::Auto,
-            FileSendMode::Sendfile => tugboot_http::FileSend::Sendfile,
-            FileSendMode::Copy => tugboot_http::FileSend::Copy,
-        }
-    }
+    pub file_send: Option<tugboot_http::FileSend>,
 }
 
 /// What the iPXE script of an unknown machine does.
@@ -519,7 +497,7 @@ fn http_settings(
         unknown_machine,
         tls,
         max_connections_per_peer,
-        file_send: raw.file_send.unwrap_or(FileSendMode::Auto).into(),
+        file_send: raw.file_send.unwrap_or_default(),
     })
 }
 
